@@ -1,0 +1,5 @@
+//! A RocketMQ-compatible message broker. See `shared/ARCHITECTURE.md` for the layer map:
+//! `store` owns files, offsets, flush and recovery; the protocol, service and tiering layers
+//! build on its public API.
+
+pub mod store;

@@ -1,0 +1,414 @@
+//! The CommitLog: every message of every topic, appended in arrival order to a chain of
+//! fixed-size memory-mapped segments.
+//!
+//! Offsets: a message's *physical offset* is its byte position in this log; its *queue offset*
+//! is its index in its (topic, queue) ConsumeQueue, assigned here under the append lock so that
+//! queue offsets are dense and ordered like the log.
+//!
+//! Three positions are tracked separately: `written` (end of the last complete record, what
+//! readers may read), `flushed` (what is durable) and, derived by the store, `confirmed` (what
+//! is safe to dispatch to consumers: flushed under SYNC_FLUSH, written under ASYNC_FLUSH; later,
+//! what replicas have acknowledged).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::error::{IoContext, Result, StoreError};
+use super::record::{self, BLANK_MARKER_LEN, Entry, Message, RecordError, StoreStamp};
+use super::segment::{self, Segment};
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub physical_offset: u64,
+    pub queue_offset: u64,
+    pub size: u32,
+    pub store_timestamp: i64,
+}
+
+impl Appended {
+    /// The CommitLog offset just past this record.
+    pub fn end(&self) -> u64 {
+        self.physical_offset + u64::from(self.size)
+    }
+}
+
+/// A message ready to append: validated, with its body CRC computed outside the lock.
+pub struct Prepared<'a> {
+    pub message: &'a Message,
+    pub body_crc: u32,
+    pub encoded_len: usize,
+}
+
+/// Next queue offset per (topic, queue id). Loaded lazily from the ConsumeQueues: a queue that
+/// is not in the table yet has no record beyond what its ConsumeQueue holds (the store
+/// dispatches everything before it accepts writes).
+#[derive(Default)]
+struct QueueOffsetTable {
+    topics: HashMap<String, HashMap<i32, u64>>,
+}
+
+impl QueueOffsetTable {
+    fn slot(
+        &mut self,
+        topic: &str,
+        queue_id: i32,
+        load: &dyn Fn(&str, i32) -> Result<u64>,
+    ) -> Result<&mut u64> {
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(topic.to_owned(), HashMap::new());
+        }
+        let queues = self.topics.get_mut(topic).expect("inserted above");
+        if let std::collections::hash_map::Entry::Vacant(v) = queues.entry(queue_id) {
+            v.insert(load(topic, queue_id)?);
+        }
+        Ok(queues.get_mut(&queue_id).expect("inserted above"))
+    }
+}
+
+struct WriteState {
+    offset: u64,
+    queue_offsets: QueueOffsetTable,
+}
+
+pub struct CommitLog {
+    dir: PathBuf,
+    segment_size: u64,
+    store_host: SocketAddr,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<WriteState>,
+    flush_lock: Mutex<()>,
+    written: AtomicU64,
+    flushed: AtomicU64,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl CommitLog {
+    /// Maps every segment in `dir` (created if missing). Checks that segments are contiguous.
+    /// Until [`CommitLog::set_end`] is called, everything mapped counts as written: recovery
+    /// scans it and then sets the real end.
+    pub fn load(dir: &Path, segment_size: u64, store_host: SocketAddr) -> Result<CommitLog> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name();
+            match name.to_str().and_then(segment::parse_file_name) {
+                Some(base) => bases.push(base),
+                None => {
+                    tracing::warn!(file = ?entry.path(), "ignoring a file that is not a CommitLog segment")
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::with_capacity(bases.len());
+        for base in bases {
+            let path = dir.join(segment::file_name(base));
+            if base % segment_size != 0 {
+                return Err(StoreError::Corrupt {
+                    path,
+                    position: 0,
+                    reason: format!(
+                        "segment start is not a multiple of the segment size {segment_size}"
+                    ),
+                });
+            }
+            if let Some(prev) = segments.last().map(|s: &Arc<Segment>| s.end())
+                && prev != base
+            {
+                return Err(StoreError::Corrupt {
+                    path,
+                    position: 0,
+                    reason: format!("segments are not contiguous: the previous one ends at {prev}"),
+                });
+            }
+            segments.push(Arc::new(Segment::open(&path, base, segment_size)?));
+        }
+        let end = segments.last().map_or(0, |s| s.end());
+        let start = segments.first().map_or(0, |s| s.base());
+        let log = CommitLog {
+            dir: dir.to_owned(),
+            segment_size,
+            store_host,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(WriteState {
+                offset: end,
+                queue_offsets: QueueOffsetTable::default(),
+            }),
+            flush_lock: Mutex::new(()),
+            written: AtomicU64::new(end),
+            flushed: AtomicU64::new(start),
+        };
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    pub fn store_host(&self) -> SocketAddr {
+        self.store_host
+    }
+
+    /// Offset of the first byte still held locally.
+    pub fn min_offset(&self) -> u64 {
+        self.segments
+            .read()
+            .first()
+            .map_or_else(|| self.written(), |s| s.base())
+    }
+
+    /// End of the last complete record: readers may read below it.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// What is durable.
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the segments, oldest first.
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().clone()
+    }
+
+    /// Sets the end of valid data after recovery: the tail of the segment holding `end` is
+    /// zeroed, later segments are deleted. Returns the deleted segment paths.
+    pub fn set_end(&self, end: u64) -> Result<Vec<PathBuf>> {
+        let mut writer = self.writer.lock();
+        let mut segments = self.segments.write();
+        let mut removed = Vec::new();
+        while let Some(last) = segments.last() {
+            if last.base() <= end {
+                break;
+            }
+            let last = segments.pop().expect("checked");
+            std::fs::remove_file(last.path()).at(last.path())?;
+            removed.push(last.path().to_owned());
+        }
+        if let Some(last) = segments.last()
+            && last.contains(end)
+        {
+            last.zero_tail(end - last.base())?;
+        }
+        if !removed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        writer.offset = end;
+        self.written.store(end, Ordering::Release);
+        self.flushed.store(end, Ordering::Release);
+        Ok(removed)
+    }
+
+    /// Appends messages under one lock acquisition. `next_queue_offset` loads a queue's next
+    /// offset the first time a queue is seen. Each message is either fully appended or not at
+    /// all; on error, those before it stay appended (their results are lost to the caller only
+    /// if the error is returned, so the batch is checked for size before anything is written).
+    pub fn append(
+        &self,
+        batch: &[Prepared<'_>],
+        next_queue_offset: &dyn Fn(&str, i32) -> Result<u64>,
+        out: &mut Vec<Appended>,
+    ) -> Result<()> {
+        for p in batch {
+            if p.encoded_len + BLANK_MARKER_LEN > self.segment_size as usize {
+                return Err(StoreError::MessageTooLarge {
+                    size: p.encoded_len,
+                    max: self.segment_size as usize - BLANK_MARKER_LEN,
+                });
+            }
+        }
+        let mut writer = self.writer.lock();
+        for p in batch {
+            out.push(self.append_locked(&mut writer, p, next_queue_offset)?);
+        }
+        Ok(())
+    }
+
+    fn append_locked(
+        &self,
+        writer: &mut WriteState,
+        p: &Prepared<'_>,
+        next_queue_offset: &dyn Fn(&str, i32) -> Result<u64>,
+    ) -> Result<Appended> {
+        let len = p.encoded_len as u64;
+        let segment = self.segment_for_write(writer, len)?;
+        let queue_offset =
+            writer
+                .queue_offsets
+                .slot(&p.message.topic, p.message.queue_id, next_queue_offset)?;
+        let physical_offset = writer.offset;
+        let stamp = StoreStamp {
+            physical_offset,
+            queue_offset: *queue_offset,
+            store_timestamp: now_millis(),
+            store_host: self.store_host,
+        };
+        let pos = (physical_offset - segment.base()) as usize;
+        // SAFETY: we hold the append lock (sole writer) and write at `writer.offset`, which is
+        // not published until the store below.
+        let buf = unsafe { segment.write_slice(pos, p.encoded_len) };
+        record::encode(buf, p.message, p.body_crc, &stamp);
+        *queue_offset += 1;
+        writer.offset += len;
+        self.written.store(writer.offset, Ordering::Release);
+        Ok(Appended {
+            physical_offset,
+            queue_offset: stamp.queue_offset,
+            size: p.encoded_len as u32,
+            store_timestamp: stamp.store_timestamp,
+        })
+    }
+
+    /// The segment the next `len` bytes go into, rolling (blank marker + new segment) when the
+    /// current one cannot hold them plus a blank marker.
+    fn segment_for_write(&self, writer: &mut WriteState, len: u64) -> Result<Arc<Segment>> {
+        let current = self.segments.read().last().cloned();
+        if let Some(seg) = current {
+            let pos = writer.offset - seg.base();
+            if writer.offset < seg.end() && pos + len + BLANK_MARKER_LEN as u64 <= seg.size() {
+                return Ok(seg);
+            }
+            if writer.offset < seg.end() {
+                let blank = seg.end() - writer.offset;
+                // SAFETY: sole writer; the blank region is beyond the published offset.
+                let buf = unsafe { seg.write_slice(pos as usize, BLANK_MARKER_LEN) };
+                record::encode_blank(buf, blank as u32);
+                writer.offset = seg.end();
+                // The blank is published together with the next record.
+            }
+        }
+        let base = writer.offset;
+        debug_assert_eq!(base % self.segment_size, 0);
+        let seg = Arc::new(Segment::create(&self.dir, base, self.segment_size)?);
+        tracing::debug!(base, path = ?seg.path(), "rolled to a new CommitLog segment");
+        self.segments.write().push(Arc::clone(&seg));
+        Ok(seg)
+    }
+
+    fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segments = self.segments.read();
+        let first = segments.first()?.base();
+        if offset < first {
+            return None;
+        }
+        let idx = ((offset - first) / self.segment_size) as usize;
+        segments.get(idx).filter(|s| s.contains(offset)).cloned()
+    }
+
+    /// `size` bytes at `offset`, zero-copy, if they are written and still held locally.
+    pub fn read(&self, offset: u64, size: u32) -> Option<Bytes> {
+        let end = offset.checked_add(u64::from(size))?;
+        if end > self.written() {
+            return None;
+        }
+        let seg = self.segment_for(offset)?;
+        if end > seg.end() {
+            return None;
+        }
+        // SAFETY: below `written`, hence published.
+        Some(unsafe { seg.bytes((offset - seg.base()) as usize, size as usize) })
+    }
+
+    /// Decodes the entry at `offset` (a record boundary) without reading past `limit`.
+    /// `Ok(None)`: nothing there (end of data, or not held locally).
+    pub fn read_entry(
+        &self,
+        offset: u64,
+        limit: u64,
+    ) -> std::result::Result<Option<Entry>, RecordError> {
+        let limit = limit.min(self.written());
+        if offset >= limit {
+            return Ok(None);
+        }
+        let Some(seg) = self.segment_for(offset) else {
+            return Ok(None);
+        };
+        let end = limit.min(seg.end());
+        // SAFETY: below `written`, hence published.
+        let bytes = unsafe { seg.bytes((offset - seg.base()) as usize, (end - offset) as usize) };
+        match record::decode(&bytes) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecordError::End) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the segment after the one holding `offset` starts.
+    pub fn next_segment_start(&self, offset: u64) -> u64 {
+        (offset / self.segment_size + 1) * self.segment_size
+    }
+
+    /// Makes everything written so far durable. Returns the new flushed offset.
+    pub fn flush(&self) -> Result<u64> {
+        let _guard = self.flush_lock.lock();
+        let target = self.written();
+        let from = self.flushed();
+        if target <= from {
+            return Ok(from);
+        }
+        let segments = self.segments();
+        for seg in segments
+            .iter()
+            .filter(|s| s.end() > from && s.base() < target)
+        {
+            let a = from.max(seg.base()) - seg.base();
+            let b = target.min(seg.end()) - seg.base();
+            seg.flush(a as usize, b as usize)?;
+        }
+        self.flushed.store(target, Ordering::Release);
+        Ok(target)
+    }
+
+    /// Bytes written but not flushed.
+    pub fn dirty(&self) -> u64 {
+        self.written().saturating_sub(self.flushed())
+    }
+
+    /// Deletes the oldest segments for which `delete` says yes, stopping at the first no.
+    /// Never deletes the segment being written. Returns (deleted paths, new min offset).
+    pub fn delete_oldest(
+        &self,
+        mut delete: impl FnMut(&Segment) -> bool,
+    ) -> Result<(Vec<PathBuf>, u64)> {
+        let mut deleted = Vec::new();
+        loop {
+            let candidate = {
+                let segments = self.segments.read();
+                if segments.len() < 2 {
+                    break;
+                }
+                Arc::clone(&segments[0])
+            };
+            // Never a segment that holds unflushed data either.
+            if candidate.end() > self.flushed() || !delete(&candidate) {
+                break;
+            }
+            std::fs::remove_file(candidate.path()).at(candidate.path())?;
+            self.segments.write().remove(0);
+            deleted.push(candidate.path().to_owned());
+        }
+        if !deleted.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok((deleted, self.min_offset()))
+    }
+}

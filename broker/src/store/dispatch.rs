@@ -1,0 +1,156 @@
+//! The dispatcher ("reput" in RocketMQ): reads CommitLog records from where it left off up to
+//! the confirmed offset and builds ConsumeQueue entries and index entries from them. It reads
+//! only the log, so a replica that appends replicated bytes builds its queues the same way, and
+//! recovery re-dispatches with the same code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::consume_queue::{ConsumeQueue, CqEntry};
+use super::error::{Result, StoreError};
+use super::index::{IndexEntry, java_string_hash};
+use super::message_store::Inner;
+use super::properties;
+use super::record::Entry;
+
+/// Records handled per round before queues and indexes are written.
+const BATCH: usize = 4096;
+
+/// Tag hash code stored in a ConsumeQueue entry: Java `String.hashCode` of the tags, 0 without.
+pub fn tag_code(props: &[u8]) -> i64 {
+    properties::get(props, properties::TAGS).map_or(0, |t| i64::from(java_string_hash(t)))
+}
+
+/// Dispatches records in `[from, limit)`, at most `BATCH` of them. Returns the offset reached.
+pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
+    let log = &inner.commitlog;
+    let mut offset = from;
+    let mut per_queue: HashMap<*const ConsumeQueue, (Arc<ConsumeQueue>, u64, Vec<CqEntry>)> =
+        HashMap::new();
+    let mut keys: Vec<(String, u64, i64)> = Vec::new();
+    let mut n = 0;
+    while offset < limit && n < BATCH {
+        match log.read_entry(offset, limit) {
+            Ok(Some(Entry::Message(m))) => {
+                if m.physical_offset != offset {
+                    return Err(StoreError::Corrupt {
+                        path: log.dir().to_owned(),
+                        position: offset,
+                        reason: format!("record says it is at offset {}", m.physical_offset),
+                    });
+                }
+                let q = inner.queues.queue(&m.topic, m.queue_id)?;
+                let entry = CqEntry {
+                    physical_offset: offset,
+                    size: m.total_size,
+                    tag_code: tag_code(&m.properties),
+                };
+                let slot = per_queue
+                    .entry(Arc::as_ptr(&q))
+                    .or_insert_with(|| (Arc::clone(&q), m.queue_offset, Vec::new()));
+                if slot.1 + slot.2.len() as u64 != m.queue_offset {
+                    // Not contiguous with what this batch holds for the queue: write what we
+                    // have first (the queue checks order and reports gaps).
+                    let (q, first, entries) =
+                        std::mem::replace(slot, (Arc::clone(&q), m.queue_offset, Vec::new()));
+                    q.append(first, &entries)?;
+                }
+                slot.2.push(entry);
+                for (key, value) in properties::iter(&m.properties) {
+                    if key == properties::UNIQ_KEY {
+                        keys.push((format!("{}#{}", m.topic, value), offset, m.store_timestamp));
+                    } else if key == properties::KEYS {
+                        for k in value.split(' ').filter(|k| !k.is_empty()) {
+                            keys.push((format!("{}#{}", m.topic, k), offset, m.store_timestamp));
+                        }
+                    }
+                }
+                offset += u64::from(m.total_size);
+                n += 1;
+            }
+            Ok(Some(Entry::Blank(_))) => offset = log.next_segment_start(offset),
+            Ok(None) => {
+                // At a segment boundary the next segment may simply be next; anything else
+                // below `limit` is a hole, which the append path never produces.
+                let next = log.next_segment_start(offset);
+                if offset.is_multiple_of(log.segment_size()) || next > limit {
+                    break;
+                }
+                return Err(StoreError::Corrupt {
+                    path: log.dir().to_owned(),
+                    position: offset,
+                    reason: "no record where the CommitLog says data was written".into(),
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path: log.dir().to_owned(),
+                    position: offset,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    for (_, (q, first, entries)) in per_queue {
+        q.append(first, &entries)?;
+    }
+    if !keys.is_empty() {
+        let entries: Vec<IndexEntry<'_>> = keys
+            .iter()
+            .map(|(k, p, t)| IndexEntry {
+                key: k,
+                physical_offset: *p,
+                store_timestamp: *t,
+            })
+            .collect();
+        inner.index.put_batch(&entries)?;
+    }
+    Ok(offset)
+}
+
+/// Dispatches everything in `[from, limit)` (used by recovery before the store opens).
+pub fn dispatch_all(inner: &Inner, mut from: u64, limit: u64) -> Result<u64> {
+    while from < limit {
+        let next = dispatch_batch(inner, from, limit)?;
+        if next == from {
+            break;
+        }
+        from = next;
+    }
+    Ok(from)
+}
+
+/// Body of the dispatcher thread; returns after shutdown once it has caught up.
+pub fn run(inner: Arc<Inner>) {
+    loop {
+        let stopping = inner.shutdown.load(Ordering::Acquire);
+        let from = inner.dispatched.load(Ordering::Acquire);
+        let limit = inner.confirmed();
+        if from >= limit {
+            if stopping && inner.flusher_done.load(Ordering::Acquire) {
+                return;
+            }
+            inner.dispatch_signal.wait(Duration::from_millis(50));
+            continue;
+        }
+        match dispatch_batch(&inner, from, limit) {
+            Ok(next) if next == from => {
+                // A segment boundary whose next segment is not there yet: wait for it.
+                inner.dispatch_signal.wait(Duration::from_millis(10));
+            }
+            Ok(next) => {
+                inner.dispatched.store(next, Ordering::Release);
+                inner.dispatched_tx.send_replace(next);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, offset = from, "dispatch failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+                if stopping {
+                    return;
+                }
+            }
+        }
+    }
+}

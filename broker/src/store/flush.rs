@@ -1,0 +1,85 @@
+//! The flusher: makes CommitLog bytes durable per the flush policy, and releases appends that
+//! wait for durability. Under SYNC_FLUSH this is group commit: while one flush runs, more
+//! appends land, and the next flush covers all of them, so many appends share one `msync`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::config::FlushPolicy;
+use super::message_store::Inner;
+
+/// A wake-up flag between threads: `notify` sets it, `wait` sleeps until it is set (or a
+/// timeout) and clears it. Notifications while nobody waits are not lost.
+#[derive(Default)]
+pub struct Signal {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        let mut p = self.pending.lock();
+        if !*p {
+            *p = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Returns whether a notification arrived.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut p = self.pending.lock();
+        if !*p {
+            self.cv.wait_for(&mut p, timeout);
+        }
+        std::mem::replace(&mut *p, false)
+    }
+}
+
+/// Body of the flusher thread; returns after shutdown, once everything written is flushed.
+pub fn run(inner: Arc<Inner>) {
+    let cfg = &inner.config;
+    let mut last_flush = Instant::now();
+    loop {
+        let stopping = inner.shutdown.load(Ordering::Acquire);
+        let due = match cfg.flush_policy {
+            FlushPolicy::SyncFlush => {
+                if !stopping && inner.commitlog.dirty() == 0 {
+                    inner.flush_signal.wait(Duration::from_millis(100));
+                }
+                inner.commitlog.dirty() > 0
+            }
+            FlushPolicy::AsyncFlush => {
+                if !stopping {
+                    inner.flush_signal.wait(cfg.flush_interval);
+                }
+                let dirty = inner.commitlog.dirty();
+                stopping
+                    || dirty >= cfg.flush_least_pages * 4096
+                    || (dirty > 0 && last_flush.elapsed() >= cfg.flush_thorough_interval)
+            }
+        };
+        if due {
+            match inner.commitlog.flush() {
+                Ok(flushed) => {
+                    last_flush = Instant::now();
+                    inner.flushed_tx.send_replace(flushed);
+                    if cfg.flush_policy == FlushPolicy::SyncFlush {
+                        inner.dispatch_signal.notify();
+                    }
+                }
+                Err(e) => {
+                    // Waiting appends time out with FlushTimeout; keep trying.
+                    tracing::error!(error = %e, "CommitLog flush failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        if stopping && inner.commitlog.dirty() == 0 {
+            inner.dispatch_signal.notify();
+            return;
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! `MessageStore`: the store's public API, and the threads behind it (flusher, dispatcher,
+//! housekeeper for checkpoints and retention).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use super::checkpoint::{AbortMarker, Checkpoint};
+use super::commitlog::{Appended, CommitLog, Prepared};
+use super::config::{FlushPolicy, StoreConfig};
+use super::consume_queue::ConsumeQueueStore;
+use super::consumer_offset::ConsumerOffsetStore;
+use super::error::{IoContext, Result, StoreError};
+use super::flush::Signal;
+use super::index::IndexService;
+use super::properties;
+use super::record::{self, Entry, MAX_PROPERTIES_LEN, MAX_TOPIC_LEN, Message, StoredMessage};
+use super::recovery::{self, RecoveryReport};
+use super::retention::{self, RetentionHook, RetentionReport};
+use super::{dispatch, flush};
+
+/// Where a message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub physical_offset: u64,
+    pub queue_offset: u64,
+    pub size: u32,
+    pub store_timestamp: i64,
+}
+
+impl From<Appended> for PutResult {
+    fn from(a: Appended) -> Self {
+        PutResult {
+            physical_offset: a.physical_offset,
+            queue_offset: a.queue_offset,
+            size: a.size,
+            store_timestamp: a.store_timestamp,
+        }
+    }
+}
+
+/// Outcome of a queue read, as RocketMQ's `GetMessageStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    Found,
+    /// The queue has never had a message.
+    NoMatchedLogicQueue,
+    /// The queue exists but holds nothing readable.
+    NoMessageInQueue,
+    /// Below the queue's min offset: start again at `next_offset`.
+    OffsetTooSmall,
+    /// Exactly at the queue's end: nothing new yet.
+    OffsetOverflowOne,
+    /// Past the queue's end.
+    OffsetOverflowBadly,
+    /// The queue entries point at CommitLog data no longer held locally.
+    OffsetFoundNull,
+}
+
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    pub status: GetStatus,
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read of this queue should start.
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// The CommitLog's positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    /// First byte held locally.
+    pub min: u64,
+    /// End of the last complete record.
+    pub written: u64,
+    /// Durable up to here.
+    pub flushed: u64,
+    /// Safe to hand to consumers up to here.
+    pub confirmed: u64,
+    /// ConsumeQueues and indexes are built up to here.
+    pub dispatched: u64,
+}
+
+/// State shared by the API and the background threads.
+pub struct Inner {
+    pub(crate) config: StoreConfig,
+    pub(crate) commitlog: CommitLog,
+    pub(crate) queues: ConsumeQueueStore,
+    pub(crate) index: IndexService,
+    pub(crate) offsets: ConsumerOffsetStore,
+    pub(crate) dispatched: AtomicU64,
+    pub(crate) dispatched_tx: watch::Sender<u64>,
+    pub(crate) flushed_tx: watch::Sender<u64>,
+    pub(crate) flush_signal: Signal,
+    pub(crate) dispatch_signal: Signal,
+    pub(crate) housekeeping_signal: Signal,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) flusher_done: AtomicBool,
+    pub(crate) retention_hook: RwLock<Option<RetentionHook>>,
+}
+
+impl Inner {
+    /// What the dispatcher may hand to consumers: durable bytes under SYNC_FLUSH, written ones
+    /// under ASYNC_FLUSH.
+    pub(crate) fn confirmed(&self) -> u64 {
+        match self.config.flush_policy {
+            FlushPolicy::SyncFlush => self.commitlog.flushed(),
+            FlushPolicy::AsyncFlush => self.commitlog.written(),
+        }
+    }
+
+    /// Makes ConsumeQueues, indexes and consumer offsets durable, then records how far.
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        self.queues.sync_all()?;
+        self.index.flush()?;
+        self.offsets.persist()?;
+        Checkpoint {
+            commitlog: self.commitlog.flushed(),
+            consume_queue: dispatched,
+            index: dispatched,
+        }
+        .store(&self.config.root_dir)
+    }
+}
+
+/// A RocketMQ message store on local disk.
+pub struct MessageStore {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    abort: Mutex<Option<AbortMarker>>,
+    _lock: std::fs::File,
+    recovery: RecoveryReport,
+}
+
+fn validate(msg: &Message, max_body: usize) -> Result<()> {
+    let topic = &msg.topic;
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+        return Err(StoreError::InvalidTopic {
+            topic: topic.clone(),
+            reason: "length must be 1 to 127 characters",
+        });
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
+    {
+        return Err(StoreError::InvalidTopic {
+            topic: topic.clone(),
+            reason: "only letters, digits and % | _ - are allowed",
+        });
+    }
+    if !(0..=65535).contains(&msg.queue_id) {
+        return Err(StoreError::InvalidQueueId(msg.queue_id));
+    }
+    if msg.body.len() > max_body {
+        return Err(StoreError::MessageTooLarge {
+            size: msg.body.len(),
+            max: max_body,
+        });
+    }
+    if msg.properties.len() > MAX_PROPERTIES_LEN {
+        return Err(StoreError::PropertiesTooLarge {
+            size: msg.properties.len(),
+            max: MAX_PROPERTIES_LEN,
+        });
+    }
+    Ok(())
+}
+
+impl MessageStore {
+    /// Opens (or creates) the store at `config.root_dir`, recovering from a crash if the last
+    /// run did not shut down cleanly, and starts its background threads.
+    pub fn open(config: StoreConfig) -> Result<MessageStore> {
+        config.validate()?;
+        let root = config.root_dir.clone();
+        std::fs::create_dir_all(&root).at(&root)?;
+        let lock_path = root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        lock.try_lock().map_err(|_| StoreError::Config {
+            field: "rootDir",
+            reason: format!("{} is in use by another process", root.display()),
+        })?;
+        let checkpoint = Checkpoint::load(&root)?;
+        let (abort, crashed) = AbortMarker::create(&root)?;
+        let commitlog = CommitLog::load(
+            &config.commitlog_dir(),
+            config.segment_size,
+            config.store_host,
+        )?;
+        let inner = Arc::new(Inner {
+            queues: ConsumeQueueStore::new(
+                &config.consume_queue_dir(),
+                config.consume_queue_entries_per_file,
+            )?,
+            index: IndexService::open(&config.index_dir(), config.index)?,
+            offsets: ConsumerOffsetStore::open(&config.config_dir())?,
+            commitlog,
+            dispatched: AtomicU64::new(0),
+            dispatched_tx: watch::Sender::new(0),
+            flushed_tx: watch::Sender::new(0),
+            flush_signal: Signal::default(),
+            dispatch_signal: Signal::default(),
+            housekeeping_signal: Signal::default(),
+            shutdown: AtomicBool::new(false),
+            flusher_done: AtomicBool::new(false),
+            retention_hook: RwLock::new(None),
+            config,
+        });
+        let report = recovery::recover(&inner, checkpoint, crashed)?;
+        inner.dispatched.store(report.end, Ordering::Release);
+        inner.dispatched_tx.send_replace(report.end);
+        inner.flushed_tx.send_replace(inner.commitlog.flushed());
+        inner.checkpoint()?;
+        let mut threads = Vec::new();
+        for (name, body) in [
+            ("rmq-flush", flush::run as fn(Arc<Inner>)),
+            ("rmq-dispatch", dispatch::run),
+            ("rmq-housekeeping", housekeeping),
+        ] {
+            let inner = Arc::clone(&inner);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || body(inner))
+                    .map_err(|e| StoreError::io(PathBuf::from(name), e))?,
+            );
+        }
+        Ok(MessageStore {
+            inner,
+            threads: Mutex::new(threads),
+            abort: Mutex::new(Some(abort)),
+            _lock: lock,
+            recovery: report,
+        })
+    }
+
+    /// What recovery found and repaired when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Appends one message; returns once it is acknowledged under the flush policy.
+    pub async fn put_message(&self, msg: &Message) -> Result<PutResult> {
+        let mut out = self.put_messages(std::slice::from_ref(msg)).await?;
+        Ok(out.pop().expect("one result per message"))
+    }
+
+    /// Appends a batch under one lock and one flush wait; all or (on a validation error)
+    /// nothing is appended.
+    pub async fn put_messages(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
+        let inner = &self.inner;
+        if inner.shutdown.load(Ordering::Acquire) {
+            return Err(StoreError::ShutDown);
+        }
+        let host = inner.config.store_host;
+        let mut prepared = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            validate(m, inner.config.max_message_size)?;
+            prepared.push(Prepared {
+                message: m,
+                body_crc: record::body_crc(&m.body),
+                encoded_len: record::encoded_len(m, &host),
+            });
+        }
+        let mut appended = Vec::with_capacity(msgs.len());
+        let load = |topic: &str, queue_id: i32| -> Result<u64> {
+            Ok(inner
+                .queues
+                .existing(topic, queue_id)?
+                .map_or(0, |q| q.max_offset()))
+        };
+        inner.commitlog.append(&prepared, &load, &mut appended)?;
+        let end = appended.last().map_or(0, Appended::end);
+        match inner.config.flush_policy {
+            FlushPolicy::SyncFlush => {
+                inner.flush_signal.notify();
+                let mut rx = inner.flushed_tx.subscribe();
+                let wait = rx.wait_for(|flushed| *flushed >= end);
+                match tokio::time::timeout(inner.config.sync_flush_timeout, wait).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Err(StoreError::ShutDown),
+                    Err(_) => {
+                        return Err(StoreError::FlushTimeout(inner.config.sync_flush_timeout));
+                    }
+                }
+            }
+            FlushPolicy::AsyncFlush => inner.dispatch_signal.notify(),
+        }
+        Ok(appended.into_iter().map(PutResult::from).collect())
+    }
+
+    /// Up to `max` messages of a queue from logical offset `offset`.
+    pub fn get_message(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+        max: usize,
+    ) -> Result<GetResult> {
+        let Some(q) = self.inner.queues.existing(topic, queue_id)? else {
+            return Ok(GetResult {
+                status: GetStatus::NoMatchedLogicQueue,
+                messages: Vec::new(),
+                next_offset: 0,
+                min_offset: 0,
+                max_offset: 0,
+            });
+        };
+        let (min, max_offset) = (q.min_offset(), q.max_offset());
+        let result = |status, next_offset, messages| {
+            Ok(GetResult {
+                status,
+                messages,
+                next_offset,
+                min_offset: min,
+                max_offset,
+            })
+        };
+        if min == max_offset {
+            return result(GetStatus::NoMessageInQueue, min, Vec::new());
+        }
+        if offset < min {
+            return result(GetStatus::OffsetTooSmall, min, Vec::new());
+        }
+        if offset == max_offset {
+            return result(GetStatus::OffsetOverflowOne, offset, Vec::new());
+        }
+        if offset > max_offset {
+            return result(GetStatus::OffsetOverflowBadly, max_offset, Vec::new());
+        }
+        let entries = q.get(offset, max)?;
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut next = offset;
+        for e in &entries {
+            next += 1;
+            if e.size == 0 {
+                continue;
+            }
+            match self.read_message(e.physical_offset) {
+                Some(m) => messages.push(m),
+                None => continue,
+            }
+        }
+        let status = if messages.is_empty() {
+            GetStatus::OffsetFoundNull
+        } else {
+            GetStatus::Found
+        };
+        result(status, next, messages)
+    }
+
+    /// The message at a CommitLog offset, if it is held locally and valid.
+    pub fn read_message(&self, physical_offset: u64) -> Option<StoredMessage> {
+        let limit = self.inner.commitlog.written();
+        match self.inner.commitlog.read_entry(physical_offset, limit) {
+            Ok(Some(Entry::Message(m))) if m.physical_offset == physical_offset => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Smallest readable logical offset of a queue (0 for an unknown queue).
+    pub fn min_offset(&self, topic: &str, queue_id: i32) -> Result<u64> {
+        Ok(self
+            .inner
+            .queues
+            .existing(topic, queue_id)?
+            .map_or(0, |q| q.min_offset()))
+    }
+
+    /// One past the last logical offset of a queue (0 for an unknown queue).
+    pub fn max_offset(&self, topic: &str, queue_id: i32) -> Result<u64> {
+        Ok(self
+            .inner
+            .queues
+            .existing(topic, queue_id)?
+            .map_or(0, |q| q.max_offset()))
+    }
+
+    /// The smallest logical offset whose message was stored at or after `timestamp` (ms); the
+    /// queue's max offset if none was.
+    pub fn offset_by_time(&self, topic: &str, queue_id: i32, timestamp: i64) -> Result<u64> {
+        let Some(q) = self.inner.queues.existing(topic, queue_id)? else {
+            return Ok(0);
+        };
+        let (mut lo, mut hi) = (q.min_offset(), q.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let stored_at = q
+                .entry(mid)?
+                .and_then(|e| self.read_message(e.physical_offset))
+                .map(|m| m.store_timestamp);
+            match stored_at {
+                Some(ts) if ts >= timestamp => hi = mid,
+                Some(_) => lo = mid + 1,
+                // Unreadable (removed) entries count as older.
+                None => lo = mid + 1,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Messages of `topic` whose `KEYS` contain `key` (or whose unique id is `key`), newest
+    /// first, stored between `begin` and `end` (ms).
+    pub fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin: i64,
+        end: i64,
+    ) -> Vec<StoredMessage> {
+        let candidates = self.inner.index.query(
+            &format!("{topic}#{key}"),
+            max.saturating_mul(2).max(16),
+            begin,
+            end,
+        );
+        candidates
+            .into_iter()
+            .filter_map(|p| self.read_message(p))
+            .filter(|m| {
+                m.topic == topic
+                    && (m.property(properties::UNIQ_KEY) == Some(key)
+                        || m.property(properties::KEYS)
+                            .is_some_and(|ks| ks.split(' ').any(|k| k == key)))
+            })
+            .take(max)
+            .collect()
+    }
+
+    /// A message by id: RocketMQ's offset message id (store host + physical offset), or the
+    /// producer's unique id (`UNIQ_KEY`) within `topic`.
+    pub fn lookup_by_msg_id(&self, topic: &str, msg_id: &str) -> Option<StoredMessage> {
+        if let Some((_, offset)) = record::parse_offset_msg_id(msg_id)
+            && let Some(m) = self.read_message(offset)
+            && m.topic == topic
+        {
+            return Some(m);
+        }
+        self.inner
+            .index
+            .query(&format!("{topic}#{msg_id}"), 16, 0, i64::MAX)
+            .into_iter()
+            .filter_map(|p| self.read_message(p))
+            .find(|m| m.topic == topic && m.property(properties::UNIQ_KEY) == Some(msg_id))
+    }
+
+    pub fn consumer_offsets(&self) -> &ConsumerOffsetStore {
+        &self.inner.offsets
+    }
+
+    pub fn log_offsets(&self) -> LogOffsets {
+        let i = &self.inner;
+        LogOffsets {
+            min: i.commitlog.min_offset(),
+            written: i.commitlog.written(),
+            flushed: i.commitlog.flushed(),
+            confirmed: i.confirmed(),
+            dispatched: i.dispatched.load(Ordering::Acquire),
+        }
+    }
+
+    /// Watches the dispatched offset: messages below it are readable through their queues.
+    pub fn dispatched(&self) -> watch::Receiver<u64> {
+        self.inner.dispatched_tx.subscribe()
+    }
+
+    /// Waits until everything appended so far is readable through its queue.
+    pub async fn wait_dispatched(&self, offset: u64) -> Result<()> {
+        let mut rx = self.dispatched();
+        rx.wait_for(|d| *d >= offset)
+            .await
+            .map_err(|_| StoreError::ShutDown)?;
+        Ok(())
+    }
+
+    /// Installs the hook that retention asks before deleting a segment (tiering keeps a
+    /// segment until its upload is confirmed).
+    pub fn set_retention_hook(&self, hook: RetentionHook) {
+        *self.inner.retention_hook.write() = Some(hook);
+    }
+
+    /// Runs retention now, as if at wall-clock `now` with the disk `usage_ratio` full (the
+    /// housekeeping thread calls this with the real clock and disk).
+    pub fn run_retention(&self, now: SystemTime, usage_ratio: f64) -> Result<RetentionReport> {
+        retention::run(&self.inner, now, usage_ratio)
+    }
+
+    /// Makes queues, indexes and consumer offsets durable and writes the checkpoint.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Stops the background threads after flushing and dispatching everything written, writes
+    /// a final checkpoint and marks the shutdown clean.
+    pub fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.shutdown.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        inner.flush_signal.notify();
+        inner.dispatch_signal.notify();
+        inner.housekeeping_signal.notify();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            let name = t.thread().name().map(str::to_owned);
+            let is_flusher = name.as_deref() == Some("rmq-flush");
+            if t.join().is_err() {
+                tracing::error!(thread = ?name, "store thread panicked");
+            }
+            if is_flusher {
+                inner.flusher_done.store(true, Ordering::Release);
+                inner.dispatch_signal.notify();
+            }
+        }
+        inner.commitlog.flush()?;
+        let dispatched = inner.dispatched.load(Ordering::Acquire);
+        let end = dispatch::dispatch_all(inner, dispatched, inner.commitlog.written())?;
+        inner.dispatched.store(end, Ordering::Release);
+        inner.checkpoint()?;
+        if let Some(abort) = self.abort.lock().take() {
+            abort.remove()?;
+        }
+        tracing::info!(offset = end, "store shut down cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for MessageStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "store shutdown failed; the next start will recover");
+        }
+    }
+}
+
+/// Body of the housekeeping thread: checkpoints and retention on their intervals.
+fn housekeeping(inner: Arc<Inner>) {
+    let cfg = &inner.config;
+    let mut last_retention = Instant::now();
+    loop {
+        inner.housekeeping_signal.wait(cfg.checkpoint_interval);
+        if inner.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = inner.checkpoint() {
+            tracing::error!(error = %e, "checkpoint failed");
+        }
+        if last_retention.elapsed() >= cfg.retention_interval {
+            last_retention = Instant::now();
+            let usage = retention::disk_usage_ratio(&cfg.root_dir).unwrap_or(0.0);
+            if let Err(e) = retention::run(&inner, SystemTime::now(), usage) {
+                tracing::error!(error = %e, "retention failed");
+            }
+        }
+    }
+}

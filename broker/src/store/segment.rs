@@ -1,0 +1,229 @@
+//! One CommitLog segment: a fixed-size file named by its 20-digit start offset, memory-mapped.
+//!
+//! Concurrency contract (the reason for the `unsafe` blocks here): a segment has one writer at a
+//! time (the CommitLog's append lock, or recovery before anyone reads), which writes only at or
+//! beyond the CommitLog's published write offset; readers only read below that offset, which is
+//! published with `Release` after the bytes are written and loaded with `Acquire`. The written
+//! and readable regions are therefore disjoint, and a byte is never written again once readable.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::error::{IoContext, Result, StoreError};
+
+/// File name of the segment starting at `base`: 20 zero-padded digits, as RocketMQ names them.
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}")
+}
+
+/// Parses a segment file name back into its start offset.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// fsyncs a directory, so that a file created or renamed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base: u64,
+    size: u64,
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+}
+
+impl Segment {
+    /// Creates a new, zero-filled (sparse) segment file and makes its existence durable.
+    pub fn create(dir: &Path, base: u64, size: u64) -> Result<Segment> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        file.set_len(size).at(&path)?;
+        file.sync_all().at(&path)?;
+        sync_dir(dir)?;
+        Self::map(path, file, base, size)
+    }
+
+    /// Opens an existing segment. A file shorter than `size` (a crash while it was being
+    /// created) is extended with zeros; a longer one is refused.
+    pub fn open(path: &Path, base: u64, size: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at(path)?;
+        let len = file.metadata().at(path)?.len();
+        if len > size {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                position: size,
+                reason: format!(
+                    "segment file is {len} bytes, larger than the configured segment size {size}; \
+                     was the store written with a different segment size?"
+                ),
+            });
+        }
+        if len < size {
+            file.set_len(size).at(path)?;
+            file.sync_all().at(path)?;
+        }
+        Self::map(path.to_owned(), file, base, size)
+    }
+
+    fn map(path: PathBuf, file: File, base: u64, size: u64) -> Result<Segment> {
+        let len = usize::try_from(size).map_err(|_| StoreError::Config {
+            field: "segment_size",
+            reason: "does not fit in memory addresses".into(),
+        })?;
+        let map = MmapOptions::new().len(len).map_raw(&file).at(&path)?;
+        Ok(Segment {
+            base,
+            size,
+            path,
+            file,
+            map,
+        })
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// One past the last offset this segment can hold.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the CommitLog offset falls in this segment.
+    pub fn contains(&self, offset: u64) -> bool {
+        offset >= self.base && offset < self.end()
+    }
+
+    /// Mutable view of `len` bytes at `pos` (relative to the segment start).
+    ///
+    /// # Safety
+    /// The caller is the segment's only writer, and no reader may read `[pos, pos + len)` until
+    /// the caller publishes it (see the module docs). Panics if the range is out of bounds.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn write_slice(&self, pos: usize, len: usize) -> &mut [u8] {
+        assert!(pos + len <= self.map.len(), "write beyond segment end");
+        // SAFETY: in bounds (asserted); exclusivity per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(pos), len) }
+    }
+
+    /// Shared view of `len` bytes at `pos`.
+    ///
+    /// # Safety
+    /// The range must be published (fully written, never written again) per the module docs.
+    pub unsafe fn read_slice(&self, pos: usize, len: usize) -> &[u8] {
+        assert!(pos + len <= self.map.len(), "read beyond segment end");
+        // SAFETY: in bounds (asserted); immutability per the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) }
+    }
+
+    /// A zero-copy `Bytes` of a published range; it keeps the mapping alive (even after the
+    /// file is deleted by retention) until dropped.
+    ///
+    /// # Safety
+    /// As [`Segment::read_slice`].
+    pub unsafe fn bytes(self: &Arc<Self>, pos: usize, len: usize) -> Bytes {
+        assert!(pos + len <= self.map.len(), "read beyond segment end");
+        Bytes::from_owner(SegmentSlice {
+            segment: Arc::clone(self),
+            pos,
+            len,
+        })
+    }
+
+    /// Makes `[from, to)` (relative positions) durable.
+    pub fn flush(&self, from: usize, to: usize) -> Result<()> {
+        if to > from {
+            self.map.flush_range(from, to - from).at(&self.path)?;
+        }
+        Ok(())
+    }
+
+    /// Discards everything from `pos` on: the file is cut there and extended again, so the tail
+    /// reads as zeros. Only for recovery, before any reader or writer uses the segment.
+    pub fn zero_tail(&self, pos: u64) -> Result<()> {
+        self.file.set_len(pos).at(&self.path)?;
+        self.file.set_len(self.size).at(&self.path)?;
+        self.file.sync_all().at(&self.path)
+    }
+
+    /// Last-modified time of the file (retention's age).
+    pub fn modified(&self) -> Result<std::time::SystemTime> {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .at(&self.path)
+    }
+}
+
+/// The owner behind a zero-copy `Bytes` read from a segment.
+struct SegmentSlice {
+    segment: Arc<Segment>,
+    pos: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SegmentSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: created only by `Segment::bytes`, whose caller guaranteed the range is
+        // published, hence immutable for the mapping's lifetime (which `segment` extends).
+        unsafe { self.segment.read_slice(self.pos, self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(file_name(1_073_741_824), "00000000001073741824");
+        assert_eq!(parse_file_name("00000000001073741824"), Some(1_073_741_824));
+        assert_eq!(parse_file_name("0000000000107374182x"), None);
+        assert_eq!(parse_file_name("123"), None);
+    }
+
+    #[test]
+    fn create_write_reopen_zero_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Arc::new(Segment::create(dir.path(), 4096, 4096).unwrap());
+        unsafe { seg.write_slice(0, 5) }.copy_from_slice(b"hello");
+        seg.flush(0, 5).unwrap();
+        let b = unsafe { seg.bytes(0, 5) };
+        drop(seg);
+        assert_eq!(&b[..], b"hello", "bytes outlive the segment handle");
+        let path = dir.path().join(file_name(4096));
+        let seg = Segment::open(&path, 4096, 4096).unwrap();
+        assert_eq!(unsafe { seg.read_slice(0, 5) }, b"hello");
+        seg.zero_tail(2).unwrap();
+        assert_eq!(unsafe { seg.read_slice(0, 5) }, b"he\0\0\0");
+        assert!(Segment::open(&path, 4096, 1024).is_err());
+    }
+}
