@@ -19,6 +19,15 @@ pub enum FlushPolicy {
     AsyncFlush,
 }
 
+impl std::fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlushPolicy::SyncFlush => "SYNC_FLUSH",
+            FlushPolicy::AsyncFlush => "ASYNC_FLUSH",
+        })
+    }
+}
+
 impl std::str::FromStr for FlushPolicy {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

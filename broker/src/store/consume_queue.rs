@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -355,6 +356,8 @@ pub struct ConsumeQueueStore {
     root: PathBuf,
     entries_per_file: u64,
     queues: RwLock<HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>>,
+    /// The CommitLog's first local offset: a queue opened later starts past entries below it.
+    commitlog_min: AtomicU64,
 }
 
 impl ConsumeQueueStore {
@@ -364,6 +367,7 @@ impl ConsumeQueueStore {
             root: root.to_owned(),
             entries_per_file,
             queues: RwLock::new(HashMap::new()),
+            commitlog_min: AtomicU64::new(0),
         })
     }
 
@@ -384,6 +388,10 @@ impl ConsumeQueueStore {
             self.queue_dir(topic, queue_id),
             self.entries_per_file,
         )?);
+        let commitlog_min = self.commitlog_min.load(Ordering::Acquire);
+        if commitlog_min > 0 {
+            q.delete_before(commitlog_min)?;
+        }
         queues
             .entry(topic.to_owned())
             .or_default()
@@ -400,6 +408,16 @@ impl ConsumeQueueStore {
             return Ok(None);
         }
         self.queue(topic, queue_id).map(Some)
+    }
+
+    /// Retention moved the CommitLog's start: drop queue files and entries that only point
+    /// below it, in open queues now and in the others when they are opened.
+    pub fn delete_before(&self, commitlog_min: u64) -> Result<()> {
+        self.commitlog_min.store(commitlog_min, Ordering::Release);
+        for (_, _, q) in self.all() {
+            q.delete_before(commitlog_min)?;
+        }
+        Ok(())
     }
 
     /// Opens every queue on disk (crash recovery needs to look at all of them).

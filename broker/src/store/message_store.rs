@@ -218,6 +218,7 @@ impl MessageStore {
             retention_hook: RwLock::new(None),
             config,
         });
+        inner.queues.delete_before(inner.commitlog.min_offset())?;
         let report = recovery::recover(&inner, checkpoint, crashed)?;
         inner.dispatched.store(report.end, Ordering::Release);
         inner.dispatched_tx.send_replace(report.end);

@@ -79,10 +79,7 @@ pub fn run(inner: &Inner, now: SystemTime, usage_ratio: f64) -> Result<Retention
         true
     })?;
     if !deleted.is_empty() {
-        inner.queues.load_all()?;
-        for (_, _, q) in inner.queues.all() {
-            q.delete_before(min_offset)?;
-        }
+        inner.queues.delete_before(min_offset)?;
         inner.index.delete_files_before(min_offset)?;
     }
     Ok(RetentionReport {
