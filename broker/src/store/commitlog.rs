@@ -87,6 +87,7 @@ pub struct CommitLog {
     flush_lock: Mutex<()>,
     written: AtomicU64,
     flushed: AtomicU64,
+    flushes: AtomicU64,
 }
 
 pub fn now_millis() -> i64 {
@@ -151,6 +152,7 @@ impl CommitLog {
             flush_lock: Mutex::new(()),
             written: AtomicU64::new(end),
             flushed: AtomicU64::new(start),
+            flushes: AtomicU64::new(0),
         };
         Ok(log)
     }
@@ -375,7 +377,14 @@ impl CommitLog {
             seg.flush(a as usize, b as usize)?;
         }
         self.flushed.store(target, Ordering::Release);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(target)
+    }
+
+    /// How many flushes made new bytes durable (group commit: appends per flush = appends /
+    /// flushes).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Bytes written but not flushed.

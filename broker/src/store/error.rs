@@ -21,6 +21,10 @@ pub enum StoreError {
     InvalidQueueId(i32),
     #[error("flush did not complete within {0:?}; the message is written but not yet durable")]
     FlushTimeout(std::time::Duration),
+    #[error(
+        "disk full: cannot reserve {needed} bytes for {path}; writes resume once retention frees space"
+    )]
+    DiskFull { path: PathBuf, needed: u64 },
     #[error("the store is shut down")]
     ShutDown,
     #[error("corrupt data in {path} at byte {position}: {reason}")]

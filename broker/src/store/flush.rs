@@ -42,6 +42,7 @@ impl Signal {
 pub fn run(inner: Arc<Inner>) {
     let cfg = &inner.config;
     let mut last_flush = Instant::now();
+    let mut failures_while_stopping = 0;
     loop {
         let stopping = inner.shutdown.load(Ordering::Acquire);
         let due = match cfg.flush_policy {
@@ -71,8 +72,15 @@ pub fn run(inner: Arc<Inner>) {
                     }
                 }
                 Err(e) => {
-                    // Waiting appends time out with FlushTimeout; keep trying.
+                    // Waiting appends time out with FlushTimeout; keep trying, but do not hold
+                    // up a shutdown forever (the next start then recovers from the checkpoint).
                     tracing::error!(error = %e, "CommitLog flush failed");
+                    if stopping {
+                        failures_while_stopping += 1;
+                        if failures_while_stopping >= 3 {
+                            return;
+                        }
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }

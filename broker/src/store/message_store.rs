@@ -85,6 +85,8 @@ pub struct LogOffsets {
     pub confirmed: u64,
     /// ConsumeQueues and indexes are built up to here.
     pub dispatched: u64,
+    /// Flushes that made new bytes durable since the store opened.
+    pub flushes: u64,
 }
 
 /// State shared by the API and the background threads.
@@ -474,6 +476,7 @@ impl MessageStore {
             flushed: i.commitlog.flushed(),
             confirmed: i.confirmed(),
             dispatched: i.dispatched.load(Ordering::Acquire),
+            flushes: i.commitlog.flushes(),
         }
     }
 

@@ -34,6 +34,23 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// Reserves disk blocks for `[from, from + len)`. Writes through a mapping of a sparse file
+/// allocate blocks at page-fault time, and a full disk then kills the process with SIGBUS;
+/// with the blocks reserved up front, a full disk fails here instead, as a clean error.
+fn preallocate(file: &File, path: &Path, from: u64, len: u64) -> Result<()> {
+    use rustix::io::Errno;
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, len) {
+        Ok(()) => Ok(()),
+        // File systems without fallocate keep a sparse file.
+        Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+        Err(Errno::NOSPC) => Err(StoreError::DiskFull {
+            path: path.to_owned(),
+            needed: len,
+        }),
+        Err(e) => Err(StoreError::io(path, e.into())),
+    }
+}
+
 #[derive(Debug)]
 pub struct Segment {
     base: u64,
@@ -54,6 +71,11 @@ impl Segment {
             .open(&path)
             .at(&path)?;
         file.set_len(size).at(&path)?;
+        if let Err(e) = preallocate(&file, &path, 0, size) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         file.sync_all().at(&path)?;
         sync_dir(dir)?;
         Self::map(path, file, base, size)
@@ -80,6 +102,7 @@ impl Segment {
         }
         if len < size {
             file.set_len(size).at(path)?;
+            preallocate(&file, path, len, size - len)?;
             file.sync_all().at(path)?;
         }
         Self::map(path.to_owned(), file, base, size)
@@ -171,6 +194,7 @@ impl Segment {
     pub fn zero_tail(&self, pos: u64) -> Result<()> {
         self.file.set_len(pos).at(&self.path)?;
         self.file.set_len(self.size).at(&self.path)?;
+        preallocate(&self.file, &self.path, pos, self.size - pos)?;
         self.file.sync_all().at(&self.path)
     }
 

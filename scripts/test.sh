@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly what CI runs: formatting, lints (warnings are errors) and every
+# test (unit, property, black-box, SIGKILL crash and corruption tests). Exits non-zero on any
+# failure.
+#
+#   scripts/test.sh                         # CI mode: 50 SIGKILLs under SYNC_FLUSH, 20 under ASYNC
+#   RMQ_CRASH_KILLS=500 scripts/test.sh     # long mode: 500 SIGKILLs per flush policy
+#   RMQ_TEST_SEED=N scripts/test.sh         # replay the random choices of a failed run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
