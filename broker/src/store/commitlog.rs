@@ -75,6 +75,8 @@ impl QueueOffsetTable {
 
 struct WriteState {
     offset: u64,
+    /// The last segment (the one being written), if any.
+    current: Option<Arc<Segment>>,
     queue_offsets: QueueOffsetTable,
 }
 
@@ -140,6 +142,7 @@ impl CommitLog {
         }
         let end = segments.last().map_or(0, |s| s.end());
         let start = segments.first().map_or(0, |s| s.base());
+        let current = segments.last().cloned();
         let log = CommitLog {
             dir: dir.to_owned(),
             segment_size,
@@ -147,6 +150,7 @@ impl CommitLog {
             segments: RwLock::new(segments),
             writer: Mutex::new(WriteState {
                 offset: end,
+                current,
                 queue_offsets: QueueOffsetTable::default(),
             }),
             flush_lock: Mutex::new(()),
@@ -215,20 +219,21 @@ impl CommitLog {
             segment::sync_dir(&self.dir)?;
         }
         writer.offset = end;
+        writer.current = segments.last().cloned();
         self.written.store(end, Ordering::Release);
         self.flushed.store(end, Ordering::Release);
         Ok(removed)
     }
 
-    /// Appends messages under one lock acquisition. `next_queue_offset` loads a queue's next
-    /// offset the first time a queue is seen. Each message is either fully appended or not at
-    /// all; on error, those before it stay appended (their results are lost to the caller only
-    /// if the error is returned, so the batch is checked for size before anything is written).
+    /// Appends messages under one lock acquisition, reporting each to `on_appended`.
+    /// `next_queue_offset` loads a queue's next offset the first time a queue is seen. Sizes
+    /// are checked before anything is written; a later error (disk full at a segment roll)
+    /// leaves the messages before it appended and reported.
     pub fn append(
         &self,
         batch: &[Prepared<'_>],
         next_queue_offset: &dyn Fn(&str, i32) -> Result<u64>,
-        out: &mut Vec<Appended>,
+        on_appended: &mut dyn FnMut(Appended),
     ) -> Result<()> {
         for p in batch {
             if p.encoded_len + BLANK_MARKER_LEN > self.segment_size as usize {
@@ -240,7 +245,7 @@ impl CommitLog {
         }
         let mut writer = self.writer.lock();
         for p in batch {
-            out.push(self.append_locked(&mut writer, p, next_queue_offset)?);
+            on_appended(self.append_locked(&mut writer, p, next_queue_offset)?);
         }
         Ok(())
     }
@@ -283,11 +288,10 @@ impl CommitLog {
     /// The segment the next `len` bytes go into, rolling (blank marker + new segment) when the
     /// current one cannot hold them plus a blank marker.
     fn segment_for_write(&self, writer: &mut WriteState, len: u64) -> Result<Arc<Segment>> {
-        let current = self.segments.read().last().cloned();
-        if let Some(seg) = current {
+        if let Some(seg) = &writer.current {
             let pos = writer.offset - seg.base();
             if writer.offset < seg.end() && pos + len + BLANK_MARKER_LEN as u64 <= seg.size() {
-                return Ok(seg);
+                return Ok(Arc::clone(seg));
             }
             if writer.offset < seg.end() {
                 let blank = seg.end() - writer.offset;
@@ -303,6 +307,7 @@ impl CommitLog {
         let seg = Arc::new(Segment::create(&self.dir, base, self.segment_size)?);
         tracing::debug!(base, path = ?seg.path(), "rolled to a new CommitLog segment");
         self.segments.write().push(Arc::clone(&seg));
+        writer.current = Some(Arc::clone(&seg));
         Ok(seg)
     }
 

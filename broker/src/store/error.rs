@@ -15,6 +15,8 @@ pub enum StoreError {
     MessageTooLarge { size: usize, max: usize },
     #[error("message properties of {size} bytes exceed the maximum of {max} bytes")]
     PropertiesTooLarge { size: usize, max: usize },
+    #[error("message properties must be empty or end with the property separator \\u0002")]
+    MalformedProperties,
     #[error("invalid topic name {topic:?}: {reason}")]
     InvalidTopic { topic: String, reason: &'static str },
     #[error("invalid queue id {0}: must be between 0 and 65535")]

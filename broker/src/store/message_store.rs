@@ -173,6 +173,9 @@ fn validate(msg: &Message, max_body: usize) -> Result<()> {
             max: MAX_PROPERTIES_LEN,
         });
     }
+    if !record::properties_well_formed(&msg.properties) {
+        return Err(StoreError::MalformedProperties);
+    }
     Ok(())
 }
 
@@ -260,52 +263,77 @@ impl MessageStore {
 
     /// Appends one message; returns once it is acknowledged under the flush policy.
     pub async fn put_message(&self, msg: &Message) -> Result<PutResult> {
-        let mut out = self.put_messages(std::slice::from_ref(msg)).await?;
-        Ok(out.pop().expect("one result per message"))
+        let prepared = [self.prepare(msg)?];
+        let mut result = None;
+        self.append(&prepared, &mut |a| result = Some(a))?;
+        let appended = result.expect("one append per message");
+        self.wait_acknowledgeable(appended.end()).await?;
+        Ok(appended.into())
     }
 
-    /// Appends a batch under one lock and one flush wait; all or (on a validation error)
-    /// nothing is appended.
+    /// Appends a batch under one lock and one flush wait. A validation error appends nothing.
     pub async fn put_messages(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
+        let prepared = msgs
+            .iter()
+            .map(|m| self.prepare(m))
+            .collect::<Result<Vec<_>>>()?;
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut end = 0;
+        self.append(&prepared, &mut |a| {
+            end = a.end();
+            results.push(PutResult::from(a));
+        })?;
+        self.wait_acknowledgeable(end).await?;
+        Ok(results)
+    }
+
+    /// Validates a message and computes what the append needs, outside the append lock.
+    fn prepare<'a>(&self, msg: &'a Message) -> Result<Prepared<'a>> {
+        validate(msg, self.inner.config.max_message_size)?;
+        Ok(Prepared {
+            message: msg,
+            body_crc: record::body_crc(&msg.body),
+            encoded_len: record::encoded_len(msg, &self.inner.config.store_host),
+        })
+    }
+
+    fn append(
+        &self,
+        prepared: &[Prepared<'_>],
+        on_appended: &mut dyn FnMut(Appended),
+    ) -> Result<()> {
         let inner = &self.inner;
         if inner.shutdown.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);
         }
-        let host = inner.config.store_host;
-        let mut prepared = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            validate(m, inner.config.max_message_size)?;
-            prepared.push(Prepared {
-                message: m,
-                body_crc: record::body_crc(&m.body),
-                encoded_len: record::encoded_len(m, &host),
-            });
-        }
-        let mut appended = Vec::with_capacity(msgs.len());
         let load = |topic: &str, queue_id: i32| -> Result<u64> {
             Ok(inner
                 .queues
                 .existing(topic, queue_id)?
                 .map_or(0, |q| q.max_offset()))
         };
-        inner.commitlog.append(&prepared, &load, &mut appended)?;
-        let end = appended.last().map_or(0, Appended::end);
+        inner.commitlog.append(prepared, &load, on_appended)
+    }
+
+    /// Waits until bytes up to `end` may be acknowledged under the flush policy.
+    async fn wait_acknowledgeable(&self, end: u64) -> Result<()> {
+        let inner = &self.inner;
         match inner.config.flush_policy {
             FlushPolicy::SyncFlush => {
                 inner.flush_signal.notify();
                 let mut rx = inner.flushed_tx.subscribe();
                 let wait = rx.wait_for(|flushed| *flushed >= end);
                 match tokio::time::timeout(inner.config.sync_flush_timeout, wait).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return Err(StoreError::ShutDown),
-                    Err(_) => {
-                        return Err(StoreError::FlushTimeout(inner.config.sync_flush_timeout));
-                    }
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(_)) => Err(StoreError::ShutDown),
+                    Err(_) => Err(StoreError::FlushTimeout(inner.config.sync_flush_timeout)),
                 }
             }
-            FlushPolicy::AsyncFlush => inner.dispatch_signal.notify(),
+            FlushPolicy::AsyncFlush => {
+                inner.dispatch_signal.notify();
+                Ok(())
+            }
         }
-        Ok(appended.into_iter().map(PutResult::from).collect())
     }
 
     /// Up to `max` messages of a queue from logical offset `offset`.

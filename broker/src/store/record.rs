@@ -136,8 +136,10 @@ pub enum RecordError {
     LengthMismatch { computed: usize, claimed: usize },
     #[error("body CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
-    #[error("topic is not valid UTF-8")]
+    #[error("topic is empty, not UTF-8 or contains NUL bytes")]
     BadTopic,
+    #[error("properties do not end with the property separator (a torn tail)")]
+    BadProperties,
 }
 
 /// What sits at a position of a segment.
@@ -159,6 +161,15 @@ fn host_len(addr: &SocketAddr) -> usize {
 
 fn uses_v2(topic_len: usize) -> bool {
     topic_len > MAX_TOPIC_LEN
+}
+
+/// The byte every encoded property list ends with.
+pub const PROPERTY_SEPARATOR: u8 = 0x02;
+
+/// Whether encoded properties are well-formed enough to store: empty, or ending with the
+/// property separator (what RocketMQ's encoder always produces).
+pub fn properties_well_formed(props: &[u8]) -> bool {
+    props.last().is_none_or(|b| *b == PROPERTY_SEPARATOR)
 }
 
 /// Bytes that `msg` takes in the CommitLog once stored from `store_host`.
@@ -227,7 +238,9 @@ pub fn encode(buf: &mut [u8], msg: &Message, crc: u32, stamp: &StoreStamp) {
     debug_assert_eq!(total, encoded_len(msg, &stamp.store_host));
     let v2 = uses_v2(msg.topic.len());
     let mut w = Writer { buf, pos: 0 };
-    w.i32(total as i32);
+    // TOTALSIZE is written last (below): a writer killed mid-record leaves a zero size, which
+    // readers and recovery take as the end of data, never as a record.
+    w.i32(0);
     w.put(&(if v2 { MAGIC_V2 } else { MAGIC_V1 }).to_be_bytes());
     w.put(&crc.to_be_bytes());
     w.i32(msg.queue_id);
@@ -252,6 +265,8 @@ pub fn encode(buf: &mut [u8], msg: &Message, crc: u32, stamp: &StoreStamp) {
     w.put(&(msg.properties.len() as u16).to_be_bytes());
     w.put(&msg.properties);
     debug_assert_eq!(w.pos, total);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+    w.buf[0..4].copy_from_slice(&(total as u32).to_be_bytes());
 }
 
 /// Writes a blank record header at the start of `buf` covering `len` bytes.
@@ -390,12 +405,21 @@ pub fn decode(data: &Bytes) -> Result<Entry, RecordError> {
         usize::from(r.u8().ok_or_else(short)?)
     };
     let topic = r.take(topic_len).ok_or_else(short)?;
+    // A torn tail reads as zeros: an empty topic or NUL in it is damage, not a name.
+    if topic.is_empty() || topic.contains(&0) {
+        return Err(RecordError::BadTopic);
+    }
     let topic = std::str::from_utf8(topic)
         .map_err(|_| RecordError::BadTopic)?
         .to_owned();
     let props_len = usize::from(r.u16().ok_or_else(short)?);
     let props_start = r.pos;
-    r.take(props_len).ok_or_else(short)?;
+    let props = r.take(props_len).ok_or_else(short)?;
+    // Encoded properties end with the separator; zeros there are a torn tail (the body CRC
+    // does not cover topic and properties).
+    if props.last().is_some_and(|b| *b != PROPERTY_SEPARATOR) {
+        return Err(RecordError::BadProperties);
+    }
     if r.pos != size_usize {
         return Err(RecordError::LengthMismatch {
             computed: r.pos,
@@ -509,7 +533,10 @@ mod tests {
             props in proptest::collection::vec(any::<u8>(), 0..4096),
             big_props in any::<bool>(),
         ) -> Message {
-            let properties = if big_props { vec![b'p'; MAX_PROPERTIES_LEN] } else { props };
+            let mut properties = if big_props { vec![b'p'; MAX_PROPERTIES_LEN] } else { props };
+            if let Some(last) = properties.last_mut() {
+                *last = PROPERTY_SEPARATOR;
+            }
             Message {
                 topic, queue_id, flag, sys_flag: sys, born_timestamp, born_host, reconsume_times,
                 prepared_transaction_offset: prepared, body: body.into(), properties: properties.into(),
@@ -573,6 +600,24 @@ mod tests {
                     prop_assert_eq!(m.total_size as usize, len);
                 }
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A writer killed mid-record leaves a zeroed tail (segments are zero-filled): that
+        /// must never decode as a message, wherever the cut is.
+        #[test]
+        fn torn_tail_is_never_a_record(msg in message(), cut in any::<prop::sample::Index>()) {
+            let host: SocketAddr = "10.0.0.1:10911".parse().unwrap();
+            let stamp = StoreStamp { physical_offset: 0, queue_offset: 0, store_timestamp: 1, store_host: host };
+            let len = encoded_len(&msg, &host);
+            let mut buf = vec![0u8; len + 64];
+            encode(&mut buf[..len], &msg, body_crc(&msg.body), &stamp);
+            let at = cut.index(len);
+            buf[at..].fill(0);
+            let decoded = decode(&Bytes::from(buf));
+            prop_assert!(!matches!(decoded, Ok(Entry::Message(_))), "cut at {} of {}: {:?}", at, len, decoded.map(|_| ()));
         }
     }
 
