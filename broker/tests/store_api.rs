@@ -333,3 +333,23 @@ async fn retention_by_age_disk_usage_and_hook() {
     let after = read_all(&store, 1500);
     assert_eq!(after.len(), seqs.len() + 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocketmq_sized_one_gib_segments_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 1 << 30,
+        ..small_config(dir.path(), FlushPolicy::SyncFlush, 1 << 30)
+    };
+    let store = MessageStore::open(cfg.clone()).unwrap();
+    fill(&store, 0, 40, 1000).await;
+    store.shutdown().unwrap();
+    drop(store);
+    let names: Vec<_> = std::fs::read_dir(cfg.commitlog_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["00000000000000000000".to_owned()]);
+    let store = MessageStore::open(cfg).unwrap();
+    assert_eq!(read_all(&store, 1000), (0..40).collect::<Vec<_>>());
+}
