@@ -54,6 +54,7 @@ use memmap2::MmapMut;
 use parking_lot::RwLock;
 
 use crate::store::error::{IoContext, Result, StoreError};
+use crate::store::segment::preallocate;
 
 const HEADER_SIZE: usize = 40;
 const SLOT_SIZE: usize = 4;
@@ -311,9 +312,12 @@ impl IndexFile {
             .create_new(true)
             .open(&path)
             .at(&path)?;
+        // Blocks are reserved up front (see `segment::preallocate`): a full disk fails here,
+        // not with SIGBUS on a later write through the mapping.
         let mapped = file
             .set_len(layout.file_size as u64)
             .at(&path)
+            .and_then(|()| preallocate(&file, &path, 0, layout.file_size as u64))
             .and_then(|()| map_file(&file, &path));
         let mut mmap = match mapped {
             Ok(mmap) => mmap,

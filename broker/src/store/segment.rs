@@ -37,7 +37,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Reserves disk blocks for `[from, from + len)`. Writes through a mapping of a sparse file
 /// allocate blocks at page-fault time, and a full disk then kills the process with SIGBUS;
 /// with the blocks reserved up front, a full disk fails here instead, as a clean error.
-fn preallocate(file: &File, path: &Path, from: u64, len: u64) -> Result<()> {
+pub(crate) fn preallocate(file: &File, path: &Path, from: u64, len: u64) -> Result<()> {
     use rustix::io::Errno;
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, len) {
         Ok(()) => Ok(()),
