@@ -2,4 +2,5 @@
 //! `store` owns files, offsets, flush and recovery; the protocol, service and tiering layers
 //! build on its public API.
 
+pub mod protocol;
 pub mod store;

@@ -1,0 +1,3 @@
+//! Wire protocols: types and codecs only, no business state (that is `service`).
+
+pub mod grpc;
