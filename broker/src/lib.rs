@@ -3,4 +3,6 @@
 //! build on its public API.
 
 pub mod protocol;
+pub mod role;
+pub mod service;
 pub mod store;

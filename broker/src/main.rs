@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use broker::store::{FlushPolicy, MessageStore, StoreConfig};
+use broker::role::standalone::{self, StandaloneConfig};
+use broker::service::BrokerConfig;
+use broker::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
+use broker::store::{FlushPolicy, StoreConfig};
 
 #[derive(Parser)]
 #[command(name = "rmq-broker", version, about = "RocketMQ-compatible broker")]
@@ -17,24 +20,76 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Role {
-    /// Name server, proxy and store in one process, with embedded defaults.
+    /// Store, messaging service and gRPC endpoint in one process, with embedded defaults.
     Standalone(StandaloneArgs),
 }
 
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// Folder for all data (CommitLog, ConsumeQueues, indexes, offsets).
+    /// Folder for all data (CommitLog, ConsumeQueues, indexes, offsets, topics).
     #[arg(long, env = "RMQ_DATA_DIR", default_value = "data/standalone")]
     data_dir: PathBuf,
+    /// Address of the RocketMQ 5 gRPC endpoint.
+    #[arg(long, env = "RMQ_GRPC_LISTEN", default_value = "0.0.0.0:8081")]
+    grpc_listen: SocketAddr,
+    /// Address given to clients in routes (default: the listen address, loopback if it is 0.0.0.0).
+    #[arg(long, env = "RMQ_ADVERTISE")]
+    advertise: Option<SocketAddr>,
     /// SYNC_FLUSH (acknowledge after fsync) or ASYNC_FLUSH.
     #[arg(long, env = "RMQ_FLUSH_POLICY", default_value = "ASYNC_FLUSH")]
     flush_policy: FlushPolicy,
     /// Bytes per CommitLog segment.
     #[arg(long, env = "RMQ_SEGMENT_SIZE", default_value_t = StoreConfig::default().segment_size)]
     segment_size: u64,
-    /// Address recorded as each message's store host.
-    #[arg(long, env = "RMQ_STORE_HOST", default_value = "127.0.0.1:10911")]
-    store_host: SocketAddr,
+    /// Create (or update) a topic at start: NAME[:QUEUES[:TYPE]], TYPE one of NORMAL, FIFO,
+    /// DELAY, TRANSACTION. Repeatable.
+    #[arg(long = "topic", value_parser = parse_topic)]
+    topics: Vec<TopicConfig>,
+    /// Create (or update) a consumer group at start: NAME[:MAX_DELIVERY_ATTEMPTS[:fifo]].
+    /// Repeatable.
+    #[arg(long = "group", value_parser = parse_group)]
+    groups: Vec<GroupConfig>,
+    /// Create unknown topics on first use instead of answering TOPIC_NOT_FOUND.
+    #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
+    auto_create_topics: bool,
+}
+
+fn parse_topic(s: &str) -> Result<TopicConfig, String> {
+    let mut it = s.split(':');
+    let name = it.next().unwrap_or_default().to_owned();
+    let queues = match it.next() {
+        Some(q) => q
+            .parse()
+            .map_err(|_| format!("queue count {q:?} is not a number"))?,
+        None => 8,
+    };
+    let message_type = match it.next() {
+        Some(t) => t.parse()?,
+        None => TopicMessageType::Normal,
+    };
+    Ok(TopicConfig {
+        name,
+        queues,
+        message_type,
+    })
+}
+
+fn parse_group(s: &str) -> Result<GroupConfig, String> {
+    let mut it = s.split(':');
+    let mut g = GroupConfig::new(it.next().unwrap_or_default());
+    if let Some(a) = it.next() {
+        g.max_delivery_attempts = a
+            .parse()
+            .map_err(|_| format!("max delivery attempts {a:?} is not a number"))?;
+    }
+    if let Some(f) = it.next() {
+        g.fifo = match f {
+            "fifo" => true,
+            "" | "normal" => false,
+            _ => return Err(format!("{f:?}: expected fifo")),
+        };
+    }
+    Ok(g)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,42 +99,34 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().role {
-        Role::Standalone(args) => standalone(args),
+        Role::Standalone(args) => run_standalone(args),
     }
 }
 
-fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    let config = StoreConfig {
-        root_dir: args.data_dir,
-        flush_policy: args.flush_policy,
-        segment_size: args.segment_size,
-        store_host: args.store_host,
-        ..StoreConfig::default()
+fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let cfg = StandaloneConfig {
+        store: StoreConfig {
+            root_dir: args.data_dir,
+            flush_policy: args.flush_policy,
+            segment_size: args.segment_size,
+            ..StoreConfig::default()
+        },
+        broker: BrokerConfig {
+            auto_create_topics: args.auto_create_topics,
+            ..BrokerConfig::default()
+        },
+        grpc_listen: args.grpc_listen,
+        advertise: args.advertise,
+        topics: args.topics,
+        groups: args.groups,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let store = MessageStore::open(config.clone())
-            .with_context(|| format!("opening the store at {}", config.root_dir.display()))?;
-        let r = store.recovery_report();
-        let offsets = store.log_offsets();
-        tracing::info!(
-            data_dir = %config.root_dir.display(),
-            flush_policy = ?config.flush_policy,
-            crashed_before = r.crashed,
-            commitlog_min = offsets.min,
-            commitlog_end = offsets.written,
-            "store open"
-        );
-        tracing::warn!(
-            "the gRPC endpoint is not implemented yet: this build runs the store only (see the gRPC issue)"
-        );
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        tracing::info!("shutting down");
-        tokio::task::spawn_blocking(move || store.shutdown())
-            .await
-            .context("joining shutdown")??;
-        Ok(())
-    })
+    runtime.block_on(standalone::run(cfg, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }))
 }

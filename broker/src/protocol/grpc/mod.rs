@@ -5,3 +5,5 @@
 pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
+
+pub mod server;

@@ -1,0 +1,1076 @@
+//! `apache.rocketmq.v2.MessagingService` over tonic: converts between the wire types and the
+//! service layer, and maps errors to the protocol's status codes. Holds no state of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status as GrpcStatus, Streaming};
+
+use super::pb::{self, Code, messaging_service_server::MessagingService};
+use crate::service::filter::TagFilter;
+use crate::service::metadata::TopicMessageType;
+use crate::service::pop::{AckOutcome, Delivery, ReceiptHandle};
+use crate::service::{Broker, ReceiveRequest, ServiceError, keys};
+use crate::store::record::sys_flag;
+use crate::store::{GetStatus, Message, StoreError, StoredMessage, properties};
+
+type GrpcResult<T> = Result<Response<T>, GrpcStatus>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, GrpcStatus>> + Send>>;
+
+/// Largest gRPC message the server decodes: a batch of 4 MiB messages fits.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 130 * 1024 * 1024;
+
+pub struct GrpcService {
+    broker: Arc<Broker>,
+    /// Address put into routes when the client did not say which one it used.
+    advertised: SocketAddr,
+}
+
+impl GrpcService {
+    pub fn new(broker: Arc<Broker>, advertised: SocketAddr) -> Self {
+        GrpcService { broker, advertised }
+    }
+}
+
+fn status(code: Code, message: impl Into<String>) -> pb::Status {
+    pb::Status {
+        code: code as i32,
+        message: message.into(),
+    }
+}
+
+fn ok() -> pb::Status {
+    status(Code::Ok, "OK")
+}
+
+/// The wire status code for a service error.
+fn code_of(e: &ServiceError) -> Code {
+    match e {
+        ServiceError::TopicNotFound(_) => Code::TopicNotFound,
+        ServiceError::IllegalTopic(_) => Code::IllegalTopic,
+        ServiceError::IllegalGroup(_) => Code::IllegalConsumerGroup,
+        ServiceError::NoSuchQueue { .. } => Code::BadRequest,
+        ServiceError::BodyEmpty => Code::MessageBodyEmpty,
+        ServiceError::BodyTooLarge { .. } => Code::MessageBodyTooLarge,
+        ServiceError::MessageTypeConflict(_) => Code::MessagePropertyConflictWithType,
+        ServiceError::Unsupported(_) => Code::NotImplemented,
+        ServiceError::InvalidReceiptHandle => Code::InvalidReceiptHandle,
+        ServiceError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
+        ServiceError::Filter(_) => Code::IllegalFilterExpression,
+        ServiceError::Metadata(_) => Code::BadRequest,
+        ServiceError::Store(StoreError::MessageTooLarge { .. }) => Code::MessageBodyTooLarge,
+        ServiceError::Store(StoreError::PropertiesTooLarge { .. }) => {
+            Code::MessagePropertiesTooLarge
+        }
+        ServiceError::Store(StoreError::InvalidTopic { .. }) => Code::IllegalTopic,
+        ServiceError::Store(StoreError::InvalidQueueId(_)) => Code::BadRequest,
+        ServiceError::Store(StoreError::MalformedProperties) => Code::IllegalMessagePropertyKey,
+        ServiceError::Store(StoreError::FlushTimeout(_)) => Code::MasterPersistenceTimeout,
+        ServiceError::Store(_) => Code::InternalServerError,
+    }
+}
+
+fn error_status(e: &ServiceError) -> pb::Status {
+    let code = code_of(e);
+    if code == Code::InternalServerError {
+        tracing::error!(error = %e, "request failed");
+    }
+    status(code, e.to_string())
+}
+
+fn require_client_id<T>(req: &Request<T>) -> Result<(), pb::Status> {
+    match req.metadata().get("x-mq-client-id") {
+        Some(v) if !v.is_empty() => Ok(()),
+        _ => Err(status(
+            Code::ClientIdRequired,
+            "the x-mq-client-id header is required",
+        )),
+    }
+}
+
+fn name(r: &Option<pb::Resource>) -> &str {
+    r.as_ref().map_or("", |r| r.name.as_str())
+}
+
+fn duration_of(d: &Option<prost_types::Duration>) -> Option<Duration> {
+    d.as_ref().and_then(|d| {
+        (d.seconds >= 0 && d.nanos >= 0).then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+    })
+}
+
+fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn pb_timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn millis_of(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// The gRPC deadline the client set (`grpc-timeout`), if any.
+fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Properties the broker itself manages; everything else is a user property.
+const SYSTEM_KEYS: &[&str] = &[
+    properties::KEYS,
+    properties::TAGS,
+    properties::UNIQ_KEY,
+    keys::SHARDING_KEY,
+    keys::TIMER_DELIVER_MS,
+    keys::TRAN_MSG,
+];
+
+fn message_type_of(sp: &pb::SystemProperties) -> TopicMessageType {
+    match pb::MessageType::try_from(sp.message_type).unwrap_or(pb::MessageType::Normal) {
+        pb::MessageType::Fifo => TopicMessageType::Fifo,
+        pb::MessageType::Delay => TopicMessageType::Delay,
+        pb::MessageType::Transaction => TopicMessageType::Transaction,
+        _ if sp.message_group.is_some() => TopicMessageType::Fifo,
+        _ if sp.delivery_timestamp.is_some() => TopicMessageType::Delay,
+        _ => TopicMessageType::Normal,
+    }
+}
+
+/// Converts a wire message into what the store keeps; checks property keys.
+fn to_store_message(
+    m: pb::Message,
+    born_host: SocketAddr,
+) -> Result<(Message, String, TopicMessageType), pb::Status> {
+    let sp = m.system_properties.unwrap_or_default();
+    let topic = name(&m.topic).to_owned();
+    let bad_text = |s: &str| s.contains(['\u{1}', '\u{2}']);
+    let mut pairs: Vec<(String, String)> = Vec::with_capacity(m.user_properties.len() + 4);
+    for (k, v) in m.user_properties {
+        if k.is_empty() || bad_text(&k) || SYSTEM_KEYS.contains(&k.as_str()) {
+            return Err(status(
+                Code::IllegalMessagePropertyKey,
+                format!("user property key {k:?} is empty, reserved or has control characters"),
+            ));
+        }
+        if bad_text(&v) {
+            return Err(status(
+                Code::BadRequest,
+                format!("user property {k:?} has control characters"),
+            ));
+        }
+        pairs.push((k, v));
+    }
+    if let Some(tag) = sp.tag.as_ref().filter(|t| !t.is_empty()) {
+        if bad_text(tag) || tag.contains("||") || tag.trim().is_empty() {
+            return Err(status(
+                Code::IllegalMessageTag,
+                format!("invalid tag {tag:?}"),
+            ));
+        }
+        pairs.push((properties::TAGS.into(), tag.clone()));
+    }
+    if !sp.keys.is_empty() {
+        if sp
+            .keys
+            .iter()
+            .any(|k| k.is_empty() || bad_text(k) || k.contains(' '))
+        {
+            return Err(status(
+                Code::IllegalMessageKey,
+                "message keys must be non-empty words",
+            ));
+        }
+        pairs.push((properties::KEYS.into(), sp.keys.join(" ")));
+    }
+    if sp.message_id.is_empty() || bad_text(&sp.message_id) {
+        return Err(status(Code::IllegalMessageId, "message_id is required"));
+    }
+    pairs.push((properties::UNIQ_KEY.into(), sp.message_id.clone()));
+    if let Some(g) = &sp.message_group {
+        if g.is_empty() || bad_text(g) {
+            return Err(status(
+                Code::IllegalMessageGroup,
+                format!("invalid message group {g:?}"),
+            ));
+        }
+        pairs.push((keys::SHARDING_KEY.into(), g.clone()));
+    }
+    if let Some(t) = &sp.delivery_timestamp {
+        pairs.push((keys::TIMER_DELIVER_MS.into(), millis_of(t).to_string()));
+    }
+    let message_type = message_type_of(&sp);
+    let mut sys = 0;
+    if pb::Encoding::try_from(sp.body_encoding) == Ok(pb::Encoding::Gzip) {
+        sys |= sys_flag::COMPRESSED;
+    }
+    let msg = Message {
+        topic,
+        queue_id: sp.queue_id,
+        flag: 0,
+        sys_flag: sys,
+        born_timestamp: sp.born_timestamp.as_ref().map_or(0, millis_of),
+        born_host,
+        reconsume_times: 0,
+        prepared_transaction_offset: 0,
+        body: m.body,
+        properties: properties::encode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    };
+    Ok((msg, sp.message_id, message_type))
+}
+
+/// Converts a stored message to the wire, as a delivery (with handle) or a plain read.
+fn to_pb_message(m: &StoredMessage, handle: Option<(&ReceiptHandle, Duration)>) -> pb::Message {
+    let mut user_properties = HashMap::new();
+    for (k, v) in properties::iter(&m.properties) {
+        if !SYSTEM_KEYS.contains(&k) {
+            user_properties.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let group = m.property(keys::SHARDING_KEY).map(str::to_owned);
+    let delivery = m
+        .property(keys::TIMER_DELIVER_MS)
+        .and_then(|v| v.parse::<i64>().ok());
+    let message_type = if group.is_some() {
+        pb::MessageType::Fifo
+    } else if delivery.is_some() {
+        pb::MessageType::Delay
+    } else {
+        pb::MessageType::Normal
+    };
+    let encoding = if m.sys_flag & sys_flag::COMPRESSED != 0 {
+        pb::Encoding::Gzip
+    } else {
+        pb::Encoding::Identity
+    };
+    let sp = pb::SystemProperties {
+        tag: m.property(properties::TAGS).map(str::to_owned),
+        keys: m
+            .property(properties::KEYS)
+            .map(|k| {
+                k.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        message_id: m
+            .property(properties::UNIQ_KEY)
+            .map(str::to_owned)
+            .unwrap_or_else(|| m.offset_msg_id()),
+        body_digest: Some(pb::Digest {
+            r#type: pb::DigestType::Crc32 as i32,
+            checksum: format!("{:08X}", m.body_crc),
+        }),
+        body_encoding: encoding as i32,
+        message_type: message_type as i32,
+        born_timestamp: Some(pb_timestamp(m.born_timestamp)),
+        born_host: m.born_host.ip().to_string(),
+        store_timestamp: Some(pb_timestamp(m.store_timestamp)),
+        store_host: m.store_host.to_string(),
+        delivery_timestamp: delivery.map(pb_timestamp),
+        receipt_handle: handle.map(|(h, _)| h.encode()),
+        queue_id: m.queue_id,
+        queue_offset: Some(m.queue_offset as i64),
+        invisible_duration: handle.map(|(_, d)| pb_duration(d)),
+        delivery_attempt: handle.map(|(h, _)| h.attempt as i32),
+        message_group: group,
+        ..Default::default()
+    };
+    pb::Message {
+        topic: Some(pb::Resource {
+            resource_namespace: String::new(),
+            name: m.topic.clone(),
+        }),
+        user_properties,
+        system_properties: Some(sp),
+        body: m.body.clone(),
+    }
+}
+
+fn accept_types(t: TopicMessageType) -> Vec<i32> {
+    vec![match t {
+        TopicMessageType::Normal => pb::MessageType::Normal,
+        TopicMessageType::Fifo => pb::MessageType::Fifo,
+        TopicMessageType::Delay => pb::MessageType::Delay,
+        TopicMessageType::Transaction => pb::MessageType::Transaction,
+    } as i32]
+}
+
+impl GrpcService {
+    fn endpoints(&self, requested: Option<pb::Endpoints>) -> pb::Endpoints {
+        requested
+            .filter(|e| !e.addresses.is_empty())
+            .unwrap_or_else(|| pb::Endpoints {
+                scheme: if self.advertised.is_ipv6() {
+                    pb::AddressScheme::IPv6
+                } else {
+                    pb::AddressScheme::IPv4
+                } as i32,
+                addresses: vec![pb::Address {
+                    host: self.advertised.ip().to_string(),
+                    port: i32::from(self.advertised.port()),
+                }],
+            })
+    }
+
+    fn message_queue(
+        &self,
+        topic: &str,
+        id: i32,
+        t: TopicMessageType,
+        endpoints: &pb::Endpoints,
+    ) -> pb::MessageQueue {
+        pb::MessageQueue {
+            topic: Some(pb::Resource {
+                resource_namespace: String::new(),
+                name: topic.to_owned(),
+            }),
+            id,
+            permission: pb::Permission::ReadWrite as i32,
+            broker: Some(pb::Broker {
+                name: self.broker.config.broker_name.clone(),
+                id: 0,
+                endpoints: Some(endpoints.clone()),
+            }),
+            accept_message_types: accept_types(t),
+        }
+    }
+
+    /// The merged settings the broker answers a client's Telemetry settings with.
+    fn merged_settings(&self, s: pb::Settings) -> pb::Settings {
+        let mut out = pb::Settings {
+            client_type: s.client_type,
+            access_point: s.access_point,
+            request_timeout: s
+                .request_timeout
+                .or(Some(pb_duration(Duration::from_secs(3)))),
+            user_agent: s.user_agent,
+            metric: Some(pb::Metric {
+                on: false,
+                endpoints: None,
+            }),
+            ..Default::default()
+        };
+        match s.pub_sub {
+            Some(pb::settings::PubSub::Subscription(sub)) => {
+                let group = self.broker.group(name(&sub.group)).ok();
+                let attempts = group.as_ref().map_or(16, |g| g.max_delivery_attempts);
+                // RocketMQ's retry delays: 1s 5s 10s 30s 1m 2m ... 2h.
+                let next = [
+                    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800,
+                    3600, 7200,
+                ]
+                .iter()
+                .map(|s| pb_duration(Duration::from_secs(*s)))
+                .collect();
+                out.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: attempts as i32,
+                    strategy: Some(pb::retry_policy::Strategy::CustomizedBackoff(
+                        pb::CustomizedBackoff { next },
+                    )),
+                });
+                out.pub_sub = Some(pb::settings::PubSub::Subscription(pb::Subscription {
+                    fifo: Some(group.as_ref().is_some_and(|g| g.fifo)),
+                    receive_batch_size: Some(32),
+                    long_polling_timeout: Some(pb_duration(Duration::from_secs(20))),
+                    ..sub
+                }));
+            }
+            Some(pb::settings::PubSub::Publishing(p)) => {
+                out.backoff_policy = Some(pb::RetryPolicy {
+                    max_attempts: 3,
+                    strategy: Some(pb::retry_policy::Strategy::ExponentialBackoff(
+                        pb::ExponentialBackoff {
+                            initial: Some(pb_duration(Duration::from_millis(10))),
+                            max: Some(pb_duration(Duration::from_secs(1))),
+                            multiplier: 2.0,
+                        },
+                    )),
+                });
+                out.pub_sub = Some(pb::settings::PubSub::Publishing(pb::Publishing {
+                    topics: p.topics,
+                    max_body_size: self.broker.config.max_body_size as i32,
+                    validate_message_type: true,
+                }));
+            }
+            None => {}
+        }
+        out
+    }
+
+    fn deliveries_to_stream(
+        deliveries: Vec<Delivery>,
+        invisible: Duration,
+    ) -> BoxStream<pb::ReceiveMessageResponse> {
+        use pb::receive_message_response::Content;
+        let mut items = Vec::with_capacity(deliveries.len() + 2);
+        if deliveries.is_empty() {
+            items.push(Content::Status(status(
+                Code::MessageNotFound,
+                "no new message",
+            )));
+        } else {
+            items.push(Content::Status(ok()));
+            for d in &deliveries {
+                items.push(Content::Message(to_pb_message(
+                    &d.message,
+                    Some((&d.handle, invisible)),
+                )));
+            }
+            items.push(Content::DeliveryTimestamp(pb_timestamp(
+                crate::store::commitlog::now_millis(),
+            )));
+        }
+        Box::pin(tokio_stream::iter(
+            items
+                .into_iter()
+                .map(|c| Ok(pb::ReceiveMessageResponse { content: Some(c) })),
+        ))
+    }
+}
+
+fn one_status<T>(content: T) -> BoxStream<T>
+where
+    T: Send + 'static,
+{
+    Box::pin(tokio_stream::iter([Ok(content)]))
+}
+
+#[tonic::async_trait]
+impl MessagingService for GrpcService {
+    async fn query_route(
+        &self,
+        req: Request<pb::QueryRouteRequest>,
+    ) -> GrpcResult<pb::QueryRouteResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::QueryRouteResponse {
+                status: Some(s),
+                message_queues: vec![],
+            }));
+        }
+        let r = req.into_inner();
+        let topic = match self.broker.topic(name(&r.topic)) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(Response::new(pb::QueryRouteResponse {
+                    status: Some(error_status(&e)),
+                    message_queues: vec![],
+                }));
+            }
+        };
+        let endpoints = self.endpoints(r.endpoints);
+        let message_queues = (0..topic.queues as i32)
+            .map(|id| self.message_queue(&topic.name, id, topic.message_type, &endpoints))
+            .collect();
+        Ok(Response::new(pb::QueryRouteResponse {
+            status: Some(ok()),
+            message_queues,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> GrpcResult<pb::HeartbeatResponse> {
+        let s = require_client_id(&req).err().unwrap_or_else(ok);
+        Ok(Response::new(pb::HeartbeatResponse { status: Some(s) }))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> GrpcResult<pb::SendMessageResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::SendMessageResponse {
+                status: Some(s),
+                entries: vec![],
+            }));
+        }
+        let peer = req
+            .remote_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let r = req.into_inner();
+        if r.messages.is_empty() {
+            return Ok(Response::new(pb::SendMessageResponse {
+                status: Some(status(Code::BadRequest, "no message to send")),
+                entries: vec![],
+            }));
+        }
+        let mut msgs = Vec::with_capacity(r.messages.len());
+        let mut ids = Vec::with_capacity(r.messages.len());
+        for m in r.messages {
+            let checked = to_store_message(m, peer).and_then(|(msg, id, t)| {
+                self.broker
+                    .check_send(&msg, t)
+                    .map_err(|e| error_status(&e))?;
+                Ok((msg, id))
+            });
+            match checked {
+                Ok((msg, id)) => {
+                    msgs.push(msg);
+                    ids.push(id);
+                }
+                Err(s) => {
+                    // A batch is all or nothing.
+                    return Ok(Response::new(pb::SendMessageResponse {
+                        status: Some(s.clone()),
+                        entries: vec![pb::SendResultEntry {
+                            status: Some(s),
+                            ..Default::default()
+                        }],
+                    }));
+                }
+            }
+        }
+        match self.broker.send(&msgs).await {
+            Ok(results) => {
+                let entries = results
+                    .iter()
+                    .zip(ids)
+                    .map(|(r, id)| pb::SendResultEntry {
+                        status: Some(ok()),
+                        message_id: id,
+                        transaction_id: String::new(),
+                        offset: r.queue_offset as i64,
+                        recall_handle: String::new(),
+                    })
+                    .collect();
+                Ok(Response::new(pb::SendMessageResponse {
+                    status: Some(ok()),
+                    entries,
+                }))
+            }
+            Err(e) => {
+                let s = error_status(&e);
+                Ok(Response::new(pb::SendMessageResponse {
+                    status: Some(s.clone()),
+                    entries: vec![pb::SendResultEntry {
+                        status: Some(s),
+                        ..Default::default()
+                    }],
+                }))
+            }
+        }
+    }
+
+    async fn query_assignment(
+        &self,
+        req: Request<pb::QueryAssignmentRequest>,
+    ) -> GrpcResult<pb::QueryAssignmentResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::QueryAssignmentResponse {
+                status: Some(s),
+                assignments: vec![],
+            }));
+        }
+        let r = req.into_inner();
+        let result = self
+            .broker
+            .topic(name(&r.topic))
+            .and_then(|t| self.broker.group(name(&r.group)).map(|_| t));
+        let resp = match result {
+            Ok(topic) => {
+                let endpoints = self.endpoints(r.endpoints);
+                // Pop mode: one assignment per broker; queue id -1 means "any queue".
+                pb::QueryAssignmentResponse {
+                    status: Some(ok()),
+                    assignments: vec![pb::Assignment {
+                        message_queue: Some(self.message_queue(
+                            &topic.name,
+                            -1,
+                            topic.message_type,
+                            &endpoints,
+                        )),
+                    }],
+                }
+            }
+            Err(e) => pb::QueryAssignmentResponse {
+                status: Some(error_status(&e)),
+                assignments: vec![],
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    type ReceiveMessageStream = BoxStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        req: Request<pb::ReceiveMessageRequest>,
+    ) -> GrpcResult<Self::ReceiveMessageStream> {
+        use pb::receive_message_response::Content;
+        let fail = |s: pb::Status| {
+            Ok(Response::new(one_status(pb::ReceiveMessageResponse {
+                content: Some(Content::Status(s)),
+            })))
+        };
+        if let Err(s) = require_client_id(&req) {
+            return fail(s);
+        }
+        let deadline = grpc_timeout(&req);
+        let r = req.into_inner();
+        let Some(invisible) = duration_of(&r.invisible_duration) else {
+            return fail(status(
+                Code::IllegalInvisibleTime,
+                "invisible_duration is required",
+            ));
+        };
+        let filter = match r.filter_expression.as_ref() {
+            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
+                Err(crate::service::filter::FilterError::SqlUnsupported)
+            }
+            Some(f) => TagFilter::parse_tag(&f.expression),
+            None => Ok(TagFilter::All),
+        };
+        let filter = match filter {
+            Ok(f) => f,
+            Err(e) => return fail(error_status(&ServiceError::Filter(e))),
+        };
+        let mut long_polling =
+            duration_of(&r.long_polling_timeout).unwrap_or(Duration::from_secs(20));
+        if let Some(d) = deadline {
+            // Answer before the client gives up on the call.
+            long_polling = long_polling.min(d.saturating_sub(Duration::from_millis(500)));
+        }
+        let topic = r
+            .message_queue
+            .as_ref()
+            .map_or("", |q| name(&q.topic))
+            .to_owned();
+        let queue_id = r.message_queue.as_ref().map(|q| q.id).filter(|id| *id >= 0);
+        let group = name(&r.group).to_owned();
+        let request = ReceiveRequest {
+            group: &group,
+            topic: &topic,
+            queue_id,
+            max: r.batch_size.clamp(1, 1024) as usize,
+            invisible,
+            filter,
+            long_polling,
+        };
+        match self.broker.receive(&request).await {
+            Ok(deliveries) => Ok(Response::new(Self::deliveries_to_stream(
+                deliveries, invisible,
+            ))),
+            Err(e) => fail(error_status(&e)),
+        }
+    }
+
+    async fn ack_message(
+        &self,
+        req: Request<pb::AckMessageRequest>,
+    ) -> GrpcResult<pb::AckMessageResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::AckMessageResponse {
+                status: Some(s),
+                entries: vec![],
+            }));
+        }
+        let r = req.into_inner();
+        let group = name(&r.group).to_owned();
+        let handles: Vec<Option<ReceiptHandle>> = r
+            .entries
+            .iter()
+            .map(|e| ReceiptHandle::decode(&e.receipt_handle))
+            .collect();
+        let valid: Vec<ReceiptHandle> = handles.iter().flatten().cloned().collect();
+        let outcomes = match self.broker.ack(&group, &valid) {
+            Ok(o) => o,
+            Err(e) => {
+                return Ok(Response::new(pb::AckMessageResponse {
+                    status: Some(error_status(&e)),
+                    entries: vec![],
+                }));
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let entries: Vec<pb::AckMessageResultEntry> = r
+            .entries
+            .iter()
+            .zip(&handles)
+            .map(|(e, h)| {
+                let s = match h.as_ref().map(|_| outcomes.next()) {
+                    Some(Some(AckOutcome::Acked | AckOutcome::AlreadyAcked)) => ok(),
+                    _ => status(Code::InvalidReceiptHandle, "invalid receipt handle"),
+                };
+                pb::AckMessageResultEntry {
+                    message_id: e.message_id.clone(),
+                    receipt_handle: e.receipt_handle.clone(),
+                    status: Some(s),
+                }
+            })
+            .collect();
+        let failed: Vec<_> = entries
+            .iter()
+            .filter(|e| e.status.as_ref().is_some_and(|s| s.code != Code::Ok as i32))
+            .collect();
+        let overall = if failed.is_empty() {
+            ok()
+        } else if failed.len() == entries.len() {
+            failed[0].status.clone().expect("set above")
+        } else {
+            status(Code::MultipleResults, "some acks failed")
+        };
+        Ok(Response::new(pb::AckMessageResponse {
+            status: Some(overall),
+            entries,
+        }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> GrpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
+        let s = match require_client_id(&req) {
+            Err(s) => s,
+            Ok(()) => {
+                let r = req.into_inner();
+                match ReceiptHandle::decode(&r.receipt_handle) {
+                    None => status(Code::InvalidReceiptHandle, "invalid receipt handle"),
+                    Some(h) => match self
+                        .broker
+                        .forward_to_dead_letter_queue(name(&r.group), &h)
+                        .await
+                    {
+                        Ok(()) => ok(),
+                        Err(e) => error_status(&e),
+                    },
+                }
+            }
+        };
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(s),
+        }))
+    }
+
+    type PullMessageStream = BoxStream<pb::PullMessageResponse>;
+
+    async fn pull_message(
+        &self,
+        req: Request<pb::PullMessageRequest>,
+    ) -> GrpcResult<Self::PullMessageStream> {
+        use pb::pull_message_response::Content;
+        let fail = |s: pb::Status| {
+            Ok(Response::new(one_status(pb::PullMessageResponse {
+                content: Some(Content::Status(s)),
+            })))
+        };
+        if let Err(s) = require_client_id(&req) {
+            return fail(s);
+        }
+        let r = req.into_inner();
+        let Some(q) = r.message_queue.as_ref() else {
+            return fail(status(Code::BadRequest, "message_queue is required"));
+        };
+        let topic = name(&q.topic).to_owned();
+        if let Err(e) = self.broker.topic(&topic) {
+            return fail(error_status(&e));
+        }
+        if r.offset < 0 {
+            return fail(status(Code::IllegalOffset, "offset must not be negative"));
+        }
+        let filter = match r.filter_expression.as_ref() {
+            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
+                return fail(error_status(&ServiceError::Filter(
+                    crate::service::filter::FilterError::SqlUnsupported,
+                )));
+            }
+            Some(f) => match TagFilter::parse_tag(&f.expression) {
+                Ok(f) => f,
+                Err(e) => return fail(error_status(&ServiceError::Filter(e))),
+            },
+            None => TagFilter::All,
+        };
+        let wait = duration_of(&r.long_polling_timeout).unwrap_or(Duration::ZERO);
+        let give_up = tokio::time::Instant::now() + wait;
+        let mut dispatched = self.broker.store.dispatched();
+        loop {
+            let got = match self.broker.store.get_message(
+                &topic,
+                q.id,
+                r.offset as u64,
+                r.batch_size.clamp(1, 1024) as usize,
+            ) {
+                Ok(g) => g,
+                Err(e) => return fail(error_status(&ServiceError::Store(e))),
+            };
+            let waiting = matches!(
+                got.status,
+                GetStatus::OffsetOverflowOne
+                    | GetStatus::NoMessageInQueue
+                    | GetStatus::NoMatchedLogicQueue
+            );
+            if waiting && tokio::time::Instant::now() < give_up {
+                tokio::select! {
+                    _ = dispatched.changed() => {}
+                    _ = tokio::time::sleep_until(give_up) => {}
+                }
+                continue;
+            }
+            let mut items = Vec::new();
+            let messages: Vec<_> = got
+                .messages
+                .iter()
+                .filter(|m| filter.matches(m.property(properties::TAGS)))
+                .collect();
+            let s = match got.status {
+                GetStatus::Found if !messages.is_empty() => ok(),
+                GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
+                    status(Code::IllegalOffset, format!("{:?}", got.status))
+                }
+                _ => status(Code::MessageNotFound, "no new message"),
+            };
+            items.push(Content::Status(s));
+            for m in messages {
+                items.push(Content::Message(to_pb_message(m, None)));
+            }
+            items.push(Content::NextOffset(got.next_offset as i64));
+            return Ok(Response::new(Box::pin(tokio_stream::iter(
+                items
+                    .into_iter()
+                    .map(|c| Ok(pb::PullMessageResponse { content: Some(c) })),
+            ))));
+        }
+    }
+
+    async fn update_offset(
+        &self,
+        req: Request<pb::UpdateOffsetRequest>,
+    ) -> GrpcResult<pb::UpdateOffsetResponse> {
+        let s = match require_client_id(&req) {
+            Err(s) => s,
+            Ok(()) => {
+                let r = req.into_inner();
+                let q = r.message_queue.unwrap_or_default();
+                match self.broker.group(name(&r.group)) {
+                    Err(e) => error_status(&e),
+                    Ok(_) if r.offset < 0 => {
+                        status(Code::IllegalOffset, "offset must not be negative")
+                    }
+                    Ok(g) => {
+                        self.broker.store.consumer_offsets().commit(
+                            &g.name,
+                            name(&q.topic),
+                            q.id,
+                            r.offset as u64,
+                        );
+                        ok()
+                    }
+                }
+            }
+        };
+        Ok(Response::new(pb::UpdateOffsetResponse { status: Some(s) }))
+    }
+
+    async fn get_offset(
+        &self,
+        req: Request<pb::GetOffsetRequest>,
+    ) -> GrpcResult<pb::GetOffsetResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::GetOffsetResponse {
+                status: Some(s),
+                offset: 0,
+            }));
+        }
+        let r = req.into_inner();
+        let q = r.message_queue.unwrap_or_default();
+        let resp =
+            match self
+                .broker
+                .store
+                .consumer_offsets()
+                .get(name(&r.group), name(&q.topic), q.id)
+            {
+                Some(o) => pb::GetOffsetResponse {
+                    status: Some(ok()),
+                    offset: o as i64,
+                },
+                None => pb::GetOffsetResponse {
+                    status: Some(status(
+                        Code::OffsetNotFound,
+                        "the group has no offset for this queue",
+                    )),
+                    offset: 0,
+                },
+            };
+        Ok(Response::new(resp))
+    }
+
+    async fn query_offset(
+        &self,
+        req: Request<pb::QueryOffsetRequest>,
+    ) -> GrpcResult<pb::QueryOffsetResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::QueryOffsetResponse {
+                status: Some(s),
+                offset: 0,
+            }));
+        }
+        let r = req.into_inner();
+        let q = r.message_queue.unwrap_or_default();
+        let topic = name(&q.topic);
+        let store = &self.broker.store;
+        let result = match pb::QueryOffsetPolicy::try_from(r.query_offset_policy) {
+            Ok(pb::QueryOffsetPolicy::Beginning) => store.min_offset(topic, q.id),
+            Ok(pb::QueryOffsetPolicy::End) => store.max_offset(topic, q.id),
+            Ok(pb::QueryOffsetPolicy::Timestamp) => match &r.timestamp {
+                Some(t) => store.offset_by_time(topic, q.id, millis_of(t)),
+                None => {
+                    return Ok(Response::new(pb::QueryOffsetResponse {
+                        status: Some(status(
+                            Code::BadRequest,
+                            "timestamp is required with the TIMESTAMP policy",
+                        )),
+                        offset: 0,
+                    }));
+                }
+            },
+            Err(_) => store.max_offset(topic, q.id),
+        };
+        let resp = match result {
+            Ok(o) => pb::QueryOffsetResponse {
+                status: Some(ok()),
+                offset: o as i64,
+            },
+            Err(e) => pb::QueryOffsetResponse {
+                status: Some(error_status(&ServiceError::Store(e))),
+                offset: 0,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn end_transaction(
+        &self,
+        _req: Request<pb::EndTransactionRequest>,
+    ) -> GrpcResult<pb::EndTransactionResponse> {
+        Ok(Response::new(pb::EndTransactionResponse {
+            status: Some(status(
+                Code::NotImplemented,
+                "transactional messages are not supported by this broker yet",
+            )),
+        }))
+    }
+
+    type TelemetryStream = BoxStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        req: Request<Streaming<pb::TelemetryCommand>>,
+    ) -> GrpcResult<Self::TelemetryStream> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = GrpcService {
+            broker: Arc::clone(&self.broker),
+            advertised: self.advertised,
+        };
+        tokio::spawn(async move {
+            while let Ok(Some(cmd)) = inbound.message().await {
+                let reply = match cmd.command {
+                    Some(pb::telemetry_command::Command::Settings(s)) => pb::TelemetryCommand {
+                        status: Some(ok()),
+                        command: Some(pb::telemetry_command::Command::Settings(
+                            this.merged_settings(s),
+                        )),
+                    },
+                    // Answers to our own commands (we send none yet) and anything unknown.
+                    _ => continue,
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        req: Request<pb::NotifyClientTerminationRequest>,
+    ) -> GrpcResult<pb::NotifyClientTerminationResponse> {
+        let s = require_client_id(&req).err().unwrap_or_else(ok);
+        Ok(Response::new(pb::NotifyClientTerminationResponse {
+            status: Some(s),
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        req: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> GrpcResult<pb::ChangeInvisibleDurationResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                status: Some(s),
+                receipt_handle: String::new(),
+            }));
+        }
+        let r = req.into_inner();
+        let result = match (
+            ReceiptHandle::decode(&r.receipt_handle),
+            duration_of(&r.invisible_duration),
+        ) {
+            (None, _) => Err(ServiceError::InvalidReceiptHandle),
+            (_, None) => Err(ServiceError::IllegalInvisibleTime(Duration::ZERO)),
+            (Some(h), Some(d)) => self.broker.change_invisible(name(&r.group), &h, d),
+        };
+        let resp = match result {
+            Ok(h) => pb::ChangeInvisibleDurationResponse {
+                status: Some(ok()),
+                receipt_handle: h.encode(),
+            },
+            Err(e) => pb::ChangeInvisibleDurationResponse {
+                status: Some(error_status(&e)),
+                receipt_handle: String::new(),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn recall_message(
+        &self,
+        _req: Request<pb::RecallMessageRequest>,
+    ) -> GrpcResult<pb::RecallMessageResponse> {
+        Ok(Response::new(pb::RecallMessageResponse {
+            status: Some(status(
+                Code::NotImplemented,
+                "recalling delay messages is not supported by this broker yet",
+            )),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _req: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> GrpcResult<pb::SyncLiteSubscriptionResponse> {
+        Ok(Response::new(pb::SyncLiteSubscriptionResponse {
+            status: Some(status(
+                Code::NotImplemented,
+                "lite topics are not supported by this broker yet",
+            )),
+        }))
+    }
+}

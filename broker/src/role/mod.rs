@@ -1,0 +1,3 @@
+//! The roles the `rmq-broker` binary can run.
+
+pub mod standalone;

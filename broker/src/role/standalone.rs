@@ -1,0 +1,108 @@
+//! Standalone: store, messaging service and the gRPC endpoint in one process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
+use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
+use crate::service::metadata::{GroupConfig, TopicConfig};
+use crate::service::{Broker, BrokerConfig};
+use crate::store::{MessageStore, StoreConfig};
+
+pub struct StandaloneConfig {
+    pub store: StoreConfig,
+    pub broker: BrokerConfig,
+    /// Where the gRPC endpoint listens.
+    pub grpc_listen: SocketAddr,
+    /// The address clients are told to use (defaults to `grpc_listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Topics and groups to create (or update) at start.
+    pub topics: Vec<TopicConfig>,
+    pub groups: Vec<GroupConfig>,
+}
+
+/// Runs until `shutdown` resolves, then stops cleanly (the store flushes and checkpoints).
+pub async fn run(
+    cfg: StandaloneConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = Arc::new(
+        MessageStore::open(cfg.store.clone())
+            .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
+    );
+    let r = store.recovery_report();
+    tracing::info!(
+        data_dir = %cfg.store.root_dir.display(),
+        flush_policy = %cfg.store.flush_policy,
+        crashed_before = r.crashed,
+        commitlog_end = r.end,
+        "store open"
+    );
+    let broker = Arc::new(
+        Broker::open(Arc::clone(&store), cfg.broker.clone())
+            .context("opening the messaging service")?,
+    );
+    for t in cfg.topics {
+        broker
+            .metadata
+            .put_topic(t.clone())
+            .with_context(|| format!("creating topic {}", t.name))?;
+    }
+    for g in cfg.groups {
+        broker
+            .metadata
+            .put_group(g.clone())
+            .with_context(|| format!("creating group {}", g.name))?;
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", cfg.grpc_listen))?;
+    let local = listener.local_addr()?;
+    let advertised = cfg.advertise.unwrap_or(if local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], local.port()))
+    } else {
+        local
+    });
+    tracing::info!(grpc = %local, %advertised, "gRPC endpoint listening");
+
+    let compactor = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let b = Arc::clone(&broker);
+                match tokio::task::spawn_blocking(move || b.pop.compact()).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "compacting the pop ack log failed"),
+                    Err(e) => tracing::error!(error = %e, "pop compaction task failed"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        })
+    };
+    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC")?;
+    compactor.abort();
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        broker.pop.compact()?;
+        store.shutdown()?;
+        Ok(())
+    })
+    .await
+    .context("joining shutdown")??;
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Messaging semantics on top of the store: topics and groups, send, pop-mode receive with
+//! invisible time and redelivery, ack, dead-letter queues. Knows nothing of wire formats (the
+//! protocol layer converts) and touches no file directly (the store does).
+
+pub mod filter;
+pub mod metadata;
+pub mod pop;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::store::commitlog::now_millis;
+use crate::store::{Message, MessageStore, PutResult, StoreError, properties};
+use filter::{FilterError, TagFilter};
+use metadata::{GroupConfig, Metadata, MetadataError, TopicConfig, TopicMessageType};
+use pop::{AckOutcome, Delivery, PopService, ReceiptHandle};
+
+/// Property keys the service sets (RocketMQ's names).
+pub mod keys {
+    pub const SHARDING_KEY: &str = "__SHARDINGKEY";
+    pub const TIMER_DELIVER_MS: &str = "TIMER_DELIVER_MS";
+    pub const TRAN_MSG: &str = "TRAN_MSG";
+    pub const DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
+    pub const DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The broker name clients see in routes.
+    pub broker_name: String,
+    /// Create a topic on first use (RocketMQ's `autoCreateTopicEnable`; off by default).
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic.
+    pub default_queues: u32,
+    /// Largest body accepted from clients.
+    pub max_body_size: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            broker_name: "broker-a".into(),
+            auto_create_topics: false,
+            default_queues: 8,
+            max_body_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Errors of the messaging layer; the protocol edge maps each to a wire status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("topic {0:?} does not exist; create it first (or enable topic auto-creation)")]
+    TopicNotFound(String),
+    #[error("invalid topic name {0:?}")]
+    IllegalTopic(String),
+    #[error("invalid consumer group name {0:?}")]
+    IllegalGroup(String),
+    #[error("queue {queue} does not exist in topic {topic:?} ({queues} queues)")]
+    NoSuchQueue {
+        topic: String,
+        queue: i32,
+        queues: u32,
+    },
+    #[error("message body is empty")]
+    BodyEmpty,
+    #[error("message body of {size} bytes exceeds the limit of {max} bytes")]
+    BodyTooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    MessageTypeConflict(String),
+    #[error("{0} is not supported by this broker yet")]
+    Unsupported(&'static str),
+    #[error("invalid receipt handle")]
+    InvalidReceiptHandle,
+    #[error("invalid invisible duration {0:?}: must be between 1 s and 12 h")]
+    IllegalInvisibleTime(Duration),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The messaging service of one broker (standalone: the only one).
+pub struct Broker {
+    pub store: Arc<MessageStore>,
+    pub metadata: Metadata,
+    pub pop: PopService,
+    pub config: BrokerConfig,
+}
+
+/// A receive: which group wants which messages, how long they stay invisible.
+pub struct ReceiveRequest<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    /// `None`: any queue of the topic.
+    pub queue_id: Option<i32>,
+    pub max: usize,
+    pub invisible: Duration,
+    pub filter: TagFilter,
+    /// How long to wait for a message when there is none.
+    pub long_polling: Duration,
+}
+
+const MIN_INVISIBLE: Duration = Duration::from_secs(1);
+const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+
+impl Broker {
+    pub fn open(store: Arc<MessageStore>, config: BrokerConfig) -> Result<Broker> {
+        let metadata = Metadata::open(&store.config().config_dir())?;
+        let pop = PopService::open(Arc::clone(&store))?;
+        Ok(Broker {
+            store,
+            metadata,
+            pop,
+            config,
+        })
+    }
+
+    /// The topic, created with defaults if it is missing and auto-creation is on.
+    pub fn topic(&self, name: &str) -> Result<TopicConfig> {
+        if !metadata::valid_name(name) {
+            return Err(ServiceError::IllegalTopic(name.to_owned()));
+        }
+        if let Some(t) = self.metadata.topic(name) {
+            return Ok(t);
+        }
+        if !self.config.auto_create_topics {
+            return Err(ServiceError::TopicNotFound(name.to_owned()));
+        }
+        let t = TopicConfig {
+            name: name.to_owned(),
+            queues: self.config.default_queues,
+            message_type: TopicMessageType::Normal,
+        };
+        self.metadata.put_topic(t.clone())?;
+        tracing::info!(topic = name, queues = t.queues, "auto-created topic");
+        Ok(t)
+    }
+
+    pub fn group(&self, name: &str) -> Result<GroupConfig> {
+        if !metadata::valid_name(name) {
+            return Err(ServiceError::IllegalGroup(name.to_owned()));
+        }
+        Ok(self.metadata.group_or_create(name)?)
+    }
+
+    /// Checks a message against its topic before it is stored.
+    pub fn check_send(&self, msg: &Message, message_type: TopicMessageType) -> Result<()> {
+        let topic = self.topic(&msg.topic)?;
+        if msg.body.is_empty() {
+            return Err(ServiceError::BodyEmpty);
+        }
+        if msg.body.len() > self.config.max_body_size {
+            return Err(ServiceError::BodyTooLarge {
+                size: msg.body.len(),
+                max: self.config.max_body_size,
+            });
+        }
+        if msg.queue_id < 0 || msg.queue_id as u32 >= topic.queues {
+            return Err(ServiceError::NoSuchQueue {
+                topic: topic.name,
+                queue: msg.queue_id,
+                queues: topic.queues,
+            });
+        }
+        match message_type {
+            TopicMessageType::Delay => {
+                return Err(ServiceError::Unsupported("delay/timer delivery"));
+            }
+            TopicMessageType::Transaction => {
+                return Err(ServiceError::Unsupported("transactional messages"));
+            }
+            _ => {}
+        }
+        if message_type != topic.message_type {
+            return Err(ServiceError::MessageTypeConflict(format!(
+                "topic {:?} takes {:?} messages, this one is {:?}",
+                topic.name, topic.message_type, message_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores messages that passed [`Broker::check_send`].
+    pub async fn send(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
+        Ok(self.store.put_messages(msgs).await?)
+    }
+
+    /// Pop-mode receive with long polling.
+    pub async fn receive(&self, req: &ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        if req.invisible < MIN_INVISIBLE || req.invisible > MAX_INVISIBLE {
+            return Err(ServiceError::IllegalInvisibleTime(req.invisible));
+        }
+        let topic = self.topic(req.topic)?;
+        let group = self.group(req.group)?;
+        let queues: Vec<i32> = match req.queue_id {
+            Some(q) if q >= 0 && (q as u32) < topic.queues => vec![q],
+            Some(q) if q >= 0 => {
+                return Err(ServiceError::NoSuchQueue {
+                    topic: topic.name,
+                    queue: q,
+                    queues: topic.queues,
+                });
+            }
+            _ => (0..topic.queues as i32).collect(),
+        };
+        let give_up = tokio::time::Instant::now() + req.long_polling;
+        let mut dispatched = self.store.dispatched();
+        let start = (now_millis() as usize) % queues.len().max(1);
+        loop {
+            let now = now_millis();
+            let mut out = Vec::new();
+            for i in 0..queues.len() {
+                let q = queues[(start + i) % queues.len()];
+                let popped = self.pop.pop(
+                    &group.name,
+                    group.max_delivery_attempts,
+                    group.fifo,
+                    &topic.name,
+                    q,
+                    req.max - out.len(),
+                    req.invisible.as_millis() as i64,
+                    &req.filter,
+                    now,
+                )?;
+                for d in popped.exhausted {
+                    self.dead_letter(&group.name, &d).await?;
+                }
+                out.extend(popped.deliveries);
+                if out.len() >= req.max {
+                    break;
+                }
+            }
+            if !out.is_empty() || tokio::time::Instant::now() >= give_up {
+                return Ok(out);
+            }
+            // Wake on new messages, or soon enough to see invisible times expire.
+            let tick = tokio::time::Instant::now() + Duration::from_millis(200);
+            tokio::select! {
+                _ = dispatched.changed() => {}
+                _ = tokio::time::sleep_until(tick.min(give_up)) => {}
+            }
+        }
+    }
+
+    pub fn ack(&self, group: &str, handles: &[ReceiptHandle]) -> Result<Vec<AckOutcome>> {
+        let group = self.group(group)?;
+        Ok(self.pop.ack(&group.name, handles)?)
+    }
+
+    pub fn change_invisible(
+        &self,
+        group: &str,
+        handle: &ReceiptHandle,
+        invisible: Duration,
+    ) -> Result<ReceiptHandle> {
+        if invisible > MAX_INVISIBLE {
+            return Err(ServiceError::IllegalInvisibleTime(invisible));
+        }
+        let group = self.group(group)?;
+        self.pop
+            .change_invisible(
+                &group.name,
+                handle,
+                invisible.as_millis() as i64,
+                now_millis(),
+            )?
+            .ok_or(ServiceError::InvalidReceiptHandle)
+    }
+
+    /// Moves a delivered message to `%DLQ%<group>` and acknowledges it.
+    pub async fn forward_to_dead_letter_queue(
+        &self,
+        group: &str,
+        handle: &ReceiptHandle,
+    ) -> Result<()> {
+        let got = self
+            .store
+            .get_message(&handle.topic, handle.queue_id, handle.offset, 1)?;
+        let Some(message) = got
+            .messages
+            .into_iter()
+            .find(|m| m.queue_offset == handle.offset)
+        else {
+            return Err(ServiceError::InvalidReceiptHandle);
+        };
+        self.dead_letter(
+            group,
+            &Delivery {
+                message,
+                handle: handle.clone(),
+            },
+        )
+        .await
+    }
+
+    async fn dead_letter(&self, group: &str, d: &Delivery) -> Result<()> {
+        let dlq = format!("%DLQ%{group}");
+        if self.metadata.topic(&dlq).is_none() {
+            self.metadata.put_topic(TopicConfig {
+                name: dlq.clone(),
+                queues: 1,
+                message_type: TopicMessageType::Normal,
+            })?;
+        }
+        let m = &d.message;
+        let origin_id = m
+            .property(properties::UNIQ_KEY)
+            .map(str::to_owned)
+            .unwrap_or_else(|| m.offset_msg_id());
+        let mut props = BytesMut::with_capacity(m.properties.len() + 64);
+        props.put_slice(&m.properties);
+        for (k, v) in [
+            (keys::DLQ_ORIGIN_TOPIC, m.topic.as_str()),
+            (keys::DLQ_ORIGIN_MESSAGE_ID, origin_id.as_str()),
+        ] {
+            props.put_slice(k.as_bytes());
+            props.put_u8(1);
+            props.put_slice(v.as_bytes());
+            props.put_u8(2);
+        }
+        let copy = Message {
+            topic: dlq,
+            queue_id: 0,
+            flag: m.flag,
+            sys_flag: m.sys_flag,
+            born_timestamp: m.born_timestamp,
+            born_host: m.born_host,
+            reconsume_times: d.handle.attempt as i32,
+            prepared_transaction_offset: 0,
+            body: m.body.clone(),
+            properties: Bytes::from(props),
+        };
+        self.store.put_message(&copy).await?;
+        self.pop.ack(group, std::slice::from_ref(&d.handle))?;
+        tracing::info!(group, topic = %m.topic, offset = m.queue_offset, attempts = d.handle.attempt, "message moved to the dead-letter queue");
+        Ok(())
+    }
+}

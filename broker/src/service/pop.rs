@@ -1,0 +1,457 @@
+//! Pop consumption (what gRPC `ReceiveMessage` / `AckMessage` / `ChangeInvisibleDuration` do).
+//!
+//! Per (consumer group, topic, queue) the broker keeps: the *commit* offset (everything below it
+//! is acknowledged; it is the group's consumer offset in the store), the offsets acknowledged
+//! above it, the messages in flight with their invisibility deadline and delivery attempt, and
+//! `next`, the first offset never handed out. A receive hands out expired in-flight messages
+//! again (attempt + 1) and then new ones; an ack marks an offset done and moves the commit
+//! offset over every done offset.
+//!
+//! Durability: every ack is appended to `popAck.log` and synced before the ack is answered;
+//! the log is compacted into the consumer offsets periodically. After a restart the in-flight
+//! table is empty, so every message that was received but not acknowledged is delivered again
+//! (at once rather than after its invisible time, and with the attempt count starting over);
+//! an acknowledged one never is.
+//!
+//! FIFO groups: a queue with a message in flight hands out nothing else, so the messages of a
+//! message group (which producers route to one queue) are consumed one at a time, in order,
+//! and a failing message blocks its queue until it is acknowledged or dead-lettered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine;
+use parking_lot::Mutex;
+
+use crate::store::checkpoint::write_atomically;
+use crate::store::{GetStatus, MessageStore, StoreError, StoredMessage};
+
+use super::filter::TagFilter;
+
+const JOURNAL: &str = "popAck.log";
+
+/// Identifies one delivery of one message. Opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptHandle {
+    pub topic: String,
+    pub queue_id: i32,
+    pub offset: u64,
+    /// When the message becomes visible again (ms since the epoch).
+    pub deadline: i64,
+    pub attempt: u32,
+}
+
+impl ReceiptHandle {
+    pub fn encode(&self) -> String {
+        let text = format!(
+            "v1 {} {} {} {} {}",
+            self.topic, self.queue_id, self.offset, self.deadline, self.attempt
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    pub fn decode(s: &str) -> Option<ReceiptHandle> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let mut it = text.split(' ');
+        if it.next()? != "v1" {
+            return None;
+        }
+        let h = ReceiptHandle {
+            topic: it.next()?.to_owned(),
+            queue_id: it.next()?.parse().ok()?,
+            offset: it.next()?.parse().ok()?,
+            deadline: it.next()?.parse().ok()?,
+            attempt: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(h)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    deadline: i64,
+    attempt: u32,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    commit: u64,
+    next: u64,
+    done: BTreeSet<u64>,
+    in_flight: BTreeMap<u64, InFlight>,
+}
+
+impl QueueState {
+    fn mark_done(&mut self, offset: u64) {
+        self.in_flight.remove(&offset);
+        if offset >= self.commit {
+            self.done.insert(offset);
+        }
+        while self.done.remove(&self.commit) {
+            self.commit += 1;
+        }
+        self.next = self.next.max(self.commit);
+    }
+}
+
+type Key = (String, String, i32);
+
+/// A message handed out by a receive.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: StoredMessage,
+    pub handle: ReceiptHandle,
+}
+
+/// What one receive on one queue produced.
+#[derive(Debug, Default)]
+pub struct Popped {
+    pub deliveries: Vec<Delivery>,
+    /// Messages whose delivery attempts are used up: the caller moves them to the DLQ, then
+    /// acknowledges them with the handle given here.
+    pub exhausted: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    Acked,
+    /// Already acknowledged (an ack is idempotent).
+    AlreadyAcked,
+    /// The handle names a message that was never delivered.
+    InvalidHandle,
+}
+
+pub struct PopService {
+    store: Arc<MessageStore>,
+    dir: PathBuf,
+    state: Mutex<HashMap<Key, QueueState>>,
+    /// Acks recorded but not yet folded into the consumer offsets.
+    journal: Mutex<File>,
+}
+
+fn key(group: &str, topic: &str, queue_id: i32) -> Key {
+    (group.to_owned(), topic.to_owned(), queue_id)
+}
+
+impl PopService {
+    /// Opens the pop state next to the store's consumer offsets, replaying the ack log.
+    pub fn open(store: Arc<MessageStore>) -> Result<PopService, StoreError> {
+        let dir = store.config().config_dir();
+        let path = dir.join(JOURNAL);
+        let mut state: HashMap<Key, QueueState> = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                // A torn last line (crash mid-write) is simply not an ack.
+                let mut it = line.split(' ');
+                let (Some(g), Some(t), Some(q), Some(o), None) =
+                    (it.next(), it.next(), it.next(), it.next(), it.next())
+                else {
+                    continue;
+                };
+                let (Ok(q), Ok(o)) = (q.parse::<i32>(), o.parse::<u64>()) else {
+                    continue;
+                };
+                let k = key(g, t, q);
+                if !state.contains_key(&k) {
+                    let commit = store.consumer_offsets().get(g, t, q).unwrap_or(0);
+                    state.insert(
+                        k.clone(),
+                        QueueState {
+                            commit,
+                            next: commit,
+                            ..QueueState::default()
+                        },
+                    );
+                }
+                state.get_mut(&k).expect("inserted").mark_done(o);
+            }
+        }
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let service = PopService {
+            store,
+            dir,
+            state: Mutex::new(state),
+            journal: Mutex::new(journal),
+        };
+        service.compact()?;
+        Ok(service)
+    }
+
+    fn queue_state<'a>(
+        &self,
+        states: &'a mut HashMap<Key, QueueState>,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<&'a mut QueueState, StoreError> {
+        let k = key(group, topic, queue_id);
+        if !states.contains_key(&k) {
+            // A new group starts at the queue's first message still held.
+            let commit = match self.store.consumer_offsets().get(group, topic, queue_id) {
+                Some(c) => c,
+                None => self.store.min_offset(topic, queue_id)?,
+            };
+            states.insert(
+                k.clone(),
+                QueueState {
+                    commit,
+                    next: commit,
+                    ..QueueState::default()
+                },
+            );
+        }
+        Ok(states.get_mut(&k).expect("inserted above"))
+    }
+
+    /// Hands out up to `max` messages of one queue, invisible until `now + invisible_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pop(
+        &self,
+        group: &str,
+        max_attempts: u32,
+        fifo: bool,
+        topic: &str,
+        queue_id: i32,
+        max: usize,
+        invisible_ms: i64,
+        filter: &TagFilter,
+        now: i64,
+    ) -> Result<Popped, StoreError> {
+        let mut out = Popped::default();
+        let mut states = self.state.lock();
+        let st = self.queue_state(&mut states, group, topic, queue_id)?;
+        let deadline = now + invisible_ms;
+        // Expired deliveries first, oldest offset first.
+        let expired: Vec<(u64, InFlight)> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(o, f)| (*o, *f))
+            .collect();
+        for (offset, flight) in expired {
+            if out.deliveries.len() >= max {
+                break;
+            }
+            let Some(message) = self.read(topic, queue_id, offset)? else {
+                st.mark_done(offset); // no longer held: nothing to deliver
+                continue;
+            };
+            let attempt = flight.attempt + 1;
+            let handle = ReceiptHandle {
+                topic: topic.to_owned(),
+                queue_id,
+                offset,
+                deadline,
+                attempt,
+            };
+            if flight.attempt >= max_attempts {
+                st.in_flight.insert(
+                    offset,
+                    InFlight {
+                        deadline,
+                        attempt: flight.attempt,
+                    },
+                );
+                out.exhausted.push(Delivery { message, handle });
+                continue;
+            }
+            st.in_flight.insert(offset, InFlight { deadline, attempt });
+            out.deliveries.push(Delivery { message, handle });
+        }
+        if fifo && !st.in_flight.is_empty() {
+            return Ok(out);
+        }
+        while out.deliveries.len() < max {
+            let want = max - out.deliveries.len();
+            let got = self.store.get_message(topic, queue_id, st.next, want)?;
+            match got.status {
+                GetStatus::Found => {}
+                GetStatus::OffsetTooSmall | GetStatus::OffsetFoundNull => {
+                    // Retention removed what the group had not consumed: skip ahead.
+                    for o in st.next..got.next_offset {
+                        st.mark_done(o);
+                    }
+                    st.next = got.next_offset.max(st.next);
+                    continue;
+                }
+                _ => break,
+            }
+            if got.next_offset <= st.next {
+                break;
+            }
+            st.next = got.next_offset;
+            for message in got.messages {
+                let offset = message.queue_offset;
+                if st.done.contains(&offset) || st.in_flight.contains_key(&offset) {
+                    continue;
+                }
+                if !filter.matches(message.property(crate::store::properties::TAGS)) {
+                    st.mark_done(offset);
+                    continue;
+                }
+                st.in_flight.insert(
+                    offset,
+                    InFlight {
+                        deadline,
+                        attempt: 1,
+                    },
+                );
+                out.deliveries.push(Delivery {
+                    handle: ReceiptHandle {
+                        topic: topic.to_owned(),
+                        queue_id,
+                        offset,
+                        deadline,
+                        attempt: 1,
+                    },
+                    message,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let got = self.store.get_message(topic, queue_id, offset, 1)?;
+        Ok(got
+            .messages
+            .into_iter()
+            .next()
+            .filter(|m| m.queue_offset == offset))
+    }
+
+    /// Acknowledges deliveries of one group. The acks are durable when this returns.
+    pub fn ack(
+        &self,
+        group: &str,
+        handles: &[ReceiptHandle],
+    ) -> Result<Vec<AckOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(handles.len());
+        let mut lines = String::new();
+        {
+            let mut states = self.state.lock();
+            for h in handles {
+                let st = self.queue_state(&mut states, group, &h.topic, h.queue_id)?;
+                let outcome = if h.offset < st.commit || st.done.contains(&h.offset) {
+                    AckOutcome::AlreadyAcked
+                } else if h.offset >= st.next && !st.in_flight.contains_key(&h.offset) {
+                    AckOutcome::InvalidHandle
+                } else {
+                    st.mark_done(h.offset);
+                    self.store
+                        .consumer_offsets()
+                        .commit(group, &h.topic, h.queue_id, st.commit);
+                    lines.push_str(&format!(
+                        "{group} {} {} {}\n",
+                        h.topic, h.queue_id, h.offset
+                    ));
+                    AckOutcome::Acked
+                };
+                outcomes.push(outcome);
+            }
+        }
+        if !lines.is_empty() {
+            let mut journal = self.journal.lock();
+            let path = self.dir.join(JOURNAL);
+            journal
+                .write_all(lines.as_bytes())
+                .and_then(|()| journal.sync_data())
+                .map_err(|e| StoreError::io(path, e))?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Moves a delivery's invisibility deadline; returns the handle to use from now on, or
+    /// `None` if the handle is stale (acknowledged, or delivered again since).
+    pub fn change_invisible(
+        &self,
+        group: &str,
+        handle: &ReceiptHandle,
+        invisible_ms: i64,
+        now: i64,
+    ) -> Result<Option<ReceiptHandle>, StoreError> {
+        let mut states = self.state.lock();
+        let st = self.queue_state(&mut states, group, &handle.topic, handle.queue_id)?;
+        let Some(flight) = st.in_flight.get_mut(&handle.offset) else {
+            return Ok(None);
+        };
+        if flight.attempt != handle.attempt {
+            return Ok(None);
+        }
+        flight.deadline = now + invisible_ms;
+        Ok(Some(ReceiptHandle {
+            deadline: flight.deadline,
+            ..handle.clone()
+        }))
+    }
+
+    /// Folds the ack log into the consumer offsets: persists them, then rewrites the log with
+    /// only the acks above each commit offset.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let mut journal = self.journal.lock();
+        self.store.consumer_offsets().persist()?;
+        let mut text = String::new();
+        for ((g, t, q), st) in self.state.lock().iter() {
+            for o in &st.done {
+                text.push_str(&format!("{g} {t} {q} {o}\n"));
+            }
+        }
+        write_atomically(&self.dir, JOURNAL, text.as_bytes())?;
+        let path = self.dir.join(JOURNAL);
+        *journal = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_round_trip() {
+        let h = ReceiptHandle {
+            topic: "%RETRY%g|x".into(),
+            queue_id: 3,
+            offset: 99,
+            deadline: 1_700_000_000_123,
+            attempt: 2,
+        };
+        assert_eq!(ReceiptHandle::decode(&h.encode()), Some(h));
+        assert_eq!(ReceiptHandle::decode("garbage!"), None);
+        assert_eq!(ReceiptHandle::decode(""), None);
+    }
+
+    #[test]
+    fn commit_moves_over_done_offsets() {
+        let mut st = QueueState {
+            next: 5,
+            ..QueueState::default()
+        };
+        st.mark_done(1);
+        assert_eq!(st.commit, 0);
+        st.mark_done(0);
+        assert_eq!(st.commit, 2);
+        st.mark_done(3);
+        st.mark_done(2);
+        assert_eq!(st.commit, 4);
+        assert!(st.done.is_empty());
+    }
+}

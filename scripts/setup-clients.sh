@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the official RocketMQ 5 clients that the compatibility tests drive, into caches under
+# $HOME/.cache/rocketmq-k8s (keyed by version, so a warm machine skips this). Prints nothing
+# on success but the versions. Used by the broker's client tests (broker/tests/clients/).
+set -euo pipefail
+cache="${RMQ_CLIENT_CACHE:-$HOME/.cache/rocketmq-k8s}"
+mkdir -p "$cache"
+
+# Python: PyPI rocketmq-python-client.
+py_version="5.1.2"
+venv="$cache/python-client-$py_version"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import rocketmq" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "rocketmq-python-client==$py_version"
+fi
+echo "setup-clients: python rocketmq-python-client $py_version in $venv"
