@@ -238,6 +238,7 @@ impl Broker {
                 }
             }
             if !out.is_empty() || tokio::time::Instant::now() >= give_up {
+                tracing::debug!(group = req.group, topic = req.topic, queue = ?req.queue_id, delivered = out.len(), "receive");
                 return Ok(out);
             }
             // Wake on new messages, or soon enough to see invisible times expire.

@@ -262,7 +262,13 @@ impl PopService {
                         attempt: flight.attempt,
                     },
                 );
-                out.exhausted.push(Delivery { message, handle });
+                out.exhausted.push(Delivery {
+                    message,
+                    handle: ReceiptHandle {
+                        attempt: flight.attempt,
+                        ..handle
+                    },
+                });
                 continue;
             }
             st.in_flight.insert(offset, InFlight { deadline, attempt });

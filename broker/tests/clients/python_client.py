@@ -7,10 +7,13 @@ Scenarios:
   send N            send N messages, print their ids
   receive_ack N     receive until N messages arrived, ack them, print their ids
   receive_no_ack N  receive N messages and do not ack them
+  receive_some N K  receive N messages, ack only the first K
+Environment: RMQ_INVISIBLE_SECS sets the invisible duration of receives (default 15).
   unknown_topic     send to a topic that does not exist, print the error
   oversized         send a 5 MiB body, print the error
 """
 import json
+import os
 import sys
 import time
 
@@ -49,12 +52,14 @@ def consumer(endpoint, topic, group, expr="*"):
     return c
 
 
-def receive(c, want, ack, deadline_s=60):
+def receive(c, want, ack, deadline_s=None):
+    if deadline_s is None:
+        deadline_s = int(os.environ.get("RMQ_RECEIVE_DEADLINE_SECS", "60"))
     got = []
     end = time.time() + deadline_s
     while len(got) < want and time.time() < end:
         try:
-            msgs = c.receive(32, 15)
+            msgs = c.receive(32, int(os.environ.get("RMQ_INVISIBLE_SECS", "15")))
         except Exception as e:  # the client raises on MESSAGE_NOT_FOUND in some versions
             out(event="receive_error", error=str(e))
             msgs = []
@@ -92,6 +97,14 @@ def main():
         got = receive(c, n, ack=(scenario == "receive_ack"))
         c.shutdown()
         out(received=[{"id": m.message_id, "attempt": m.delivery_attempt} for m in got])
+    elif scenario == "receive_some":
+        k = int(sys.argv[6])
+        c = consumer(endpoint, topic, group)
+        got = receive(c, n, ack=False)
+        for m in got[:k]:
+            c.ack(m)
+        c.shutdown()
+        out(received=[m.message_id for m in got], acked=[m.message_id for m in got[:k]])
     elif scenario == "unknown_topic":
         try:
             p = producer(endpoint, topic)

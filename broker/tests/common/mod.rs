@@ -1,6 +1,8 @@
 //! Helpers shared by the store's black-box tests.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

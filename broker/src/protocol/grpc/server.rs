@@ -660,7 +660,10 @@ impl MessagingService for GrpcService {
             .as_ref()
             .map_or("", |q| name(&q.topic))
             .to_owned();
-        let queue_id = r.message_queue.as_ref().map(|q| q.id).filter(|id| *id >= 0);
+        // As in Apache's proxy, the queue in a receive only picks the broker: a pop reads every
+        // queue of the topic on it, so a consumer never waits on an empty queue while another
+        // one has messages.
+        let queue_id = None;
         let group = name(&r.group).to_owned();
         let request = ReceiveRequest {
             group: &group,
