@@ -15,3 +15,14 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import rocketmq" 2>/d
   "$venv/bin/pip" install -q --disable-pip-version-check "rocketmq-python-client==$py_version"
 fi
 echo "setup-clients: python rocketmq-python-client $py_version in $venv"
+
+# Node.js: npm rocketmq-client-nodejs.
+node_version="1.0.8"
+nodedir="$cache/node-client-$node_version"
+if [ ! -d "$nodedir/node_modules/rocketmq-client-nodejs" ]; then
+  rm -rf "$nodedir"
+  mkdir -p "$nodedir"
+  (cd "$nodedir" && echo '{"name":"rmq-client-tests","private":true}' > package.json &&
+    npm install --silent --no-audit --no-fund "rocketmq-client-nodejs@$node_version" >/dev/null)
+fi
+echo "setup-clients: node rocketmq-client-nodejs $node_version in $nodedir"

@@ -4,72 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-
+use common::clients::{self, Client, check_send_receive_ack, strings};
 use common::process::BrokerProcess;
 use serde_json::Value;
 
-/// The Python interpreter of the client's venv, installed on first use.
-fn python() -> &'static PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-        let out = Command::new("bash")
-            .arg(format!("{root}/scripts/setup-clients.sh"))
-            .output()
-            .expect("run scripts/setup-clients.sh");
-        assert!(
-            out.status.success(),
-            "scripts/setup-clients.sh failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let cache = std::env::var("RMQ_CLIENT_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rocketmq-k8s")
-            });
-        cache.join("python-client-5.1.2/bin/python")
-    })
-}
-
-/// Runs one scenario; returns the last JSON line it printed.
 fn run(broker: &BrokerProcess, args: &[&str], env: &[(&str, &str)]) -> Value {
-    let home = tempfile::tempdir().unwrap(); // the client logs under ~/logs
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_client.py"
-    );
-    let out = Command::new(python())
-        .arg(script)
-        .arg(args[0])
-        .arg(broker.endpoint())
-        .args(&args[1..])
-        .env("HOME", home.path())
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the python client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
-    match last {
-        Some(l) if out.status.success() => serde_json::from_str(l).unwrap(),
-        _ => panic!(
-            "python scenario {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nbroker log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            broker.logs()
-        ),
-    }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect()
+    clients::run(Client::Python, broker, args, env)
 }
 
 #[test]
@@ -77,24 +17,7 @@ fn python_send_receive_ack() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("data"), &["--topic", "PyTopic:4"]);
     let v = run(&broker, &["send_receive_ack", "PyTopic", "PyGroup"], &[]);
-    let mut sent = strings(&v["sent"]);
-    let received = v["received"].as_array().unwrap();
-    assert_eq!(received.len(), 10, "{v}");
-    let mut got: Vec<String> = received
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    sent.sort();
-    got.sort();
-    assert_eq!(got, sent, "every sent message is received once");
-    for m in received {
-        let body = m["body"].as_str().unwrap();
-        let i = body.strip_prefix("hello-").unwrap();
-        assert_eq!(m["tag"], "TagA");
-        assert_eq!(m["keys"][0], format!("key-{i}"));
-        assert_eq!(m["props"]["idx"], i);
-        assert_eq!(m["attempt"], 1);
-    }
+    check_send_receive_ack(&v);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the store's black-box tests.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -1,0 +1,107 @@
+//! Runs the official RocketMQ clients (installed by `scripts/setup-clients.sh`) against a
+//! broker process. Each client's side of a scenario is a script in `tests/clients/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use super::process::BrokerProcess;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Client {
+    /// PyPI rocketmq-python-client 5.1.2.
+    Python,
+    /// npm rocketmq-client-nodejs 1.0.8.
+    Node,
+}
+
+fn cache() -> &'static PathBuf {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let out = Command::new("bash")
+            .arg(format!("{root}/scripts/setup-clients.sh"))
+            .output()
+            .expect("run scripts/setup-clients.sh");
+        assert!(
+            out.status.success(),
+            "scripts/setup-clients.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::env::var("RMQ_CLIENT_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rocketmq-k8s"))
+    })
+}
+
+/// Runs one scenario; returns the last JSON line the client printed.
+pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let home = tempfile::tempdir().unwrap(); // clients log under ~/logs
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let mut cmd = match client {
+        Client::Python => {
+            let mut c = Command::new(cache().join("python-client-5.1.2/bin/python"));
+            c.arg(format!("{scripts}/python_client.py"));
+            c
+        }
+        Client::Node => {
+            let mut c = Command::new("node");
+            c.arg(format!("{scripts}/node_client.js"))
+                .env("NODE_PATH", cache().join("node-client-1.0.8/node_modules"));
+            c
+        }
+    };
+    let out = cmd
+        .arg(args[0])
+        .arg(broker.endpoint())
+        .args(&args[1..])
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match last {
+        Some(l) if out.status.success() => serde_json::from_str(l).unwrap(),
+        _ => panic!(
+            "{client:?} scenario {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nbroker log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            broker.logs()
+        ),
+    }
+}
+
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Checks the output of the `send_receive_ack` scenario (the same in every client): each of
+/// the 10 messages received once, with its body, tag, key and user property.
+pub fn check_send_receive_ack(v: &Value) {
+    let mut sent = strings(&v["sent"]);
+    let received = v["received"].as_array().unwrap();
+    assert_eq!(received.len(), 10, "{v}");
+    let mut got: Vec<String> = received
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(got, sent, "every sent message is received once");
+    for m in received {
+        let body = m["body"].as_str().unwrap();
+        let i = body.strip_prefix("hello-").unwrap();
+        assert_eq!(m["tag"], "TagA");
+        assert_eq!(m["keys"][0], format!("key-{i}"));
+        assert_eq!(m["props"]["idx"], i);
+        assert_eq!(m["attempt"], 1);
+    }
+}
