@@ -49,6 +49,15 @@ struct StandaloneArgs {
     /// Repeatable.
     #[arg(long = "group", value_parser = parse_group)]
     groups: Vec<GroupConfig>,
+    /// Serve plaintext only on the gRPC port (by default TLS and plaintext share it).
+    #[arg(long, env = "RMQ_NO_TLS")]
+    no_tls: bool,
+    /// PEM certificate chain for TLS (with --tls-key); self-signed when absent.
+    #[arg(long, env = "RMQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Create unknown topics on first use instead of answering TOPIC_NOT_FOUND.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
@@ -119,6 +128,8 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         advertise: args.advertise,
         topics: args.topics,
         groups: args.groups,
+        tls: !args.no_tls,
+        tls_cert_and_key: args.tls_cert.zip(args.tls_key),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(standalone::run(cfg, async {

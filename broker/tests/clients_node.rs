@@ -11,6 +11,11 @@ use common::process::BrokerProcess;
 fn node_send_receive_ack() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("data"), &["--topic", "NodeTopic:4"]);
-    let v = clients::run(Client::Node, &broker, &["send_receive_ack", "NodeTopic", "NodeGroup"], &[]);
+    let v = clients::run(
+        Client::Node,
+        &broker,
+        &["send_receive_ack", "NodeTopic", "NodeGroup"],
+        &[],
+    );
     check_send_receive_ack(&v);
 }

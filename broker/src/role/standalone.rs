@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::protocol::grpc::listener;
 use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
 use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
 use crate::service::metadata::{GroupConfig, TopicConfig};
@@ -23,6 +24,11 @@ pub struct StandaloneConfig {
     /// Topics and groups to create (or update) at start.
     pub topics: Vec<TopicConfig>,
     pub groups: Vec<GroupConfig>,
+    /// Serve TLS next to plaintext on the gRPC port (on by default: the Java and Go clients
+    /// use TLS unless told otherwise).
+    pub tls: bool,
+    /// PEM certificate chain and private key; a self-signed certificate when absent.
+    pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly (the store flushes and checkpoints).
@@ -67,7 +73,16 @@ pub async fn run(
     } else {
         local
     });
-    tracing::info!(grpc = %local, %advertised, "gRPC endpoint listening");
+    let tls = if cfg.tls {
+        let paths = cfg
+            .tls_cert_and_key
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Some(listener::tls_config(paths, local).context("setting up TLS")?)
+    } else {
+        None
+    };
+    tracing::info!(grpc = %local, %advertised, tls = cfg.tls, "gRPC endpoint listening (TLS and plaintext on one port)");
 
     let compactor = {
         let broker = Arc::clone(&broker);
@@ -89,10 +104,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
         .await
         .context("serving gRPC")?;
     compactor.abort();

@@ -33,7 +33,9 @@ fn cache() -> &'static PathBuf {
         );
         std::env::var("RMQ_CLIENT_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rocketmq-k8s"))
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rocketmq-k8s")
+            })
     })
 }
 

@@ -6,4 +6,5 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
+pub mod listener;
 pub mod server;
