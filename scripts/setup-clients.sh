@@ -26,3 +26,25 @@ if [ ! -d "$nodedir/node_modules/rocketmq-client-nodejs" ]; then
     npm install --silent --no-audit --no-fund "rocketmq-client-nodejs@$node_version" >/dev/null)
 fi
 echo "setup-clients: node rocketmq-client-nodejs $node_version in $nodedir"
+
+# Java: Maven org.apache.rocketmq:rocketmq-client-java (one shaded jar).
+java_version="5.2.0"
+javadir="$cache/java-client-$java_version"
+if [ ! -f "$javadir/lib/rocketmq-client-java-$java_version.jar" ]; then
+  rm -rf "$javadir"
+  mkdir -p "$javadir"
+  cat > "$javadir/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>rmq.tests</groupId><artifactId>java-client</artifactId><version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-client-java</artifactId>
+      <version>$java_version</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$javadir" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib)
+fi
+echo "setup-clients: java rocketmq-client-java $java_version in $javadir"

@@ -15,6 +15,30 @@ pub enum Client {
     Python,
     /// npm rocketmq-client-nodejs 1.0.8.
     Node,
+    /// Maven rocketmq-client-java 5.2.0, with its default TLS.
+    Java,
+}
+
+/// `tests/clients/JavaClient.java` compiled once per test process.
+fn java_classes() -> &'static PathBuf {
+    static CLASSES: OnceLock<PathBuf> = OnceLock::new();
+    CLASSES.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("rmq-java-client-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let status = Command::new("javac")
+            .arg("-d")
+            .arg(&out)
+            .arg("-cp")
+            .arg(cache().join("java-client-5.2.0/lib/rocketmq-client-java-5.2.0.jar"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/JavaClient.java"
+            ))
+            .status()
+            .expect("run javac");
+        assert!(status.success(), "javac failed");
+        out
+    })
 }
 
 fn cache() -> &'static PathBuf {
@@ -47,6 +71,16 @@ pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, 
         Client::Python => {
             let mut c = Command::new(cache().join("python-client-5.1.2/bin/python"));
             c.arg(format!("{scripts}/python_client.py"));
+            c
+        }
+        Client::Java => {
+            let mut c = Command::new("java");
+            let cp = format!(
+                "{}/*:{}",
+                cache().join("java-client-5.2.0/lib").display(),
+                java_classes().display()
+            );
+            c.arg("-cp").arg(cp).arg("JavaClient");
             c
         }
         Client::Node => {

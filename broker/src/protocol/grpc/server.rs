@@ -26,6 +26,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, GrpcStatus>> + Send>>;
 /// Largest gRPC message the server decodes: a batch of 4 MiB messages fits.
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 130 * 1024 * 1024;
 
+/// Invisible time of a receive that names none (Apache proxy's `defaultInvisibleTimeMills`).
+const DEFAULT_INVISIBLE: Duration = Duration::from_secs(60);
+
 pub struct GrpcService {
     broker: Arc<Broker>,
     /// Address put into routes when the client did not say which one it used.
@@ -632,12 +635,10 @@ impl MessagingService for GrpcService {
         }
         let deadline = grpc_timeout(&req);
         let r = req.into_inner();
-        let Some(invisible) = duration_of(&r.invisible_duration) else {
-            return fail(status(
-                Code::IllegalInvisibleTime,
-                "invisible_duration is required",
-            ));
-        };
+        // Push consumers send none and ask for auto-renewal: like Apache's proxy, use its
+        // default invisible time. (Renewal itself is not implemented yet: a push consumer that
+        // holds a message longer than this sees it delivered again.)
+        let invisible = duration_of(&r.invisible_duration).unwrap_or(DEFAULT_INVISIBLE);
         let filter = match r.filter_expression.as_ref() {
             Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
                 Err(crate::service::filter::FilterError::SqlUnsupported)
