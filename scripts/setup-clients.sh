@@ -48,3 +48,15 @@ POM
   (cd "$javadir" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib)
 fi
 echo "setup-clients: java rocketmq-client-java $java_version in $javadir"
+
+# Go: github.com/apache/rocketmq-clients/golang/v5 (served by exact version only), built into
+# a small driver binary keyed by the driver's source.
+go_version="v5.1.4"
+src="$(cd "$(dirname "$0")/.." && pwd)/broker/tests/clients/go"
+key=$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-12)
+gobin="$cache/go-client-$go_version-$key/goclient"
+if [ ! -x "$gobin" ]; then
+  mkdir -p "$(dirname "$gobin")"
+  (cd "$src" && go build -mod=readonly -o "$gobin" .)
+fi
+echo "setup-clients: go rocketmq-clients/golang/v5 $go_version in $gobin"

@@ -17,6 +17,24 @@ pub enum Client {
     Node,
     /// Maven rocketmq-client-java 5.2.0, with its default TLS.
     Java,
+    /// Go module github.com/apache/rocketmq-clients/golang/v5 v5.1.4, with its default TLS.
+    Go,
+}
+
+/// The Go driver binary that `scripts/setup-clients.sh` built (its folder name carries a hash
+/// of the driver's source).
+fn go_binary() -> PathBuf {
+    let dir = std::fs::read_dir(cache())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("go-client-v5.1.4-")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .expect("setup-clients.sh builds the Go driver");
+    dir.path().join("goclient")
 }
 
 /// `tests/clients/JavaClient.java` compiled once per test process.
@@ -83,6 +101,7 @@ pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, 
             c.arg("-cp").arg(cp).arg("JavaClient");
             c
         }
+        Client::Go => Command::new(go_binary()),
         Client::Node => {
             let mut c = Command::new("node");
             c.arg(format!("{scripts}/node_client.js"))
