@@ -60,3 +60,17 @@ if [ ! -x "$gobin" ]; then
   (cd "$src" && go build -mod=readonly -o "$gobin" .)
 fi
 echo "setup-clients: go rocketmq-clients/golang/v5 $go_version in $gobin"
+
+# Rust: crates.io rocketmq 5.0.0, built into a small driver binary (its own target folder, kept
+# in the cache).
+rust_version="5.0.0"
+rsrc="$(cd "$(dirname "$0")/.." && pwd)/broker/tests/clients/rust"
+rkey=$(cat "$rsrc/Cargo.toml" "$rsrc/Cargo.lock" "$rsrc/src/main.rs" 2>/dev/null | sha256sum | cut -c1-12)
+rustbin="$cache/rust-client-$rust_version-$rkey/rust-client"
+if [ ! -x "$rustbin" ]; then
+  mkdir -p "$(dirname "$rustbin")"
+  CARGO_TARGET_DIR="$cache/rust-client-target" cargo build -q --release --locked \
+    --manifest-path "$rsrc/Cargo.toml"
+  cp "$cache/rust-client-target/release/rmq-rust-client-driver" "$rustbin"
+fi
+echo "setup-clients: rust rocketmq $rust_version in $rustbin"

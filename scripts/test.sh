@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+scripts/setup-clients.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,22 +19,20 @@ pub enum Client {
     Java,
     /// Go module github.com/apache/rocketmq-clients/golang/v5 v5.1.4, with its default TLS.
     Go,
+    /// crates.io rocketmq 5.0.0.
+    Rust,
 }
 
-/// The Go driver binary that `scripts/setup-clients.sh` built (its folder name carries a hash
-/// of the driver's source).
-fn go_binary() -> PathBuf {
+/// A driver binary that `scripts/setup-clients.sh` built into a folder named by `prefix` and a
+/// hash of the driver's source (the newest one).
+fn built_driver(prefix: &str, binary: &str) -> PathBuf {
     let dir = std::fs::read_dir(cache())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("go-client-v5.1.4-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .expect("setup-clients.sh builds the Go driver");
-    dir.path().join("goclient")
+        .unwrap_or_else(|| panic!("setup-clients.sh builds {binary}"));
+    dir.path().join(binary)
 }
 
 /// `tests/clients/JavaClient.java` compiled once per test process.
@@ -101,7 +99,8 @@ pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, 
             c.arg("-cp").arg(cp).arg("JavaClient");
             c
         }
-        Client::Go => Command::new(go_binary()),
+        Client::Go => Command::new(built_driver("go-client-v5.1.4-", "goclient")),
+        Client::Rust => Command::new(built_driver("rust-client-5.0.0-", "rust-client")),
         Client::Node => {
             let mut c = Command::new("node");
             c.arg(format!("{scripts}/node_client.js"))
