@@ -99,6 +99,7 @@ pub async fn run(
             }
         })
     };
+    let timers = tokio::spawn(crate::service::timer::run(Arc::clone(&broker)));
     let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
@@ -108,6 +109,7 @@ pub async fn run(
         .await
         .context("serving gRPC")?;
     compactor.abort();
+    timers.abort();
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         broker.pop.compact()?;

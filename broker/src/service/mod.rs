@@ -5,6 +5,7 @@
 pub mod filter;
 pub mod metadata;
 pub mod pop;
+pub mod timer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,8 @@ pub enum ServiceError {
     BodyTooLarge { size: usize, max: usize },
     #[error("{0}")]
     MessageTypeConflict(String),
+    #[error("{0}")]
+    IllegalDeliveryTime(String),
     #[error("{0} is not supported by this broker yet")]
     Unsupported(&'static str),
     #[error("invalid receipt handle")]
@@ -92,6 +95,7 @@ pub struct Broker {
     pub metadata: Metadata,
     pub pop: PopService,
     pub config: BrokerConfig,
+    pub(crate) timer: timer::TimerState,
 }
 
 /// A receive: which group wants which messages, how long they stay invisible.
@@ -114,11 +118,19 @@ impl Broker {
     pub fn open(store: Arc<MessageStore>, config: BrokerConfig) -> Result<Broker> {
         let metadata = Metadata::open(&store.config().config_dir())?;
         let pop = PopService::open(Arc::clone(&store))?;
+        if metadata.topic(timer::TIMER_TOPIC).is_none() {
+            metadata.put_topic(TopicConfig {
+                name: timer::TIMER_TOPIC.to_owned(),
+                queues: 1,
+                message_type: TopicMessageType::Normal,
+            })?;
+        }
         Ok(Broker {
             store,
             metadata,
             pop,
             config,
+            timer: timer::TimerState::default(),
         })
     }
 
@@ -169,14 +181,20 @@ impl Broker {
                 queues: topic.queues,
             });
         }
-        match message_type {
-            TopicMessageType::Delay => {
-                return Err(ServiceError::Unsupported("delay/timer delivery"));
+        if message_type == TopicMessageType::Transaction {
+            return Err(ServiceError::Unsupported("transactional messages"));
+        }
+        if let Some(deliver) = msg.property_value(keys::TIMER_DELIVER_MS) {
+            let deliver: i64 = deliver.parse().map_err(|_| {
+                ServiceError::IllegalDeliveryTime(format!("bad delivery time {deliver:?}"))
+            })?;
+            let latest = now_millis() + timer::MAX_DELAY.as_millis() as i64;
+            if deliver > latest {
+                return Err(ServiceError::IllegalDeliveryTime(format!(
+                    "delivery time {deliver} is more than {} s ahead",
+                    timer::MAX_DELAY.as_secs()
+                )));
             }
-            TopicMessageType::Transaction => {
-                return Err(ServiceError::Unsupported("transactional messages"));
-            }
-            _ => {}
         }
         if message_type != topic.message_type {
             return Err(ServiceError::MessageTypeConflict(format!(
@@ -187,9 +205,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Stores messages that passed [`Broker::check_send`].
-    pub async fn send(&self, msgs: &[Message]) -> Result<Vec<PutResult>> {
-        Ok(self.store.put_messages(msgs).await?)
+    /// Stores messages that passed [`Broker::check_send`]; those due later go to the timer.
+    pub async fn send(&self, mut msgs: Vec<Message>) -> Result<Vec<PutResult>> {
+        let now = now_millis();
+        for m in &mut msgs {
+            self.route_delayed(m, now);
+        }
+        Ok(self.store.put_messages(&msgs).await?)
     }
 
     /// Pop-mode receive with long polling.

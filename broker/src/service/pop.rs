@@ -371,15 +371,56 @@ impl PopService {
                 outcomes.push(outcome);
             }
         }
-        if !lines.is_empty() {
-            let mut journal = self.journal.lock();
-            let path = self.dir.join(JOURNAL);
-            journal
-                .write_all(lines.as_bytes())
-                .and_then(|()| journal.sync_data())
-                .map_err(|e| StoreError::io(path, e))?;
-        }
+        self.append_journal(&lines)?;
         Ok(outcomes)
+    }
+
+    /// Appends ack lines to the journal and syncs it.
+    fn append_journal(&self, lines: &str) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut journal = self.journal.lock();
+        let path = self.dir.join(JOURNAL);
+        journal
+            .write_all(lines.as_bytes())
+            .and_then(|()| journal.sync_data())
+            .map_err(|e| StoreError::io(path, e))
+    }
+
+    /// Marks an offset done for a system group that consumes without deliveries (the timer),
+    /// durably, like an ack.
+    pub fn mark_done(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        {
+            let mut states = self.state.lock();
+            let st = self.queue_state(&mut states, group, topic, queue_id)?;
+            if offset < st.commit || st.done.contains(&offset) {
+                return Ok(());
+            }
+            st.mark_done(offset);
+            self.store
+                .consumer_offsets()
+                .commit(group, topic, queue_id, st.commit);
+        }
+        self.append_journal(&format!("{group} {topic} {queue_id} {offset}\n"))
+    }
+
+    /// A group's progress on a queue: its commit offset and the offsets done above it.
+    pub fn progress(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<(u64, BTreeSet<u64>), StoreError> {
+        let mut states = self.state.lock();
+        let st = self.queue_state(&mut states, group, topic, queue_id)?;
+        Ok((st.commit, st.done.clone()))
     }
 
     /// Moves a delivery's invisibility deadline; returns the handle to use from now on, or

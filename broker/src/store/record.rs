@@ -77,6 +77,13 @@ pub struct Message {
     pub properties: Bytes,
 }
 
+impl Message {
+    /// The value of a property, if present.
+    pub fn property_value(&self, key: &str) -> Option<&str> {
+        crate::store::properties::get(&self.properties, key)
+    }
+}
+
 /// What the store adds to a [`Message`] when it appends it.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreStamp {

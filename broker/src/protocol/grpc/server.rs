@@ -63,6 +63,7 @@ fn code_of(e: &ServiceError) -> Code {
         ServiceError::BodyTooLarge { .. } => Code::MessageBodyTooLarge,
         ServiceError::MessageTypeConflict(_) => Code::MessagePropertyConflictWithType,
         ServiceError::Unsupported(_) => Code::NotImplemented,
+        ServiceError::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
         ServiceError::InvalidReceiptHandle => Code::InvalidReceiptHandle,
         ServiceError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
         ServiceError::Filter(_) => Code::IllegalFilterExpression,
@@ -149,6 +150,8 @@ const SYSTEM_KEYS: &[&str] = &[
     keys::SHARDING_KEY,
     keys::TIMER_DELIVER_MS,
     keys::TRAN_MSG,
+    crate::service::timer::REAL_TOPIC,
+    crate::service::timer::REAL_QID,
 ];
 
 fn message_type_of(sp: &pb::SystemProperties) -> TopicMessageType {
@@ -548,7 +551,7 @@ impl MessagingService for GrpcService {
                 }
             }
         }
-        match self.broker.send(&msgs).await {
+        match self.broker.send(msgs).await {
             Ok(results) => {
                 let entries = results
                     .iter()
