@@ -22,6 +22,8 @@ struct Cli {
 enum Role {
     /// Store, messaging service and gRPC endpoint in one process, with embedded defaults.
     Standalone(StandaloneArgs),
+    /// Command-line tool: topics, groups, progress, send and receive against a running broker.
+    Admin(broker::cli::AdminArgs),
 }
 
 #[derive(clap::Args)]
@@ -32,6 +34,9 @@ struct StandaloneArgs {
     /// Address of the RocketMQ 5 gRPC endpoint.
     #[arg(long, env = "RMQ_GRPC_LISTEN", default_value = "0.0.0.0:8081")]
     grpc_listen: SocketAddr,
+    /// Address of the HTTP port: Prometheus /metrics, /healthz, /readyz and the admin API.
+    #[arg(long, env = "RMQ_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    http_listen: SocketAddr,
     /// Address given to clients in routes (default: the listen address, loopback if it is 0.0.0.0).
     #[arg(long, env = "RMQ_ADVERTISE")]
     advertise: Option<SocketAddr>,
@@ -109,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
+        Role::Admin(args) => broker::cli::run(args),
     }
 }
 
@@ -125,6 +131,7 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             ..BrokerConfig::default()
         },
         grpc_listen: args.grpc_listen,
+        http_listen: args.http_listen,
         advertise: args.advertise,
         topics: args.topics,
         groups: args.groups,

@@ -1,3 +1,4 @@
 //! Wire protocols: types and codecs only, no business state (that is `service`).
 
 pub mod grpc;
+pub mod http;

@@ -19,6 +19,8 @@ pub struct StandaloneConfig {
     pub broker: BrokerConfig,
     /// Where the gRPC endpoint listens.
     pub grpc_listen: SocketAddr,
+    /// Where the HTTP port (metrics, health, admin API) listens.
+    pub http_listen: SocketAddr,
     /// The address clients are told to use (defaults to `grpc_listen`).
     pub advertise: Option<SocketAddr>,
     /// Topics and groups to create (or update) at start.
@@ -99,6 +101,18 @@ pub async fn run(
             }
         })
     };
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
+    tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
+    let http = {
+        let router = crate::protocol::http::router(Arc::clone(&broker));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
     let timers = tokio::spawn(crate::service::timer::run(Arc::clone(&broker)));
     let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
@@ -110,6 +124,7 @@ pub async fn run(
         .context("serving gRPC")?;
     compactor.abort();
     timers.abort();
+    http.abort();
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         broker.pop.compact()?;

@@ -4,6 +4,7 @@
 
 pub mod filter;
 pub mod metadata;
+pub mod metrics;
 pub mod pop;
 pub mod timer;
 
@@ -95,6 +96,7 @@ pub struct Broker {
     pub metadata: Metadata,
     pub pop: PopService,
     pub config: BrokerConfig,
+    pub metrics: metrics::Metrics,
     pub(crate) timer: timer::TimerState,
 }
 
@@ -130,6 +132,7 @@ impl Broker {
             metadata,
             pop,
             config,
+            metrics: metrics::Metrics::default(),
             timer: timer::TimerState::default(),
         })
     }
@@ -208,10 +211,23 @@ impl Broker {
     /// Stores messages that passed [`Broker::check_send`]; those due later go to the timer.
     pub async fn send(&self, mut msgs: Vec<Message>) -> Result<Vec<PutResult>> {
         let now = now_millis();
+        let topics: Vec<String> = msgs.iter().map(|m| m.topic.clone()).collect();
         for m in &mut msgs {
             self.route_delayed(m, now);
         }
-        Ok(self.store.put_messages(&msgs).await?)
+        let started = std::time::Instant::now();
+        let result = self.store.put_messages(&msgs).await;
+        self.metrics
+            .send_latency
+            .observe(started.elapsed().as_secs_f64());
+        let family = match &result {
+            Ok(_) => &self.metrics.messages_sent,
+            Err(_) => &self.metrics.send_errors,
+        };
+        for t in &topics {
+            family.get_or_create(&metrics::topic(t)).inc();
+        }
+        Ok(result?)
     }
 
     /// Pop-mode receive with long polling.
@@ -259,6 +275,20 @@ impl Broker {
                     break;
                 }
             }
+            if !out.is_empty() {
+                let labels = metrics::group(&topic.name, &group.name);
+                self.metrics
+                    .messages_received
+                    .get_or_create(&labels)
+                    .inc_by(out.len() as u64);
+                let again = out.iter().filter(|d| d.handle.attempt > 1).count() as u64;
+                if again > 0 {
+                    self.metrics
+                        .messages_redelivered
+                        .get_or_create(&labels)
+                        .inc_by(again);
+                }
+            }
             if !out.is_empty() || tokio::time::Instant::now() >= give_up {
                 tracing::debug!(group = req.group, topic = req.topic, queue = ?req.queue_id, delivered = out.len(), "receive");
                 return Ok(out);
@@ -274,7 +304,16 @@ impl Broker {
 
     pub fn ack(&self, group: &str, handles: &[ReceiptHandle]) -> Result<Vec<AckOutcome>> {
         let group = self.group(group)?;
-        Ok(self.pop.ack(&group.name, handles)?)
+        let outcomes = self.pop.ack(&group.name, handles)?;
+        for (h, o) in handles.iter().zip(&outcomes) {
+            if *o == AckOutcome::Acked {
+                self.metrics
+                    .messages_acked
+                    .get_or_create(&metrics::group(&h.topic, &group.name))
+                    .inc();
+            }
+        }
+        Ok(outcomes)
     }
 
     pub fn change_invisible(
@@ -362,6 +401,10 @@ impl Broker {
         };
         self.store.put_message(&copy).await?;
         self.pop.ack(group, std::slice::from_ref(&d.handle))?;
+        self.metrics
+            .messages_dead_lettered
+            .get_or_create(&metrics::group(&m.topic, group))
+            .inc();
         tracing::info!(group, topic = %m.topic, offset = m.queue_offset, attempts = d.handle.attempt, "message moved to the dead-letter queue");
         Ok(())
     }

@@ -108,6 +108,7 @@ impl Broker {
                 self.store.put_message(&real_message(&m)).await?;
             }
             self.pop.mark_done(TIMER_GROUP, TIMER_TOPIC, 0, *offset)?;
+            self.metrics.timer_messages_delivered.inc();
             self.timer.pending.lock().remove(&(*deliver, *offset));
         }
         Ok(due.len())

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct BrokerProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The HTTP port (metrics, health, admin API).
+    pub http: SocketAddr,
     pub dir: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -26,9 +28,11 @@ impl BrokerProcess {
     /// until its gRPC port accepts connections.
     pub fn start(dir: &Path, extra: &[&str]) -> BrokerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut b = BrokerProcess {
             child: None,
             addr,
+            http,
             dir: dir.to_owned(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.with_extension("log"),
@@ -49,6 +53,8 @@ impl BrokerProcess {
             .arg(&self.dir)
             .arg("--grpc-listen")
             .arg(self.addr.to_string())
+            .arg("--http-listen")
+            .arg(self.http.to_string())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -1,0 +1,304 @@
+//! `rmq-broker admin`: the command-line tool for people. Topics, groups and consumer progress
+//! go through the broker's HTTP admin API; `send` and `receive` go through the RocketMQ 5 gRPC
+//! endpoint like any client.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::protocol::grpc::pb::{self, Code, messaging_service_client::MessagingServiceClient};
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The broker's HTTP port.
+    #[arg(long, env = "RMQ_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The broker's gRPC endpoint (for send and receive).
+    #[arg(long, env = "RMQ_ENDPOINT", default_value = "127.0.0.1:8081")]
+    pub endpoint: String,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// List topics.
+    Topics,
+    /// Show one topic.
+    Topic { name: String },
+    /// Create or update a topic.
+    CreateTopic {
+        name: String,
+        #[arg(long, default_value_t = 8)]
+        queues: u32,
+        /// NORMAL, FIFO, DELAY or TRANSACTION.
+        #[arg(long = "type", default_value = "NORMAL")]
+        message_type: String,
+    },
+    /// List consumer groups.
+    Groups,
+    /// Create or update a consumer group.
+    CreateGroup {
+        name: String,
+        #[arg(long, default_value_t = 16)]
+        max_delivery_attempts: u32,
+        #[arg(long)]
+        fifo: bool,
+    },
+    /// A group's committed offsets and lag per queue of a topic.
+    Progress { group: String, topic: String },
+    /// Send one message.
+    Send {
+        topic: String,
+        body: String,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        keys: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        queue: i32,
+    },
+    /// Receive messages for a group (and acknowledge them with --ack).
+    Receive {
+        topic: String,
+        group: String,
+        #[arg(long, default_value_t = 16)]
+        max: i32,
+        #[arg(long)]
+        ack: bool,
+        /// Seconds to wait for a message.
+        #[arg(long, default_value_t = 5)]
+        wait: i64,
+    },
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn http(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let result = match (method, body) {
+        ("PUT", Some(b)) => agent.put(url).send_json(b),
+        _ => agent.get(url).call(),
+    };
+    let mut resp = result.with_context(|| format!("{method} {url}"))?;
+    let status = resp.status();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .context("reading the answer")?;
+    let v: Option<Value> = serde_json::from_str(&text).ok();
+    if !status.is_success() {
+        // Our errors are JSON; a malformed request is answered in plain text.
+        let msg = v
+            .as_ref()
+            .and_then(|v| v["error"].as_str())
+            .unwrap_or(&text);
+        bail!("{status}: {msg}");
+    }
+    v.with_context(|| format!("the broker answered {text:?}"))
+}
+
+fn res(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource {
+        resource_namespace: String::new(),
+        name: name.to_owned(),
+    })
+}
+
+fn req<T>(t: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(t);
+    r.metadata_mut()
+        .insert("x-mq-client-id", "rmq-broker-admin".parse().expect("ascii"));
+    r
+}
+
+fn check(status: &Option<pb::Status>) -> anyhow::Result<()> {
+    let s = status.clone().unwrap_or_default();
+    if s.code != Code::Ok as i32 {
+        let name = Code::try_from(s.code)
+            .map_or_else(|_| s.code.to_string(), |c| c.as_str_name().to_owned());
+        bail!("{name}: {}", s.message);
+    }
+    Ok(())
+}
+
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = args.server.trim_end_matches('/');
+    match args.command {
+        AdminCommand::Topics => print(&http(&agent, "GET", &format!("{base}/admin/topics"), None)?),
+        AdminCommand::Topic { name } => print(&http(
+            &agent,
+            "GET",
+            &format!("{base}/admin/topics/{name}"),
+            None,
+        )?),
+        AdminCommand::CreateTopic {
+            name,
+            queues,
+            message_type,
+        } => print(&http(
+            &agent,
+            "PUT",
+            &format!("{base}/admin/topics/{name}"),
+            Some(
+                serde_json::json!({ "queues": queues, "messageType": message_type.to_ascii_uppercase() }),
+            ),
+        )?),
+        AdminCommand::Groups => print(&http(&agent, "GET", &format!("{base}/admin/groups"), None)?),
+        AdminCommand::CreateGroup {
+            name,
+            max_delivery_attempts,
+            fifo,
+        } => print(&http(
+            &agent,
+            "PUT",
+            &format!("{base}/admin/groups/{name}"),
+            Some(serde_json::json!({ "maxDeliveryAttempts": max_delivery_attempts, "fifo": fifo })),
+        )?),
+        AdminCommand::Progress { group, topic } => print(&http(
+            &agent,
+            "GET",
+            &format!("{base}/admin/groups/{group}/progress?topic={topic}"),
+            None,
+        )?),
+        AdminCommand::Send { .. } | AdminCommand::Receive { .. } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(grpc(&args.endpoint, args.command))?;
+        }
+    }
+    Ok(())
+}
+
+async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
+    let mut c = MessagingServiceClient::connect(format!("http://{endpoint}"))
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    match command {
+        AdminCommand::Send {
+            topic,
+            body,
+            tag,
+            keys,
+            queue,
+        } => {
+            let id = format!(
+                "ADMIN{:032X}",
+                crate::store::commitlog::now_millis() as u128 * 1000
+                    + u128::from(std::process::id())
+            );
+            let m = pb::Message {
+                topic: res(&topic),
+                user_properties: Default::default(),
+                system_properties: Some(pb::SystemProperties {
+                    tag,
+                    keys,
+                    message_id: id,
+                    queue_id: queue,
+                    body_encoding: pb::Encoding::Identity as i32,
+                    message_type: pb::MessageType::Normal as i32,
+                    ..Default::default()
+                }),
+                body: body.into_bytes().into(),
+            };
+            let r = c
+                .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+                .await?
+                .into_inner();
+            check(&r.status)?;
+            for e in r.entries {
+                println!(
+                    "sent: message id {} at queue offset {}",
+                    e.message_id, e.offset
+                );
+            }
+        }
+        AdminCommand::Receive {
+            topic,
+            group,
+            max,
+            ack,
+            wait,
+        } => {
+            let r = pb::ReceiveMessageRequest {
+                group: res(&group),
+                message_queue: Some(pb::MessageQueue {
+                    topic: res(&topic),
+                    id: -1,
+                    ..Default::default()
+                }),
+                filter_expression: None,
+                batch_size: max,
+                invisible_duration: Some(prost_types::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                auto_renew: false,
+                long_polling_timeout: Some(prost_types::Duration {
+                    seconds: wait,
+                    nanos: 0,
+                }),
+                attempt_id: None,
+            };
+            let mut stream = c.receive_message(req(r)).await?.into_inner();
+            let mut handles = Vec::new();
+            while let Some(item) = stream.message().await? {
+                match item.content {
+                    Some(pb::receive_message_response::Content::Status(s))
+                        if s.code == Code::MessageNotFound as i32 =>
+                    {
+                        println!("no message");
+                    }
+                    Some(pb::receive_message_response::Content::Status(s)) => check(&Some(s))?,
+                    Some(pb::receive_message_response::Content::Message(m)) => {
+                        let sp = m.system_properties.unwrap_or_default();
+                        println!(
+                            "message {} queue {} offset {} attempt {} tag {:?}: {}",
+                            sp.message_id,
+                            sp.queue_id,
+                            sp.queue_offset.unwrap_or(-1),
+                            sp.delivery_attempt.unwrap_or(0),
+                            sp.tag.unwrap_or_default(),
+                            String::from_utf8_lossy(&m.body)
+                        );
+                        handles.push(pb::AckMessageEntry {
+                            message_id: sp.message_id,
+                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                            lite_topic: None,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if ack && !handles.is_empty() {
+                let n = handles.len();
+                let r = c
+                    .ack_message(req(pb::AckMessageRequest {
+                        group: res(&group),
+                        topic: res(&topic),
+                        entries: handles,
+                    }))
+                    .await?
+                    .into_inner();
+                check(&r.status)?;
+                println!("acknowledged {n}");
+            }
+        }
+        _ => unreachable!("only send and receive go over gRPC"),
+    }
+    Ok(())
+}

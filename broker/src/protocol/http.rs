@@ -1,0 +1,191 @@
+//! The HTTP port: Prometheus `/metrics`, health (`/healthz`, `/readyz`) and a small JSON admin
+//! API for topics, consumer groups and consumer progress (what `rmq-broker admin` uses).
+//!
+//! ```text
+//! GET  /admin/topics                      -> [TopicConfig]
+//! PUT  /admin/topics/{name}               {"queues": 8, "messageType": "NORMAL"}
+//! GET  /admin/groups                      -> [GroupConfig]
+//! PUT  /admin/groups/{name}               {"maxDeliveryAttempts": 16, "fifo": false}
+//! GET  /admin/groups/{name}/progress?topic=T -> per queue: committed offset, max offset, lag
+//! ```
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::service::Broker;
+use crate::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/admin/topics", get(list_topics))
+        .route("/admin/topics/{name}", get(get_topic).put(put_topic))
+        .route("/admin/groups", get(list_groups))
+        .route("/admin/groups/{name}", get(get_group).put(put_group))
+        .route("/admin/groups/{name}/progress", get(progress))
+        .with_state(broker)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn metrics(State(b): State<Arc<Broker>>) -> Response {
+    let o = b.store.log_offsets();
+    let m = &b.metrics;
+    m.commitlog_min_offset.set(o.min as i64);
+    m.commitlog_written_offset.set(o.written as i64);
+    m.commitlog_flushed_offset.set(o.flushed as i64);
+    m.commitlog_dispatched_offset.set(o.dispatched as i64);
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+async fn list_topics(State(b): State<Arc<Broker>>) -> Json<Vec<TopicConfig>> {
+    Json(b.metadata.topics())
+}
+
+async fn get_topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    match b.metadata.topic(&name) {
+        Some(t) => Json(t).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("topic {name:?} does not exist"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TopicSpec {
+    queues: u32,
+    #[serde(default = "normal")]
+    message_type: TopicMessageType,
+}
+
+fn normal() -> TopicMessageType {
+    TopicMessageType::Normal
+}
+
+async fn put_topic(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Json(spec): Json<TopicSpec>,
+) -> Response {
+    let t = TopicConfig {
+        name,
+        queues: spec.queues,
+        message_type: spec.message_type,
+    };
+    match b.metadata.put_topic(t.clone()) {
+        Ok(()) => {
+            tracing::info!(topic = %t.name, queues = t.queues, message_type = ?t.message_type, "topic created or updated");
+            Json(t).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn list_groups(State(b): State<Arc<Broker>>) -> Json<Vec<GroupConfig>> {
+    Json(b.metadata.groups())
+}
+
+async fn get_group(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    match b.metadata.group(&name) {
+        Some(g) => Json(g).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("group {name:?} does not exist"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GroupSpec {
+    #[serde(default = "sixteen")]
+    max_delivery_attempts: u32,
+    #[serde(default)]
+    fifo: bool,
+}
+
+fn sixteen() -> u32 {
+    16
+}
+
+async fn put_group(
+    State(b): State<Arc<Broker>>,
+    Path(name): Path<String>,
+    Json(spec): Json<GroupSpec>,
+) -> Response {
+    let g = GroupConfig {
+        name,
+        max_delivery_attempts: spec.max_delivery_attempts,
+        fifo: spec.fifo,
+    };
+    match b.metadata.put_group(g.clone()) {
+        Ok(()) => Json(g).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ProgressQuery {
+    topic: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueProgress {
+    pub queue_id: i32,
+    /// Everything below is acknowledged.
+    pub committed: u64,
+    pub max_offset: u64,
+    pub lag: u64,
+}
+
+async fn progress(
+    State(b): State<Arc<Broker>>,
+    Path(group): Path<String>,
+    Query(q): Query<ProgressQuery>,
+) -> Response {
+    let Some(topic) = b.metadata.topic(&q.topic) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("topic {:?} does not exist", q.topic),
+        );
+    };
+    let mut out = Vec::new();
+    for id in 0..topic.queues as i32 {
+        let max_offset = match b.store.max_offset(&topic.name, id) {
+            Ok(m) => m,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let committed = b
+            .store
+            .consumer_offsets()
+            .get(&group, &topic.name, id)
+            .unwrap_or(0);
+        out.push(QueueProgress {
+            queue_id: id,
+            committed,
+            max_offset,
+            lag: max_offset.saturating_sub(committed),
+        });
+    }
+    Json(out).into_response()
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics of the messaging service and the store, in RocketMQ's vocabulary.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub topic: String,
+    pub group: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages_sent: Family<TopicLabel, Counter>,
+    pub send_errors: Family<TopicLabel, Counter>,
+    pub messages_received: Family<GroupLabels, Counter>,
+    pub messages_redelivered: Family<GroupLabels, Counter>,
+    pub messages_acked: Family<GroupLabels, Counter>,
+    pub messages_dead_lettered: Family<GroupLabels, Counter>,
+    pub timer_messages_delivered: Counter,
+    pub send_latency: Histogram,
+    pub commitlog_min_offset: Gauge,
+    pub commitlog_written_offset: Gauge,
+    pub commitlog_flushed_offset: Gauge,
+    pub commitlog_dispatched_offset: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rocketmq");
+        let m = Metrics {
+            messages_sent: Family::default(),
+            send_errors: Family::default(),
+            messages_received: Family::default(),
+            messages_redelivered: Family::default(),
+            messages_acked: Family::default(),
+            messages_dead_lettered: Family::default(),
+            timer_messages_delivered: Counter::default(),
+            // 50 us .. ~3 s
+            send_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            commitlog_min_offset: Gauge::default(),
+            commitlog_written_offset: Gauge::default(),
+            commitlog_flushed_offset: Gauge::default(),
+            commitlog_dispatched_offset: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_sent",
+            "Messages stored by SendMessage",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "send_errors",
+            "SendMessage calls that failed",
+            m.send_errors.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Messages handed out by ReceiveMessage",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "messages_redelivered",
+            "Deliveries after the first (invisible time expired or nacked)",
+            m.messages_redelivered.clone(),
+        );
+        registry.register(
+            "messages_acked",
+            "Messages acknowledged",
+            m.messages_acked.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages moved to a dead-letter queue",
+            m.messages_dead_lettered.clone(),
+        );
+        registry.register(
+            "timer_messages_delivered",
+            "Delay messages moved to their topic when due",
+            m.timer_messages_delivered.clone(),
+        );
+        registry.register(
+            "send_latency_seconds",
+            "Time to store a send batch under the flush policy",
+            m.send_latency.clone(),
+        );
+        registry.register(
+            "commitlog_min_offset",
+            "First CommitLog byte held locally",
+            m.commitlog_min_offset.clone(),
+        );
+        registry.register(
+            "commitlog_written_offset",
+            "End of the CommitLog",
+            m.commitlog_written_offset.clone(),
+        );
+        registry.register(
+            "commitlog_flushed_offset",
+            "Durable end of the CommitLog",
+            m.commitlog_flushed_offset.clone(),
+        );
+        registry.register(
+            "commitlog_dispatched_offset",
+            "CommitLog offset up to which ConsumeQueues and indexes are built",
+            m.commitlog_dispatched_offset.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub fn topic(t: &str) -> TopicLabel {
+    TopicLabel {
+        topic: t.to_owned(),
+    }
+}
+
+pub fn group(t: &str, g: &str) -> GroupLabels {
+    GroupLabels {
+        topic: t.to_owned(),
+        group: g.to_owned(),
+    }
+}
