@@ -63,6 +63,14 @@ struct StandaloneArgs {
     /// PEM private key for TLS (with --tls-cert).
     #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Milliseconds a transaction may stay undecided before the broker checks back with a
+    /// producer of its topic (and between checks).
+    #[arg(
+        long,
+        env = "RMQ_TRANSACTION_CHECK_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    transaction_check_interval_ms: u64,
     /// Create unknown topics on first use instead of answering TOPIC_NOT_FOUND.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
@@ -128,6 +136,9 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         },
         broker: BrokerConfig {
             auto_create_topics: args.auto_create_topics,
+            transaction_check_interval: std::time::Duration::from_millis(
+                args.transaction_check_interval_ms,
+            ),
             ..BrokerConfig::default()
         },
         grpc_listen: args.grpc_listen,

@@ -227,7 +227,7 @@ async fn bad_input_gets_the_protocol_status_codes() {
 
     // Not implemented yet: said so, not a bare internal error.
     let r = c
-        .end_transaction(req(pb::EndTransactionRequest::default()))
+        .recall_message(req(pb::RecallMessageRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -499,4 +499,134 @@ async fn delay_messages_arrive_at_their_time_even_across_a_broker_kill() {
     let ids: Vec<_> = got.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["d1", "d2"], "each delivered once, in time order");
     assert!(got[0].1 >= t1 && got[1].1 >= t2);
+}
+
+fn transactional(topic: &str, id: &str) -> pb::Message {
+    let mut m = message(topic, 0, id, id.as_bytes(), None);
+    m.system_properties.as_mut().unwrap().message_type = pb::MessageType::Transaction as i32;
+    m
+}
+
+async fn end(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    id: &str,
+    tx: &str,
+    commit: bool,
+) -> Code {
+    let r = c
+        .end_transaction(req(pb::EndTransactionRequest {
+            topic: res(topic),
+            message_id: id.into(),
+            transaction_id: tx.into(),
+            resolution: if commit {
+                pb::TransactionResolution::Commit
+            } else {
+                pb::TransactionResolution::Rollback
+            } as i32,
+            source: pb::TransactionSource::SourceClient as i32,
+            trace_context: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    code(&r.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_rollback_and_check_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--topic",
+            "Tx:1:TRANSACTION",
+            "--transaction-check-interval-ms",
+            "1000",
+        ],
+    );
+    let mut c = client(&b).await;
+    let r = send(&mut c, transactional("Tx", "commit-me")).await;
+    assert_eq!(code(&r.status), Code::Ok);
+    let tx1 = r.entries[0].transaction_id.clone();
+    assert!(!tx1.is_empty());
+    let r = send(&mut c, transactional("Tx", "roll-me-back")).await;
+    let tx2 = r.entries[0].transaction_id.clone();
+    let (s, _) = receive(&mut c, "Tx", "TxG", 10, None).await;
+    assert_eq!(s, Code::MessageNotFound, "half messages are invisible");
+
+    assert_eq!(end(&mut c, "Tx", "commit-me", &tx1, true).await, Code::Ok);
+    assert_eq!(
+        end(&mut c, "Tx", "roll-me-back", &tx2, false).await,
+        Code::Ok
+    );
+    assert_eq!(
+        end(&mut c, "Tx", "commit-me", &tx1, true).await,
+        Code::InvalidTransactionId
+    );
+    assert_eq!(
+        end(&mut c, "Tx", "x", "nonsense", true).await,
+        Code::InvalidTransactionId
+    );
+    let (s, m) = receive(&mut c, "Tx", "TxG", 10, None).await;
+    assert_eq!(s, Code::Ok);
+    assert_eq!(m.len(), 1, "only the committed one");
+    let sp = m[0].system_properties.as_ref().unwrap();
+    assert_eq!(sp.message_id, "commit-me");
+    assert_eq!(sp.message_type, pb::MessageType::Transaction as i32);
+
+    // An undecided transaction: the broker asks the producer over its Telemetry stream.
+    let (tel_tx, tel_rx) = tokio::sync::mpsc::channel(4);
+    tel_tx
+        .send(pb::TelemetryCommand {
+            status: None,
+            command: Some(pb::telemetry_command::Command::Settings(pb::Settings {
+                client_type: Some(pb::ClientType::Producer as i32),
+                pub_sub: Some(pb::settings::PubSub::Publishing(pb::Publishing {
+                    topics: vec![res("Tx").unwrap()],
+                    max_body_size: 0,
+                    validate_message_type: true,
+                })),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+    let mut commands = c
+        .telemetry(req(tokio_stream::wrappers::ReceiverStream::new(tel_rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let settings = commands.message().await.unwrap().unwrap();
+    assert!(matches!(
+        settings.command,
+        Some(pb::telemetry_command::Command::Settings(_))
+    ));
+    let r = send(&mut c, transactional("Tx", "orphan")).await;
+    let tx3 = r.entries[0].transaction_id.clone();
+    let check = tokio::time::timeout(std::time::Duration::from_secs(10), commands.message())
+        .await
+        .expect("a check-back within 10 s")
+        .unwrap()
+        .unwrap();
+    let Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(cmd)) =
+        check.command
+    else {
+        panic!("{check:?}")
+    };
+    assert_eq!(cmd.transaction_id, tx3);
+    let m = cmd.message.unwrap();
+    assert_eq!(
+        m.topic.unwrap().name,
+        "Tx",
+        "the checker sees the real topic"
+    );
+    assert_eq!(m.system_properties.unwrap().message_id, "orphan");
+    assert_eq!(end(&mut c, "Tx", "orphan", &tx3, true).await, Code::Ok);
+    let (_, m) = receive(&mut c, "Tx", "TxG", 10, None).await;
+    assert_eq!(
+        m[0].system_properties.as_ref().unwrap().message_id,
+        "orphan"
+    );
+    drop(tel_tx);
 }

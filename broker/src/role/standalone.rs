@@ -114,6 +114,7 @@ pub async fn run(
         })
     };
     let timers = tokio::spawn(crate::service::timer::run(Arc::clone(&broker)));
+    let transactions = tokio::spawn(crate::service::transaction::run(Arc::clone(&broker)));
     let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
@@ -124,6 +125,7 @@ pub async fn run(
         .context("serving gRPC")?;
     compactor.abort();
     timers.abort();
+    transactions.abort();
     http.abort();
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

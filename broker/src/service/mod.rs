@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod pop;
 pub mod timer;
+pub mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,9 @@ pub struct BrokerConfig {
     pub default_queues: u32,
     /// Largest body accepted from clients.
     pub max_body_size: usize,
+    /// How long a transaction may stay undecided before the broker checks back with its
+    /// producer, and the time between checks.
+    pub transaction_check_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -47,6 +51,7 @@ impl Default for BrokerConfig {
             auto_create_topics: false,
             default_queues: 8,
             max_body_size: 4 * 1024 * 1024,
+            transaction_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -74,6 +79,8 @@ pub enum ServiceError {
     MessageTypeConflict(String),
     #[error("{0}")]
     IllegalDeliveryTime(String),
+    #[error("unknown or finished transaction: {0}")]
+    InvalidTransactionId(String),
     #[error("{0} is not supported by this broker yet")]
     Unsupported(&'static str),
     #[error("invalid receipt handle")]
@@ -98,6 +105,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub metrics: metrics::Metrics,
     pub(crate) timer: timer::TimerState,
+    pub(crate) transactions: transaction::TransactionState,
 }
 
 /// A receive: which group wants which messages, how long they stay invisible.
@@ -120,12 +128,14 @@ impl Broker {
     pub fn open(store: Arc<MessageStore>, config: BrokerConfig) -> Result<Broker> {
         let metadata = Metadata::open(&store.config().config_dir())?;
         let pop = PopService::open(Arc::clone(&store))?;
-        if metadata.topic(timer::TIMER_TOPIC).is_none() {
-            metadata.put_topic(TopicConfig {
-                name: timer::TIMER_TOPIC.to_owned(),
-                queues: 1,
-                message_type: TopicMessageType::Normal,
-            })?;
+        for system_topic in [timer::TIMER_TOPIC, transaction::HALF_TOPIC] {
+            if metadata.topic(system_topic).is_none() {
+                metadata.put_topic(TopicConfig {
+                    name: system_topic.to_owned(),
+                    queues: 1,
+                    message_type: TopicMessageType::Normal,
+                })?;
+            }
         }
         Ok(Broker {
             store,
@@ -134,6 +144,7 @@ impl Broker {
             config,
             metrics: metrics::Metrics::default(),
             timer: timer::TimerState::default(),
+            transactions: transaction::TransactionState::default(),
         })
     }
 
@@ -184,9 +195,6 @@ impl Broker {
                 queues: topic.queues,
             });
         }
-        if message_type == TopicMessageType::Transaction {
-            return Err(ServiceError::Unsupported("transactional messages"));
-        }
         if let Some(deliver) = msg.property_value(keys::TIMER_DELIVER_MS) {
             let deliver: i64 = deliver.parse().map_err(|_| {
                 ServiceError::IllegalDeliveryTime(format!("bad delivery time {deliver:?}"))
@@ -213,7 +221,11 @@ impl Broker {
         let now = now_millis();
         let topics: Vec<String> = msgs.iter().map(|m| m.topic.clone()).collect();
         for m in &mut msgs {
-            self.route_delayed(m, now);
+            if m.property_value(keys::TRAN_MSG) == Some("true") {
+                self.route_half(m);
+            } else {
+                self.route_delayed(m, now);
+            }
         }
         let started = std::time::Instant::now();
         let result = self.store.put_messages(&msgs).await;

@@ -16,6 +16,7 @@ use super::pb::{self, Code, messaging_service_server::MessagingService};
 use crate::service::filter::TagFilter;
 use crate::service::metadata::TopicMessageType;
 use crate::service::pop::{AckOutcome, Delivery, ReceiptHandle};
+use crate::service::transaction::CheckRequest;
 use crate::service::{Broker, ReceiveRequest, ServiceError, keys};
 use crate::store::record::sys_flag;
 use crate::store::{GetStatus, Message, StoreError, StoredMessage, properties};
@@ -64,6 +65,7 @@ fn code_of(e: &ServiceError) -> Code {
         ServiceError::MessageTypeConflict(_) => Code::MessagePropertyConflictWithType,
         ServiceError::Unsupported(_) => Code::NotImplemented,
         ServiceError::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
+        ServiceError::InvalidTransactionId(_) => Code::InvalidTransactionId,
         ServiceError::InvalidReceiptHandle => Code::InvalidReceiptHandle,
         ServiceError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
         ServiceError::Filter(_) => Code::IllegalFilterExpression,
@@ -228,6 +230,9 @@ fn to_store_message(
         pairs.push((keys::TIMER_DELIVER_MS.into(), millis_of(t).to_string()));
     }
     let message_type = message_type_of(&sp);
+    if message_type == TopicMessageType::Transaction {
+        pairs.push((keys::TRAN_MSG.into(), "true".into()));
+    }
     let mut sys = 0;
     if pb::Encoding::try_from(sp.body_encoding) == Ok(pb::Encoding::Gzip) {
         sys |= sys_flag::COMPRESSED;
@@ -259,7 +264,9 @@ fn to_pb_message(m: &StoredMessage, handle: Option<(&ReceiptHandle, Duration)>) 
     let delivery = m
         .property(keys::TIMER_DELIVER_MS)
         .and_then(|v| v.parse::<i64>().ok());
-    let message_type = if group.is_some() {
+    let message_type = if m.property(keys::TRAN_MSG).is_some() {
+        pb::MessageType::Transaction
+    } else if group.is_some() {
         pb::MessageType::Fifo
     } else if delivery.is_some() {
         pb::MessageType::Delay
@@ -314,6 +321,24 @@ fn to_pb_message(m: &StoredMessage, handle: Option<(&ReceiptHandle, Duration)>) 
         system_properties: Some(sp),
         body: m.body.clone(),
     }
+}
+
+/// A half message as a producer's transaction checker sees it: in its real topic and queue.
+fn check_message(half: &StoredMessage) -> pb::Message {
+    let mut m = to_pb_message(half, None);
+    if let Some(t) = half.property(crate::service::timer::REAL_TOPIC) {
+        m.topic = Some(pb::Resource {
+            resource_namespace: String::new(),
+            name: t.to_owned(),
+        });
+    }
+    if let Some(sp) = m.system_properties.as_mut() {
+        sp.queue_id = half
+            .property(crate::service::timer::REAL_QID)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0);
+    }
+    m
 }
 
 fn accept_types(t: TopicMessageType) -> Vec<i32> {
@@ -551,15 +576,24 @@ impl MessagingService for GrpcService {
                 }
             }
         }
+        let transactional: Vec<bool> = msgs
+            .iter()
+            .map(|m| m.property_value(keys::TRAN_MSG) == Some("true"))
+            .collect();
         match self.broker.send(msgs).await {
             Ok(results) => {
                 let entries = results
                     .iter()
                     .zip(ids)
-                    .map(|(r, id)| pb::SendResultEntry {
+                    .zip(&transactional)
+                    .map(|((r, id), tx)| pb::SendResultEntry {
                         status: Some(ok()),
                         message_id: id,
-                        transaction_id: String::new(),
+                        transaction_id: if *tx {
+                            self.broker.transaction_id(r.physical_offset)
+                        } else {
+                            String::new()
+                        },
                         offset: r.queue_offset as i64,
                         recall_handle: String::new(),
                     })
@@ -972,13 +1006,33 @@ impl MessagingService for GrpcService {
 
     async fn end_transaction(
         &self,
-        _req: Request<pb::EndTransactionRequest>,
+        req: Request<pb::EndTransactionRequest>,
     ) -> GrpcResult<pb::EndTransactionResponse> {
+        if let Err(s) = require_client_id(&req) {
+            return Ok(Response::new(pb::EndTransactionResponse {
+                status: Some(s),
+            }));
+        }
+        let r = req.into_inner();
+        let s = match pb::TransactionResolution::try_from(r.resolution) {
+            Ok(pb::TransactionResolution::Commit) => {
+                self.broker.end_transaction(&r.transaction_id, true).await
+            }
+            Ok(pb::TransactionResolution::Rollback) => {
+                self.broker.end_transaction(&r.transaction_id, false).await
+            }
+            _ => {
+                return Ok(Response::new(pb::EndTransactionResponse {
+                    status: Some(status(
+                        Code::BadRequest,
+                        "resolution must be COMMIT or ROLLBACK",
+                    )),
+                }));
+            }
+        }
+        .map_or_else(|e| error_status(&e), |()| ok());
         Ok(Response::new(pb::EndTransactionResponse {
-            status: Some(status(
-                Code::NotImplemented,
-                "transactional messages are not supported by this broker yet",
-            )),
+            status: Some(s),
         }))
     }
 
@@ -988,6 +1042,12 @@ impl MessagingService for GrpcService {
         &self,
         req: Request<Streaming<pb::TelemetryCommand>>,
     ) -> GrpcResult<Self::TelemetryStream> {
+        let client_id = req
+            .metadata()
+            .get("x-mq-client-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = GrpcService {
@@ -995,20 +1055,55 @@ impl MessagingService for GrpcService {
             advertised: self.advertised,
         };
         tokio::spawn(async move {
+            let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
             while let Ok(Some(cmd)) = inbound.message().await {
                 let reply = match cmd.command {
-                    Some(pb::telemetry_command::Command::Settings(s)) => pb::TelemetryCommand {
-                        status: Some(ok()),
-                        command: Some(pb::telemetry_command::Command::Settings(
-                            this.merged_settings(s),
-                        )),
-                    },
-                    // Answers to our own commands (we send none yet) and anything unknown.
+                    Some(pb::telemetry_command::Command::Settings(s)) => {
+                        // A producer: it may be asked to resolve orphaned transactions.
+                        if let Some(pb::settings::PubSub::Publishing(p)) = &s.pub_sub
+                            && !client_id.is_empty()
+                        {
+                            let topics = p.topics.iter().map(|t| t.name.clone()).collect();
+                            let (check_tx, mut check_rx) = mpsc::channel::<CheckRequest>(64);
+                            this.broker.register_producer(&client_id, topics, check_tx);
+                            let out = tx.clone();
+                            if let Some(f) = forwarder.take() {
+                                f.abort();
+                            }
+                            forwarder = Some(tokio::spawn(async move {
+                                while let Some(c) = check_rx.recv().await {
+                                    let cmd = pb::TelemetryCommand {
+                                        status: Some(ok()),
+                                        command: Some(pb::telemetry_command::Command::RecoverOrphanedTransactionCommand(
+                                            pb::RecoverOrphanedTransactionCommand {
+                                                message: Some(check_message(&c.message)),
+                                                transaction_id: c.transaction_id,
+                                            },
+                                        )),
+                                    };
+                                    if out.send(Ok(cmd)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }));
+                        }
+                        pb::TelemetryCommand {
+                            status: Some(ok()),
+                            command: Some(pb::telemetry_command::Command::Settings(
+                                this.merged_settings(s),
+                            )),
+                        }
+                    }
+                    // Answers to commands we do not send, and anything unknown.
                     _ => continue,
                 };
                 if tx.send(Ok(reply)).await.is_err() {
                     break;
                 }
+            }
+            if let Some(f) = forwarder {
+                f.abort();
+                this.broker.unregister_producer(&client_id);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
