@@ -35,13 +35,16 @@ struct Pending {
     checks: u32,
 }
 
+/// A connected producer: the topics it publishes and where its check-backs go.
+type Producer = (Vec<String>, mpsc::Sender<CheckRequest>);
+
 #[derive(Default)]
 pub struct TransactionState {
     /// Half messages without a decision, by offset in the half topic.
     pending: Mutex<BTreeMap<u64, Pending>>,
     scanned: Mutex<Option<u64>>,
-    /// Producers with an open Telemetry stream: client id -> (topics, check-back channel).
-    producers: Mutex<HashMap<String, (Vec<String>, mpsc::Sender<CheckRequest>)>>,
+    /// Producers with an open Telemetry stream, by client id.
+    producers: Mutex<HashMap<String, Producer>>,
 }
 
 fn with_property(props: &[u8], key: &str, value: &str) -> bytes::Bytes {
@@ -180,7 +183,7 @@ impl Broker {
                 .producers
                 .lock()
                 .values()
-                .find(|(topics, _)| topics.iter().any(|t| *t == topic))
+                .find(|(topics, _)| topics.contains(&topic))
                 .map(|(_, tx)| tx.clone());
             match producer {
                 Some(tx) => {
