@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::Value;
 
+use crate::protocol::grpc::client::{receive_request, request, resource as res};
 use crate::protocol::grpc::pb::{self, Code, messaging_service_client::MessagingServiceClient};
 
 #[derive(clap::Args)]
@@ -70,7 +71,7 @@ pub enum AdminCommand {
         ack: bool,
         /// Seconds to wait for a message.
         #[arg(long, default_value_t = 5)]
-        wait: i64,
+        wait: u64,
     },
 }
 
@@ -106,18 +107,8 @@ fn http(
     v.with_context(|| format!("the broker answered {text:?}"))
 }
 
-fn res(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource {
-        resource_namespace: String::new(),
-        name: name.to_owned(),
-    })
-}
-
 fn req<T>(t: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(t);
-    r.metadata_mut()
-        .insert("x-mq-client-id", "rmq-broker-admin".parse().expect("ascii"));
-    r
+    request(t, "rmq-broker-admin")
 }
 
 fn check(status: &Option<pb::Status>) -> anyhow::Result<()> {
@@ -234,26 +225,13 @@ async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
             ack,
             wait,
         } => {
-            let r = pb::ReceiveMessageRequest {
-                group: res(&group),
-                message_queue: Some(pb::MessageQueue {
-                    topic: res(&topic),
-                    id: -1,
-                    ..Default::default()
-                }),
-                filter_expression: None,
-                batch_size: max,
-                invisible_duration: Some(prost_types::Duration {
-                    seconds: 30,
-                    nanos: 0,
-                }),
-                auto_renew: false,
-                long_polling_timeout: Some(prost_types::Duration {
-                    seconds: wait,
-                    nanos: 0,
-                }),
-                attempt_id: None,
-            };
+            let r = receive_request(
+                &topic,
+                &group,
+                max,
+                Duration::from_secs(30),
+                Duration::from_secs(wait),
+            );
             let mut stream = c.receive_message(req(r)).await?.into_inner();
             let mut handles = Vec::new();
             while let Some(item) = stream.message().await? {

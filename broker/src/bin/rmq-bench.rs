@@ -15,9 +15,9 @@ use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
 use parking_lot::Mutex;
-use tonic::Request;
 use tonic::transport::Channel;
 
+use broker::protocol::grpc::client::{receive_request, request, resource as res};
 use broker::protocol::grpc::pb::{self, Code, messaging_service_client::MessagingServiceClient};
 
 #[derive(Parser, Clone)]
@@ -59,22 +59,6 @@ fn now_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-fn req<T>(t: T, client_id: &str) -> Request<T> {
-    let mut r = Request::new(t);
-    r.metadata_mut().insert(
-        "x-mq-client-id",
-        client_id.parse().expect("ascii client id"),
-    );
-    r
-}
-
-fn res(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource {
-        resource_namespace: String::new(),
-        name: name.to_owned(),
-    })
 }
 
 #[derive(Default)]
@@ -166,7 +150,7 @@ async fn produce(
         seq += 1;
         let t = Instant::now();
         match c
-            .send_message(req(
+            .send_message(request(
                 pb::SendMessageRequest { messages: vec![m] },
                 &client_id,
             ))
@@ -196,30 +180,14 @@ async fn consume(
 ) {
     let client_id = format!("bench-consumer-{id}");
     while !stop.load(Ordering::Relaxed) {
-        let r = pb::ReceiveMessageRequest {
-            group: res(&args.group),
-            message_queue: Some(pb::MessageQueue {
-                topic: res(&args.topic),
-                id: -1,
-                ..Default::default()
-            }),
-            filter_expression: Some(pb::FilterExpression {
-                r#type: pb::FilterType::Tag as i32,
-                expression: "*".into(),
-            }),
-            batch_size: 32,
-            invisible_duration: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            auto_renew: false,
-            long_polling_timeout: Some(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
-            attempt_id: None,
-        };
-        let Ok(resp) = c.receive_message(req(r, &client_id)).await else {
+        let r = receive_request(
+            &args.topic,
+            &args.group,
+            32,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        );
+        let Ok(resp) = c.receive_message(request(r, &client_id)).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -246,7 +214,7 @@ async fn consume(
                 topic: res(&args.topic),
                 entries,
             };
-            let _ = c.ack_message(req(ack, &client_id)).await;
+            let _ = c.ack_message(request(ack, &client_id)).await;
         }
     }
 }

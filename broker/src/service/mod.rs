@@ -12,8 +12,6 @@ pub mod transaction;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-
 use crate::store::commitlog::now_millis;
 use crate::store::{Message, MessageStore, PutResult, StoreError, properties};
 use filter::{FilterError, TagFilter};
@@ -388,17 +386,8 @@ impl Broker {
             .property(properties::UNIQ_KEY)
             .map(str::to_owned)
             .unwrap_or_else(|| m.offset_msg_id());
-        let mut props = BytesMut::with_capacity(m.properties.len() + 64);
-        props.put_slice(&m.properties);
-        for (k, v) in [
-            (keys::DLQ_ORIGIN_TOPIC, m.topic.as_str()),
-            (keys::DLQ_ORIGIN_MESSAGE_ID, origin_id.as_str()),
-        ] {
-            props.put_slice(k.as_bytes());
-            props.put_u8(1);
-            props.put_slice(v.as_bytes());
-            props.put_u8(2);
-        }
+        let props = properties::with(&m.properties, keys::DLQ_ORIGIN_TOPIC, &m.topic);
+        let props = properties::with(&props, keys::DLQ_ORIGIN_MESSAGE_ID, &origin_id);
         let copy = Message {
             topic: dlq,
             queue_id: 0,
@@ -409,7 +398,7 @@ impl Broker {
             reconsume_times: d.handle.attempt as i32,
             prepared_transaction_offset: 0,
             body: m.body.clone(),
-            properties: Bytes::from(props),
+            properties: props,
         };
         self.store.put_message(&copy).await?;
         self.pop.ack(group, std::slice::from_ref(&d.handle))?;
@@ -419,5 +408,25 @@ impl Broker {
             .inc();
         tracing::info!(group, topic = %m.topic, offset = m.queue_offset, attempts = d.handle.attempt, "message moved to the dead-letter queue");
         Ok(())
+    }
+}
+
+/// A message held in a system topic (timer, half messages), sent back to its real topic and
+/// queue (`REAL_TOPIC` / `REAL_QID`).
+fn real_message(m: &crate::store::StoredMessage, prepared_transaction_offset: i64) -> Message {
+    Message {
+        topic: m.property(timer::REAL_TOPIC).unwrap_or_default().to_owned(),
+        queue_id: m
+            .property(timer::REAL_QID)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(0),
+        flag: m.flag,
+        sys_flag: m.sys_flag,
+        born_timestamp: m.born_timestamp,
+        born_host: m.born_host,
+        reconsume_times: m.reconsume_times,
+        prepared_transaction_offset,
+        body: m.body.clone(),
+        properties: m.properties.clone(),
     }
 }

@@ -9,12 +9,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
 
-use super::{Broker, Result, keys};
+use super::{Broker, Result, keys, real_message};
 use crate::store::commitlog::now_millis;
-use crate::store::{GetStatus, Message, StoredMessage};
+use crate::store::{GetStatus, Message, properties};
 
 pub const TIMER_TOPIC: &str = "rmq_sys_wheel_timer";
 const TIMER_GROUP: &str = "rmq_sys_timer";
@@ -33,16 +32,6 @@ pub struct TimerState {
     scanned: Mutex<Option<u64>>,
 }
 
-fn with_property(props: &[u8], key: &str, value: &str) -> bytes::Bytes {
-    let mut b = BytesMut::with_capacity(props.len() + key.len() + value.len() + 2);
-    b.put_slice(props);
-    b.put_slice(key.as_bytes());
-    b.put_u8(1);
-    b.put_slice(value.as_bytes());
-    b.put_u8(2);
-    b.freeze()
-}
-
 impl Broker {
     /// If `msg` is due later, rewrites it into the timer topic.
     pub(crate) fn route_delayed(&self, msg: &mut Message, now: i64) {
@@ -55,8 +44,8 @@ impl Broker {
         if deliver <= now {
             return;
         }
-        let props = with_property(&msg.properties, REAL_TOPIC, &msg.topic);
-        msg.properties = with_property(&props, REAL_QID, &msg.queue_id.to_string());
+        let props = properties::with(&msg.properties, REAL_TOPIC, &msg.topic);
+        msg.properties = properties::with(&props, REAL_QID, &msg.queue_id.to_string());
         msg.topic = TIMER_TOPIC.to_owned();
         msg.queue_id = 0;
     }
@@ -105,34 +94,13 @@ impl Broker {
         for (deliver, offset) in &due {
             let got = self.store.get_message(TIMER_TOPIC, 0, *offset, 1)?;
             if let Some(m) = got.messages.into_iter().find(|m| m.queue_offset == *offset) {
-                self.store.put_message(&real_message(&m)).await?;
+                self.store.put_message(&real_message(&m, 0)).await?;
             }
             self.pop.mark_done(TIMER_GROUP, TIMER_TOPIC, 0, *offset)?;
             self.metrics.timer_messages_delivered.inc();
             self.timer.pending.lock().remove(&(*deliver, *offset));
         }
         Ok(due.len())
-    }
-}
-
-/// The message a timer delivers: back to its real topic and queue.
-fn real_message(m: &StoredMessage) -> Message {
-    let topic = m.property(REAL_TOPIC).unwrap_or_default().to_owned();
-    let queue_id = m
-        .property(REAL_QID)
-        .and_then(|q| q.parse().ok())
-        .unwrap_or(0);
-    Message {
-        topic,
-        queue_id,
-        flag: m.flag,
-        sys_flag: m.sys_flag,
-        born_timestamp: m.born_timestamp,
-        born_host: m.born_host,
-        reconsume_times: m.reconsume_times,
-        prepared_transaction_offset: 0,
-        body: m.body.clone(),
-        properties: m.properties.clone(),
     }
 }
 

@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::timer::{REAL_QID, REAL_TOPIC};
-use super::{Broker, Result, ServiceError, keys};
+use super::{Broker, Result, ServiceError, real_message};
 use crate::store::commitlog::now_millis;
-use crate::store::{GetStatus, Message, StoredMessage, record};
+use crate::store::{GetStatus, Message, StoredMessage, properties, record};
 
 pub const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 const TRANS_GROUP: &str = "rmq_sys_trans";
@@ -47,21 +47,11 @@ pub struct TransactionState {
     producers: Mutex<HashMap<String, Producer>>,
 }
 
-fn with_property(props: &[u8], key: &str, value: &str) -> bytes::Bytes {
-    let mut v = props.to_vec();
-    v.extend_from_slice(key.as_bytes());
-    v.push(1);
-    v.extend_from_slice(value.as_bytes());
-    v.push(2);
-    v.into()
-}
-
 impl Broker {
-    /// Rewrites a transactional message into a half message.
+    /// Rewrites a transactional message (`TRAN_MSG`) into a half message.
     pub(crate) fn route_half(&self, msg: &mut Message) {
-        let mut props = with_property(&msg.properties, REAL_TOPIC, &msg.topic);
-        props = with_property(&props, REAL_QID, &msg.queue_id.to_string());
-        msg.properties = with_property(&props, keys::TRAN_MSG, "true");
+        let props = properties::with(&msg.properties, REAL_TOPIC, &msg.topic);
+        msg.properties = properties::with(&props, REAL_QID, &msg.queue_id.to_string());
         msg.topic = HALF_TOPIC.to_owned();
         msg.queue_id = 0;
     }
@@ -108,7 +98,9 @@ impl Broker {
     pub async fn end_transaction(&self, transaction_id: &str, commit: bool) -> Result<()> {
         let half = self.half_message(transaction_id)?;
         if commit {
-            self.store.put_message(&real_message(&half)).await?;
+            self.store
+                .put_message(&real_message(&half, half.physical_offset as i64))
+                .await?;
         }
         self.pop
             .mark_done(TRANS_GROUP, HALF_TOPIC, 0, half.queue_offset)?;
@@ -201,25 +193,6 @@ impl Broker {
             }
         }
         Ok(())
-    }
-}
-
-/// The message a commit delivers: back to its real topic and queue.
-fn real_message(m: &StoredMessage) -> Message {
-    Message {
-        topic: m.property(REAL_TOPIC).unwrap_or_default().to_owned(),
-        queue_id: m
-            .property(REAL_QID)
-            .and_then(|q| q.parse().ok())
-            .unwrap_or(0),
-        flag: m.flag,
-        sys_flag: m.sys_flag,
-        born_timestamp: m.born_timestamp,
-        born_host: m.born_host,
-        reconsume_times: 0,
-        prepared_transaction_offset: m.physical_offset as i64,
-        body: m.body.clone(),
-        properties: m.properties.clone(),
     }
 }
 

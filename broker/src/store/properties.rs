@@ -22,6 +22,17 @@ pub fn encode<'a>(props: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bytes 
     Bytes::from(s)
 }
 
+/// `props` with one more `key = value` pair appended.
+pub fn with(props: &[u8], key: &str, value: &str) -> Bytes {
+    let mut v = Vec::with_capacity(props.len() + key.len() + value.len() + 2);
+    v.extend_from_slice(props);
+    v.extend_from_slice(key.as_bytes());
+    v.push(NAME_VALUE_SEPARATOR as u8);
+    v.extend_from_slice(value.as_bytes());
+    v.push(PROPERTY_SEPARATOR as u8);
+    Bytes::from(v)
+}
+
 /// Iterates over (key, value) pairs; malformed pairs (no separator, bad UTF-8) are skipped.
 pub fn iter(props: &[u8]) -> impl Iterator<Item = (&str, &str)> {
     props

@@ -6,5 +6,6 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
+pub mod client;
 pub mod listener;
 pub mod server;
