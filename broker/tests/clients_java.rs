@@ -32,3 +32,75 @@ fn java_push_consumer() {
     );
     check_send_receive_ack(&v);
 }
+
+fn bodies(v: &serde_json::Value) -> Vec<String> {
+    common::clients::strings(&v["received"])
+}
+
+#[test]
+fn java_fifo_message_group_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--topic",
+            "JavaFifo:4:FIFO",
+            "--group",
+            "JavaFifoGroup:16:fifo",
+        ],
+    );
+    let v = clients::run(
+        Client::Java,
+        &broker,
+        &["fifo", "JavaFifo", "JavaFifoGroup"],
+        &[],
+    );
+    let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies(&v), expected);
+}
+
+#[test]
+fn java_delay_messages_arrive_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &["--topic", "JavaDelay:2:DELAY"]);
+    let v = clients::run(
+        Client::Java,
+        &broker,
+        &["delay", "JavaDelay", "JavaDelayGroup"],
+        &[],
+    );
+    let mut got = bodies(&v);
+    got.sort();
+    assert_eq!(got, ["d0", "d1", "d2"]);
+    assert!(
+        v["early_ms"].as_i64().unwrap() <= 0,
+        "received before the delivery time: {v}"
+    );
+}
+
+#[test]
+fn java_transactions_commit_rollback_and_check_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &[
+            "--topic",
+            "JavaTx:2:TRANSACTION",
+            "--transaction-check-interval-ms",
+            "2000",
+        ],
+    );
+    let v = clients::run(
+        Client::Java,
+        &broker,
+        &["transaction", "JavaTx", "JavaTxGroup"],
+        &[],
+    );
+    let mut got = bodies(&v);
+    got.sort();
+    assert_eq!(
+        got,
+        ["checked", "committed"],
+        "the rolled-back one never arrives: {v}"
+    );
+}

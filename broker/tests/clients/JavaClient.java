@@ -4,6 +4,10 @@
 // Prints one JSON line. Scenarios:
 //   send_receive_ack  10 messages with tag, key and a user property; SimpleConsumer receive + ack
 //   push              10 messages consumed by a PushConsumer
+//   fifo              10 messages of one message group; prints bodies in receive order
+//   delay             3 messages due in 3 s; prints bodies with receive time minus due time
+//   transaction       commit one, roll back one, leave one to the broker's check-back (the
+//                     checker answers COMMIT); prints what a consumer gets
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -37,6 +41,88 @@ public class JavaClient {
             + ",\"attempt\":" + m.getDeliveryAttempt() + "}";
     }
 
+    /// Receives with a SimpleConsumer until `want` messages or 60 s; acks each.
+    static List<MessageView> receiveAll(ClientServiceProvider provider, ClientConfiguration config,
+                                        String topic, String group, int want) throws Exception {
+        List<MessageView> got = new ArrayList<>();
+        FilterExpression all = new FilterExpression("*", FilterExpressionType.TAG);
+        try (SimpleConsumer consumer = provider.newSimpleConsumerBuilder()
+                .setClientConfiguration(config).setConsumerGroup(group)
+                .setSubscriptionExpressions(Collections.singletonMap(topic, all))
+                .setAwaitDuration(Duration.ofSeconds(2)).build()) {
+            long end = System.currentTimeMillis() + 60_000;
+            while (got.size() < want && System.currentTimeMillis() < end) {
+                for (MessageView m : consumer.receive(1, Duration.ofSeconds(15))) {
+                    got.add(m);
+                    consumer.ack(m);
+                }
+            }
+        }
+        return got;
+    }
+
+    static String bodies(List<MessageView> ms) {
+        return "[" + String.join(",", ms.stream()
+            .map(m -> quote(StandardCharsets.UTF_8.decode(m.getBody()).toString())).toList()) + "]";
+    }
+
+    static Message msg(ClientServiceProvider provider, String topic, String body) {
+        return provider.newMessageBuilder().setTopic(topic)
+            .setBody(body.getBytes(StandardCharsets.UTF_8)).build();
+    }
+
+    static boolean special(ClientServiceProvider provider, ClientConfiguration config, String scenario,
+                           String topic, String group) throws Exception {
+        switch (scenario) {
+            case "fifo": {
+                try (Producer producer = provider.newProducerBuilder()
+                        .setClientConfiguration(config).setTopics(topic).build()) {
+                    for (int i = 0; i < 10; i++) {
+                        producer.send(provider.newMessageBuilder().setTopic(topic).setMessageGroup("order-1")
+                            .setBody(("m" + i).getBytes(StandardCharsets.UTF_8)).build());
+                    }
+                }
+                System.out.println("{\"received\":" + bodies(receiveAll(provider, config, topic, group, 10)) + "}");
+                return true;
+            }
+            case "delay": {
+                long due = System.currentTimeMillis() + 3000;
+                try (Producer producer = provider.newProducerBuilder()
+                        .setClientConfiguration(config).setTopics(topic).build()) {
+                    for (int i = 0; i < 3; i++) {
+                        producer.send(provider.newMessageBuilder().setTopic(topic).setDeliveryTimestamp(due)
+                            .setBody(("d" + i).getBytes(StandardCharsets.UTF_8)).build());
+                    }
+                }
+                List<MessageView> got = receiveAll(provider, config, topic, group, 3);
+                long at = System.currentTimeMillis();
+                System.out.println("{\"received\":" + bodies(got) + ",\"early_ms\":" + (due - at) + "}");
+                return true;
+            }
+            case "transaction": {
+                try (Producer producer = provider.newProducerBuilder()
+                        .setClientConfiguration(config).setTopics(topic)
+                        .setTransactionChecker(view -> org.apache.rocketmq.client.apis.producer.TransactionResolution.COMMIT)
+                        .build()) {
+                    org.apache.rocketmq.client.apis.producer.Transaction t1 = producer.beginTransaction();
+                    producer.send(msg(provider, topic, "committed"), t1);
+                    t1.commit();
+                    org.apache.rocketmq.client.apis.producer.Transaction t2 = producer.beginTransaction();
+                    producer.send(msg(provider, topic, "rolled-back"), t2);
+                    t2.rollback();
+                    org.apache.rocketmq.client.apis.producer.Transaction t3 = producer.beginTransaction();
+                    producer.send(msg(provider, topic, "checked"), t3);
+                    // No decision for t3: the broker checks back and the checker commits.
+                    List<MessageView> got = receiveAll(provider, config, topic, group, 2);
+                    System.out.println("{\"received\":" + bodies(got) + "}");
+                }
+                return true;
+            }
+            default:
+                return false;
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         String scenario = args[0], endpoint = args[1], topic = args[2], group = args[3];
         ClientServiceProvider provider = ClientServiceProvider.loadService();
@@ -44,6 +130,9 @@ public class JavaClient {
             .setEndpoints(endpoint)
             .setRequestTimeout(Duration.ofSeconds(10))
             .build();
+        if (special(provider, config, scenario, topic, group)) {
+            System.exit(0);
+        }
         List<String> sent = new ArrayList<>();
         try (Producer producer = provider.newProducerBuilder()
                 .setClientConfiguration(config).setTopics(topic).build()) {
