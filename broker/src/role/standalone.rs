@@ -115,6 +115,19 @@ pub async fn run(
     };
     let timers = tokio::spawn(crate::service::timer::run(Arc::clone(&broker)));
     let transactions = tokio::spawn(crate::service::transaction::run(Arc::clone(&broker)));
+    let renewer = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let n = broker.renew_invisible_times();
+                if n > 0 {
+                    tracing::debug!(renewed = n, "extended auto-renewed invisible times");
+                }
+            }
+        })
+    };
     let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
@@ -126,6 +139,7 @@ pub async fn run(
     compactor.abort();
     timers.abort();
     transactions.abort();
+    renewer.abort();
     http.abort();
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

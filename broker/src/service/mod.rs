@@ -104,6 +104,8 @@ pub struct Broker {
     pub metrics: metrics::Metrics,
     pub(crate) timer: timer::TimerState,
     pub(crate) transactions: transaction::TransactionState,
+    /// When each client was last heard from (any RPC with its client id).
+    clients: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// A receive: which group wants which messages, how long they stay invisible.
@@ -117,9 +119,14 @@ pub struct ReceiveRequest<'a> {
     pub filter: TagFilter,
     /// How long to wait for a message when there is none.
     pub long_polling: Duration,
+    /// The receiving client, when it asked the broker to keep renewing the invisible time
+    /// (push consumers) until it acks.
+    pub auto_renew_for: Option<Arc<str>>,
 }
 
 const MIN_INVISIBLE: Duration = Duration::from_secs(1);
+/// How far each renewal moves an auto-renewed delivery's invisible time.
+pub const AUTO_RENEW_EXTENSION: Duration = Duration::from_secs(60);
 const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 
 impl Broker {
@@ -143,6 +150,7 @@ impl Broker {
             metrics: metrics::Metrics::default(),
             timer: timer::TimerState::default(),
             transactions: transaction::TransactionState::default(),
+            clients: Default::default(),
         })
     }
 
@@ -172,6 +180,39 @@ impl Broker {
             return Err(ServiceError::IllegalGroup(name.to_owned()));
         }
         Ok(self.metadata.group_or_create(name)?)
+    }
+
+    /// Records that a client is alive (it sent a request).
+    pub fn client_seen(&self, client_id: &str) {
+        let mut clients = self.clients.lock();
+        match clients.get_mut(client_id) {
+            Some(t) => *t = std::time::Instant::now(),
+            None => {
+                clients.insert(client_id.to_owned(), std::time::Instant::now());
+            }
+        }
+    }
+
+    /// A client said goodbye: stop renewing its deliveries.
+    pub fn client_gone(&self, client_id: &str) {
+        self.clients.lock().remove(client_id);
+    }
+
+    /// Keeps auto-renewed deliveries invisible while their client is alive (seen within 30 s,
+    /// three heartbeat periods).
+    pub fn renew_invisible_times(&self) -> usize {
+        let clients = self.clients.lock();
+        let alive = |c: &str| {
+            clients
+                .get(c)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        };
+        self.pop.renew(
+            now_millis(),
+            20_000,
+            AUTO_RENEW_EXTENSION.as_millis() as i64,
+            alive,
+        )
     }
 
     /// Checks a message against its topic before it is stored.
@@ -276,6 +317,7 @@ impl Broker {
                     req.invisible.as_millis() as i64,
                     &req.filter,
                     now,
+                    req.auto_renew_for.clone(),
                 )?;
                 for d in popped.exhausted {
                     self.dead_letter(&group.name, &d).await?;

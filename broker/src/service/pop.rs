@@ -73,10 +73,13 @@ impl ReceiptHandle {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct InFlight {
     deadline: i64,
     attempt: u32,
+    /// Client whose receive asked for auto-renewal: its invisible time is extended while the
+    /// client is alive, until it acks or changes the invisible time itself.
+    renew_for: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -226,6 +229,7 @@ impl PopService {
         invisible_ms: i64,
         filter: &TagFilter,
         now: i64,
+        renew_for: Option<Arc<str>>,
     ) -> Result<Popped, StoreError> {
         let mut out = Popped::default();
         let mut states = self.state.lock();
@@ -236,7 +240,7 @@ impl PopService {
             .in_flight
             .iter()
             .filter(|(_, f)| f.deadline <= now)
-            .map(|(o, f)| (*o, *f))
+            .map(|(o, f)| (*o, f.clone()))
             .collect();
         for (offset, flight) in expired {
             if out.deliveries.len() >= max {
@@ -260,6 +264,7 @@ impl PopService {
                     InFlight {
                         deadline,
                         attempt: flight.attempt,
+                        renew_for: None,
                     },
                 );
                 out.exhausted.push(Delivery {
@@ -271,7 +276,14 @@ impl PopService {
                 });
                 continue;
             }
-            st.in_flight.insert(offset, InFlight { deadline, attempt });
+            st.in_flight.insert(
+                offset,
+                InFlight {
+                    deadline,
+                    attempt,
+                    renew_for: renew_for.clone(),
+                },
+            );
             out.deliveries.push(Delivery { message, handle });
         }
         if fifo && !st.in_flight.is_empty() {
@@ -310,6 +322,7 @@ impl PopService {
                     InFlight {
                         deadline,
                         attempt: 1,
+                        renew_for: renew_for.clone(),
                     },
                 );
                 out.deliveries.push(Delivery {
@@ -440,11 +453,37 @@ impl PopService {
         if flight.attempt != handle.attempt {
             return Ok(None);
         }
+        // The client now manages this delivery's invisible time (a nack's backoff).
+        flight.renew_for = None;
         flight.deadline = now + invisible_ms;
         Ok(Some(ReceiptHandle {
             deadline: flight.deadline,
             ..handle.clone()
         }))
+    }
+
+    /// Extends the invisible time of auto-renewed deliveries that would expire within
+    /// `margin_ms`, for clients that `alive` says are still there. Returns how many.
+    pub fn renew(
+        &self,
+        now: i64,
+        margin_ms: i64,
+        extend_ms: i64,
+        alive: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        for st in self.state.lock().values_mut() {
+            for f in st.in_flight.values_mut() {
+                if let Some(client) = &f.renew_for
+                    && f.deadline - now < margin_ms
+                    && alive(client)
+                {
+                    f.deadline = now + extend_ms;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Folds the ack log into the consumer offsets: persists them, then rewrites the log with
@@ -484,6 +523,56 @@ mod tests {
         assert_eq!(ReceiptHandle::decode(&h.encode()), Some(h));
         assert_eq!(ReceiptHandle::decode("garbage!"), None);
         assert_eq!(ReceiptHandle::decode(""), None);
+    }
+
+    #[test]
+    fn auto_renewed_deliveries_stay_invisible_while_the_client_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let msg = crate::store::Message {
+            topic: "T".into(),
+            queue_id: 0,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: bytes::Bytes::from_static(b"x"),
+            properties: bytes::Bytes::new(),
+        };
+        let r = rt
+            .block_on(store.put_messages(&[msg.clone(), msg]))
+            .unwrap();
+        rt.block_on(store.wait_dispatched(r[1].physical_offset + u64::from(r[1].size)))
+            .unwrap();
+        let pop = PopService::open(Arc::clone(&store)).unwrap();
+        let all = TagFilter::All;
+        let client: Arc<str> = Arc::from("c1");
+        let p = |max, now, renew: Option<Arc<str>>| {
+            pop.pop("G", 16, false, "T", 0, max, 1_000, &all, now, renew)
+                .unwrap()
+        };
+        assert_eq!(p(1, 0, Some(Arc::clone(&client))).deliveries.len(), 1);
+        assert_eq!(p(1, 0, None).deliveries.len(), 1);
+        // Only the auto-renewed delivery of a live client is extended.
+        assert_eq!(pop.renew(900, 20_000, 60_000, |c| c == "c1"), 1);
+        let later = p(10, 5_000, None);
+        assert_eq!(
+            later.deliveries.len(),
+            1,
+            "the other one expired and comes back"
+        );
+        assert_eq!(later.deliveries[0].handle.offset, 1);
+        assert_eq!(later.deliveries[0].handle.attempt, 2);
+        // A dead client's deliveries are not renewed.
+        assert_eq!(pop.renew(61_000, 20_000, 60_000, |_| false), 0);
+        assert_eq!(p(10, 62_000, None).deliveries[0].handle.offset, 0);
     }
 
     #[test]

@@ -90,16 +90,22 @@ fn error_status(e: &ServiceError) -> pb::Status {
     status(code, e.to_string())
 }
 
+fn client_id<T>(req: &Request<T>) -> Option<&str> {
+    req.metadata()
+        .get("x-mq-client-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
 fn require_client_id<T>(req: &Request<T>) -> Result<(), pb::Status> {
-    match req.metadata().get("x-mq-client-id") {
-        Some(v) if !v.is_empty() => Ok(()),
-        _ => Err(status(
+    match client_id(req) {
+        Some(_) => Ok(()),
+        None => Err(status(
             Code::ClientIdRequired,
             "the x-mq-client-id header is required",
         )),
     }
 }
-
 fn name(r: &Option<pb::Resource>) -> &str {
     r.as_ref().map_or("", |r| r.name.as_str())
 }
@@ -526,6 +532,9 @@ impl MessagingService for GrpcService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> GrpcResult<pb::HeartbeatResponse> {
+        if let Some(id) = client_id(&req) {
+            self.broker.client_seen(id);
+        }
         let s = require_client_id(&req).err().unwrap_or_else(ok);
         Ok(Response::new(pb::HeartbeatResponse { status: Some(s) }))
     }
@@ -671,10 +680,13 @@ impl MessagingService for GrpcService {
             return fail(s);
         }
         let deadline = grpc_timeout(&req);
+        let client: Option<Arc<str>> = client_id(&req).map(Arc::from);
+        if let Some(c) = &client {
+            self.broker.client_seen(c);
+        }
         let r = req.into_inner();
         // Push consumers send none and ask for auto-renewal: like Apache's proxy, use its
-        // default invisible time. (Renewal itself is not implemented yet: a push consumer that
-        // holds a message longer than this sees it delivered again.)
+        // default invisible time and keep extending it while the client is alive.
         let invisible = duration_of(&r.invisible_duration).unwrap_or(DEFAULT_INVISIBLE);
         let filter = match r.filter_expression.as_ref() {
             Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
@@ -711,6 +723,7 @@ impl MessagingService for GrpcService {
             invisible,
             filter,
             long_polling,
+            auto_renew_for: if r.auto_renew { client } else { None },
         };
         match self.broker.receive(&request).await {
             Ok(deliveries) => Ok(Response::new(Self::deliveries_to_stream(
@@ -1113,6 +1126,9 @@ impl MessagingService for GrpcService {
         &self,
         req: Request<pb::NotifyClientTerminationRequest>,
     ) -> GrpcResult<pb::NotifyClientTerminationResponse> {
+        if let Some(id) = client_id(&req) {
+            self.broker.client_gone(id);
+        }
         let s = require_client_id(&req).err().unwrap_or_else(ok);
         Ok(Response::new(pb::NotifyClientTerminationResponse {
             status: Some(s),
