@@ -7,9 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use broker::role::standalone::{self, StandaloneConfig};
-use broker::service::BrokerConfig;
 use broker::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
-use broker::store::{FlushPolicy, StoreConfig};
+use broker::store::FlushPolicy;
 
 #[derive(Parser)]
 #[command(name = "rmq-broker", version, about = "RocketMQ-compatible broker")]
@@ -26,26 +25,32 @@ enum Role {
     Admin(broker::cli::AdminArgs),
 }
 
+/// Flags override the `--config` file, which overrides the defaults shown.
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// Folder for all data (CommitLog, ConsumeQueues, indexes, offsets, topics).
-    #[arg(long, env = "RMQ_DATA_DIR", default_value = "data/standalone")]
-    data_dir: PathBuf,
-    /// Address of the RocketMQ 5 gRPC endpoint.
-    #[arg(long, env = "RMQ_GRPC_LISTEN", default_value = "0.0.0.0:8081")]
-    grpc_listen: SocketAddr,
-    /// Address of the HTTP port: Prometheus /metrics, /healthz, /readyz and the admin API.
-    #[arg(long, env = "RMQ_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
-    http_listen: SocketAddr,
+    /// YAML or JSON file with the whole configuration (see README); flags override it.
+    #[arg(long, env = "RMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder for all data (CommitLog, ConsumeQueues, indexes, offsets, topics)
+    /// [default: data/standalone].
+    #[arg(long, env = "RMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the RocketMQ 5 gRPC endpoint [default: 0.0.0.0:8081].
+    #[arg(long, env = "RMQ_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Address of the HTTP port: Prometheus /metrics, /healthz, /readyz and the admin API
+    /// [default: 0.0.0.0:8080].
+    #[arg(long, env = "RMQ_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Address given to clients in routes (default: the listen address, loopback if it is 0.0.0.0).
     #[arg(long, env = "RMQ_ADVERTISE")]
     advertise: Option<SocketAddr>,
-    /// SYNC_FLUSH (acknowledge after fsync) or ASYNC_FLUSH.
-    #[arg(long, env = "RMQ_FLUSH_POLICY", default_value = "ASYNC_FLUSH")]
-    flush_policy: FlushPolicy,
-    /// Bytes per CommitLog segment.
-    #[arg(long, env = "RMQ_SEGMENT_SIZE", default_value_t = StoreConfig::default().segment_size)]
-    segment_size: u64,
+    /// SYNC_FLUSH (acknowledge after fsync) or ASYNC_FLUSH [default: ASYNC_FLUSH].
+    #[arg(long, env = "RMQ_FLUSH_POLICY")]
+    flush_policy: Option<FlushPolicy>,
+    /// Bytes per CommitLog segment [default: 134217728].
+    #[arg(long, env = "RMQ_SEGMENT_SIZE")]
+    segment_size: Option<u64>,
     /// Create (or update) a topic at start: NAME[:QUEUES[:TYPE]], TYPE one of NORMAL, FIFO,
     /// DELAY, TRANSACTION. Repeatable.
     #[arg(long = "topic", value_parser = parse_topic)]
@@ -64,13 +69,9 @@ struct StandaloneArgs {
     #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Milliseconds a transaction may stay undecided before the broker checks back with a
-    /// producer of its topic (and between checks).
-    #[arg(
-        long,
-        env = "RMQ_TRANSACTION_CHECK_INTERVAL_MS",
-        default_value_t = 10_000
-    )]
-    transaction_check_interval_ms: u64,
+    /// producer of its topic (and between checks) [default: 10000].
+    #[arg(long, env = "RMQ_TRANSACTION_CHECK_INTERVAL_MS")]
+    transaction_check_interval_ms: Option<u64>,
     /// Create unknown topics on first use instead of answering TOPIC_NOT_FOUND.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
@@ -127,28 +128,38 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    let cfg = StandaloneConfig {
-        store: StoreConfig {
-            root_dir: args.data_dir,
-            flush_policy: args.flush_policy,
-            segment_size: args.segment_size,
-            ..StoreConfig::default()
-        },
-        broker: BrokerConfig {
-            auto_create_topics: args.auto_create_topics,
-            transaction_check_interval: std::time::Duration::from_millis(
-                args.transaction_check_interval_ms,
-            ),
-            ..BrokerConfig::default()
-        },
-        grpc_listen: args.grpc_listen,
-        http_listen: args.http_listen,
-        advertise: args.advertise,
-        topics: args.topics,
-        groups: args.groups,
-        tls: !args.no_tls,
-        tls_cert_and_key: args.tls_cert.zip(args.tls_key),
+    let mut cfg = match &args.config {
+        Some(path) => StandaloneConfig::from_file(path)?,
+        None => StandaloneConfig::default(),
     };
+    if let Some(d) = args.data_dir {
+        cfg.store.root_dir = d;
+    }
+    if let Some(a) = args.grpc_listen {
+        cfg.grpc_listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    if args.advertise.is_some() {
+        cfg.advertise = args.advertise;
+    }
+    if let Some(p) = args.flush_policy {
+        cfg.store.flush_policy = p;
+    }
+    if let Some(s) = args.segment_size {
+        cfg.store.segment_size = s;
+    }
+    if let Some(ms) = args.transaction_check_interval_ms {
+        cfg.broker.transaction_check_interval = std::time::Duration::from_millis(ms);
+    }
+    cfg.broker.auto_create_topics |= args.auto_create_topics;
+    cfg.tls &= !args.no_tls;
+    if let Some(pair) = args.tls_cert.zip(args.tls_key) {
+        cfg.tls_cert_and_key = Some(pair);
+    }
+    cfg.topics.extend(args.topics);
+    cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(standalone::run(cfg, async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -101,3 +101,56 @@ fn topics_groups_send_receive_progress_and_metrics() {
         "{metrics}"
     );
 }
+
+#[test]
+fn config_file_is_read_and_bad_fields_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "store:\n  flushPolicy: SYNC_FLUSH\n  segmentSize: 1048576\nbroker:\n  autoCreateTopics: false\n\
+         topics:\n  - name: FromFile\n    queues: 3\n    messageType: FIFO\ngroups:\n  - name: FileGroup\n    maxDeliveryAttempts: 4\n    fifo: true\n",
+    )
+    .unwrap();
+    let b = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", good.to_str().unwrap()],
+    );
+    let (ok, out) = admin(&b, &["topic", "FromFile"]);
+    assert!(
+        ok && out.contains("\"queues\": 3") && out.contains("FIFO"),
+        "{out}"
+    );
+    let (ok, out) = admin(&b, &["groups"]);
+    assert!(
+        ok && out.contains("FileGroup") && out.contains("\"maxDeliveryAttempts\": 4"),
+        "{out}"
+    );
+    drop(b);
+
+    for (text, names) in [
+        ("store:\n  segmentSise: 1024\n", "segmentSise"),
+        ("store:\n  segmentSize: 1024\n", "segmentSize"),
+        ("store:\n  flushPolicy: SOMETIMES\n", "SOMETIMES"),
+        ("grpcListen: not-an-address\n", "grpcListen"),
+    ] {
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rmq-broker"))
+            .args([
+                "standalone",
+                "--config",
+                bad.to_str().unwrap(),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("unused"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        assert!(
+            err.contains(names),
+            "the error for {text:?} names the field: {err}"
+        );
+    }
+}

@@ -14,6 +14,10 @@ use crate::service::metadata::{GroupConfig, TopicConfig};
 use crate::service::{Broker, BrokerConfig};
 use crate::store::{MessageStore, StoreConfig};
 
+/// The standalone role's whole configuration: the YAML (or JSON) file `--config` reads, field
+/// names in camelCase. Flags given on the command line override it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct StandaloneConfig {
     pub store: StoreConfig,
     pub broker: BrokerConfig,
@@ -31,6 +35,39 @@ pub struct StandaloneConfig {
     pub tls: bool,
     /// PEM certificate chain and private key; a self-signed certificate when absent.
     pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        StandaloneConfig {
+            store: StoreConfig {
+                root_dir: "data/standalone".into(),
+                ..StoreConfig::default()
+            },
+            broker: BrokerConfig::default(),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            advertise: None,
+            topics: Vec::new(),
+            groups: Vec::new(),
+            tls: true,
+            tls_cert_and_key: None,
+        }
+    }
+}
+
+impl StandaloneConfig {
+    /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<StandaloneConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: StandaloneConfig = serde_saphyr::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.store
+            .validate()
+            .with_context(|| format!("{}: store", path.display()))?;
+        Ok(cfg)
+    }
 }
 
 /// Runs until `shutdown` resolves, then stops cleanly (the store flushes and checkpoints).

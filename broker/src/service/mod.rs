@@ -27,7 +27,8 @@ pub mod keys {
     pub const DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// The broker name clients see in routes.
     pub broker_name: String,
@@ -39,6 +40,7 @@ pub struct BrokerConfig {
     pub max_body_size: usize,
     /// How long a transaction may stay undecided before the broker checks back with its
     /// producer, and the time between checks.
+    #[serde(with = "crate::store::config::millis")]
     pub transaction_check_interval: Duration,
 }
 

@@ -42,7 +42,7 @@ impl std::str::FromStr for FlushPolicy {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Root folder: `commitlog/`, `consumequeue/`, `index/`, `config/`, `checkpoint`, `abort`.
     pub root_dir: PathBuf,
@@ -170,7 +170,7 @@ impl StoreConfig {
 }
 
 /// Durations as integer milliseconds in config files.
-mod millis {
+pub(crate) mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
