@@ -19,4 +19,9 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
+target_dir="${CARGO_TARGET_DIR:-target}"
+rm -rf "$target_dir/tmp/compat"
 cargo test --workspace --locked
+
+echo "== client compatibility matrix (from what the client tests recorded)"
+python3 scripts/compat-matrix.py "$target_dir/tmp/compat" --check

@@ -18,4 +18,6 @@ fn go_send_receive_ack_over_default_tls() {
         &[],
     );
     check_send_receive_ack(&v);
+    clients::record(Client::Go, "send");
+    clients::record(Client::Go, "simple");
 }

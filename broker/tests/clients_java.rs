@@ -18,6 +18,8 @@ fn java_simple_consumer_over_default_tls() {
         &[],
     );
     check_send_receive_ack(&v);
+    clients::record(Client::Java, "send");
+    clients::record(Client::Java, "simple");
 }
 
 #[test]
@@ -31,6 +33,7 @@ fn java_push_consumer() {
         &[],
     );
     check_send_receive_ack(&v);
+    clients::record(Client::Java, "push");
 }
 
 fn bodies(v: &serde_json::Value) -> Vec<String> {
@@ -57,6 +60,7 @@ fn java_fifo_message_group_in_order() {
     );
     let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
     assert_eq!(bodies(&v), expected);
+    clients::record(Client::Java, "fifo");
 }
 
 #[test]
@@ -76,6 +80,7 @@ fn java_delay_messages_arrive_when_due() {
         v["early_ms"].as_i64().unwrap() <= 0,
         "received before the delivery time: {v}"
     );
+    clients::record(Client::Java, "delay");
 }
 
 #[test]
@@ -103,4 +108,5 @@ fn java_transactions_commit_rollback_and_check_back() {
         ["checked", "committed"],
         "the rolled-back one never arrives: {v}"
     );
+    clients::record(Client::Java, "transaction");
 }

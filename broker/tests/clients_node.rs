@@ -18,4 +18,6 @@ fn node_send_receive_ack() {
         &[],
     );
     check_send_receive_ack(&v);
+    clients::record(Client::Node, "send");
+    clients::record(Client::Node, "simple");
 }

@@ -18,6 +18,8 @@ fn python_send_receive_ack() {
     let broker = BrokerProcess::start(&dir.path().join("data"), &["--topic", "PyTopic:4"]);
     let v = run(&broker, &["send_receive_ack", "PyTopic", "PyGroup"], &[]);
     check_send_receive_ack(&v);
+    clients::record(Client::Python, "send");
+    clients::record(Client::Python, "simple");
 }
 
 #[test]
@@ -63,6 +65,7 @@ fn python_unacked_is_redelivered_then_dead_lettered() {
         &quick,
     );
     assert_eq!(dlq["received"][0]["id"], sent[0].as_str(), "{dlq}");
+    clients::record(Client::Python, "dlq");
 }
 
 #[test]
@@ -117,6 +120,7 @@ fn python_acked_progress_survives_a_broker_kill() {
         0,
         "acked messages never come back: {rest}"
     );
+    clients::record(Client::Python, "restart");
 }
 
 #[test]
@@ -134,4 +138,5 @@ fn python_errors_for_unknown_topic_and_oversized_body() {
         err.contains("4194304"),
         "the limit comes from the broker's settings: {err}"
     );
+    clients::record(Client::Python, "errors");
 }

@@ -18,4 +18,6 @@ fn rust_send_receive_ack() {
         &[],
     );
     check_send_receive_ack(&v);
+    clients::record(Client::Rust, "send");
+    clients::record(Client::Rust, "simple");
 }

@@ -159,3 +159,20 @@ pub fn check_send_receive_ack(v: &Value) {
         assert_eq!(m["attempt"], 1);
     }
 }
+
+/// Records that `client` passed a test of `feature`, for the README's compatibility matrix
+/// (`scripts/compat-matrix.py`).
+pub fn record(client: Client, feature: &str) {
+    let name = match client {
+        Client::Python => "python",
+        Client::Node => "node",
+        Client::Java => "java",
+        Client::Go => "go",
+        Client::Rust => "rust",
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("compat")
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(feature), b"").unwrap();
+}
