@@ -21,7 +21,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 target_dir="${CARGO_TARGET_DIR:-target}"
 rm -rf "$target_dir/tmp/compat"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 
 echo "== client compatibility matrix (from what the client tests recorded)"
 python3 scripts/compat-matrix.py "$target_dir/tmp/compat" --check
+
+# One closing line for the whole run (cargo prints one per test binary, the last being doc tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
