@@ -7,8 +7,10 @@
 //! again (attempt + 1) and then new ones; an ack marks an offset done and moves the commit
 //! offset over every done offset.
 //!
-//! Durability: every ack is appended to `popAck.log` and synced before the ack is answered;
-//! the log is compacted into the consumer offsets periodically. After a restart the in-flight
+//! Durability: every ack is appended to `popAck.log` before the ack is answered, and synced
+//! first under SYNC_FLUSH (under ASYNC_FLUSH, like messages, it survives a killed process and
+//! is synced at the next compaction); the log is compacted into the consumer offsets
+//! periodically. After a restart the in-flight
 //! table is empty, so every message that was received but not acknowledged is delivered again
 //! (at once rather than after its invisible time, and with the attempt count starting over);
 //! an acknowledged one never is.
@@ -397,8 +399,13 @@ impl PopService {
         let path = self.dir.join(JOURNAL);
         journal
             .write_all(lines.as_bytes())
-            .and_then(|()| journal.sync_data())
-            .map_err(|e| StoreError::io(path, e))
+            .map_err(|e| StoreError::io(&path, e))?;
+        // Acks are as durable as messages: synced under SYNC_FLUSH; under ASYNC_FLUSH the page
+        // cache holds them (a killed process loses nothing) until the next compaction syncs.
+        if self.store.config().flush_policy == crate::store::FlushPolicy::SyncFlush {
+            journal.sync_data().map_err(|e| StoreError::io(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Marks an offset done for a system group that consumes without deliveries (the timer),
