@@ -10,10 +10,9 @@
 //! Durability: every ack is appended to `popAck.log` before the ack is answered, and synced
 //! first under SYNC_FLUSH (under ASYNC_FLUSH, like messages, it survives a killed process and
 //! is synced at the next compaction); the log is compacted into the consumer offsets
-//! periodically. After a restart the in-flight
-//! table is empty, so every message that was received but not acknowledged is delivered again
-//! (at once rather than after its invisible time, and with the attempt count starting over);
-//! an acknowledged one never is.
+//! periodically. After a restart the in-flight table is empty, so every message that was
+//! received but not acknowledged is delivered again (at once rather than after its invisible
+//! time, and with the attempt count starting over); an acknowledged one never is.
 //!
 //! FIFO groups: a queue with a message in flight hands out nothing else, so the messages of a
 //! message group (which producers route to one queue) are consumed one at a time, in order,
