@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use super::pb::{self, Code, messaging_service_server::MessagingService};
-use crate::service::filter::TagFilter;
+use crate::service::filter::{FilterError, TagFilter};
 use crate::service::metadata::TopicMessageType;
 use crate::service::pop::{AckOutcome, Delivery, ReceiptHandle};
 use crate::service::transaction::CheckRequest;
@@ -345,6 +345,17 @@ fn check_message(half: &StoredMessage) -> pb::Message {
             .unwrap_or(0);
     }
     m
+}
+
+/// The subscription filter of a receive or pull: tag expressions; SQL92 is refused.
+fn tag_filter(f: Option<&pb::FilterExpression>) -> Result<TagFilter, ServiceError> {
+    match f {
+        Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
+            Err(FilterError::SqlUnsupported.into())
+        }
+        Some(f) => Ok(TagFilter::parse_tag(&f.expression)?),
+        None => Ok(TagFilter::All),
+    }
 }
 
 fn accept_types(t: TopicMessageType) -> Vec<i32> {
@@ -688,16 +699,9 @@ impl MessagingService for GrpcService {
         // Push consumers send none and ask for auto-renewal: like Apache's proxy, use its
         // default invisible time and keep extending it while the client is alive.
         let invisible = duration_of(&r.invisible_duration).unwrap_or(DEFAULT_INVISIBLE);
-        let filter = match r.filter_expression.as_ref() {
-            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
-                Err(crate::service::filter::FilterError::SqlUnsupported)
-            }
-            Some(f) => TagFilter::parse_tag(&f.expression),
-            None => Ok(TagFilter::All),
-        };
-        let filter = match filter {
+        let filter = match tag_filter(r.filter_expression.as_ref()) {
             Ok(f) => f,
-            Err(e) => return fail(error_status(&ServiceError::Filter(e))),
+            Err(e) => return fail(error_status(&e)),
         };
         let mut long_polling =
             duration_of(&r.long_polling_timeout).unwrap_or(Duration::from_secs(20));
@@ -846,17 +850,9 @@ impl MessagingService for GrpcService {
         if r.offset < 0 {
             return fail(status(Code::IllegalOffset, "offset must not be negative"));
         }
-        let filter = match r.filter_expression.as_ref() {
-            Some(f) if f.r#type == pb::FilterType::Sql as i32 => {
-                return fail(error_status(&ServiceError::Filter(
-                    crate::service::filter::FilterError::SqlUnsupported,
-                )));
-            }
-            Some(f) => match TagFilter::parse_tag(&f.expression) {
-                Ok(f) => f,
-                Err(e) => return fail(error_status(&ServiceError::Filter(e))),
-            },
-            None => TagFilter::All,
+        let filter = match tag_filter(r.filter_expression.as_ref()) {
+            Ok(f) => f,
+            Err(e) => return fail(error_status(&e)),
         };
         let wait = duration_of(&r.long_polling_timeout).unwrap_or(Duration::ZERO);
         let give_up = tokio::time::Instant::now() + wait;
