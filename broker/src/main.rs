@@ -21,8 +21,74 @@ struct Cli {
 enum Role {
     /// Store, messaging service and gRPC endpoint in one process, with embedded defaults.
     Standalone(StandaloneArgs),
+    /// Store node (a RocketMQ broker): serves the remoting protocol and registers with the
+    /// name servers.
+    Store(StoreArgs),
+    /// Name server: the route registry store nodes register with and clients ask for routes.
+    Namesrv(NamesrvArgs),
     /// Command-line tool: topics, groups, progress, send and receive against a running broker.
     Admin(broker::cli::AdminArgs),
+}
+
+/// Flags override the `--config` file, which overrides the defaults shown.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// YAML or JSON file with the whole configuration; flags override it.
+    #[arg(long, env = "RMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder for all data [default: data/store].
+    #[arg(long, env = "RMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the remoting port [default: 0.0.0.0:10911].
+    #[arg(long, env = "RMQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// host:port clients should use (may be a DNS name) [default: the listen address].
+    #[arg(long, env = "RMQ_ADVERTISE")]
+    advertise: Option<String>,
+    /// Name servers to register with: host:port, repeatable or separated by ';'
+    /// [default: 127.0.0.1:9876].
+    #[arg(long, env = "RMQ_NAMESRV")]
+    namesrv: Vec<String>,
+    /// Cluster name [default: DefaultCluster].
+    #[arg(long, env = "RMQ_CLUSTER")]
+    cluster: Option<String>,
+    /// Broker name shared by a primary and its replicas [default: broker-a].
+    #[arg(long, env = "RMQ_BROKER_NAME")]
+    broker_name: Option<String>,
+    /// Broker id: 0 for the primary [default: 0].
+    #[arg(long, env = "RMQ_BROKER_ID")]
+    broker_id: Option<i64>,
+    /// Address of the HTTP port: /metrics, /healthz, /readyz, admin API [default: 0.0.0.0:10912].
+    #[arg(long, env = "RMQ_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// SYNC_FLUSH (acknowledge after fsync) or ASYNC_FLUSH [default: ASYNC_FLUSH].
+    #[arg(long, env = "RMQ_FLUSH_POLICY")]
+    flush_policy: Option<FlushPolicy>,
+    /// Bytes per CommitLog segment [default: 134217728].
+    #[arg(long, env = "RMQ_SEGMENT_SIZE")]
+    segment_size: Option<u64>,
+    /// Create (or update) a topic at start: NAME[:QUEUES[:TYPE]]. Repeatable.
+    #[arg(long = "topic", value_parser = parse_topic)]
+    topics: Vec<TopicConfig>,
+    /// Create (or update) a consumer group at start: NAME[:MAX_DELIVERY_ATTEMPTS[:fifo]].
+    #[arg(long = "group", value_parser = parse_group)]
+    groups: Vec<GroupConfig>,
+    /// Create unknown topics on first use instead of answering TOPIC_NOT_EXIST.
+    #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
+    auto_create_topics: bool,
+}
+
+#[derive(clap::Args)]
+struct NamesrvArgs {
+    /// Address of the remoting port [default: 0.0.0.0:9876].
+    #[arg(long, env = "RMQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address of the HTTP port: Prometheus /metrics, /healthz, /readyz [default: 0.0.0.0:9877].
+    #[arg(long, env = "RMQ_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Milliseconds a store node may stay silent before it leaves the routes [default: 120000].
+    #[arg(long, env = "RMQ_BROKER_TIMEOUT_MS")]
+    broker_timeout_ms: Option<u64>,
 }
 
 /// Flags override the `--config` file, which overrides the defaults shown.
@@ -123,8 +189,85 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
+        Role::Namesrv(args) => run_namesrv(args),
+        Role::Store(args) => run_store(args),
         Role::Admin(args) => broker::cli::run(args),
     }
+}
+
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    use broker::role::store::StoreNodeConfig;
+    let mut cfg = match &args.config {
+        Some(path) => StoreNodeConfig::from_file(path)?,
+        None => StoreNodeConfig::default(),
+    };
+    if let Some(d) = args.data_dir {
+        cfg.store.root_dir = d;
+    }
+    if let Some(a) = args.listen {
+        cfg.listen = a;
+    }
+    if args.advertise.is_some() {
+        cfg.advertise = args.advertise;
+    }
+    let namesrv: Vec<String> = args
+        .namesrv
+        .iter()
+        .flat_map(|n| n.split([';', ',']))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !namesrv.is_empty() {
+        cfg.namesrv = namesrv;
+    }
+    if let Some(c) = args.cluster {
+        cfg.cluster = c;
+    }
+    if let Some(n) = args.broker_name {
+        cfg.broker.broker_name = n;
+    }
+    if let Some(id) = args.broker_id {
+        cfg.broker_id = id;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    if let Some(p) = args.flush_policy {
+        cfg.store.flush_policy = p;
+    }
+    if let Some(s) = args.segment_size {
+        cfg.store.segment_size = s;
+    }
+    cfg.broker.auto_create_topics |= args.auto_create_topics;
+    cfg.topics.extend(args.topics);
+    cfg.groups.extend(args.groups);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(broker::role::store::run(cfg, terminated()))
+}
+
+fn run_namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
+    let mut cfg = broker::role::namesrv::NamesrvConfig::default();
+    if let Some(a) = args.listen {
+        cfg.listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    if let Some(ms) = args.broker_timeout_ms {
+        cfg.broker_timeout = std::time::Duration::from_millis(ms);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(broker::role::namesrv::run(cfg, terminated()))
 }
 
 fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
@@ -161,12 +304,5 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     cfg.topics.extend(args.topics);
     cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(standalone::run(cfg, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }))
+    runtime.block_on(standalone::run(cfg, terminated()))
 }

@@ -123,8 +123,47 @@ pub async fn run(
     };
     tracing::info!(grpc = %local, %advertised, tls = cfg.tls, "gRPC endpoint listening (TLS and plaintext on one port)");
 
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
+    tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
+    let http = {
+        let router = crate::protocol::http::router(Arc::clone(&broker));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    let tasks = spawn_service_tasks(&broker);
+    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
+        .await
+        .context("serving gRPC")?;
+    for t in tasks {
+        t.abort();
+    }
+    http.abort();
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        broker.pop.compact()?;
+        store.shutdown()?;
+        Ok(())
+    })
+    .await
+    .context("joining shutdown")??;
+    Ok(())
+}
+
+/// The messaging service's background work: timers, transaction check-backs, renewal of
+/// auto-renewed invisible times, compaction of the pop ack log. Abort the handles to stop.
+pub fn spawn_service_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<()>> {
     let compactor = {
-        let broker = Arc::clone(&broker);
+        let broker = Arc::clone(broker);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
@@ -138,22 +177,10 @@ pub async fn run(
             }
         })
     };
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
-    tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
-    let http = {
-        let router = crate::protocol::http::router(Arc::clone(&broker));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, router).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        })
-    };
-    let timers = tokio::spawn(crate::service::timer::run(Arc::clone(&broker)));
-    let transactions = tokio::spawn(crate::service::transaction::run(Arc::clone(&broker)));
+    let timers = tokio::spawn(crate::service::timer::run(Arc::clone(broker)));
+    let transactions = tokio::spawn(crate::service::transaction::run(Arc::clone(broker)));
     let renewer = {
-        let broker = Arc::clone(&broker);
+        let broker = Arc::clone(broker);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -165,26 +192,5 @@ pub async fn run(
             }
         })
     };
-    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
-        .await
-        .context("serving gRPC")?;
-    compactor.abort();
-    timers.abort();
-    transactions.abort();
-    renewer.abort();
-    http.abort();
-    tracing::info!("shutting down");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        broker.pop.compact()?;
-        store.shutdown()?;
-        Ok(())
-    })
-    .await
-    .context("joining shutdown")??;
-    Ok(())
+    vec![compactor, timers, transactions, renewer]
 }

@@ -90,6 +90,8 @@ pub struct Metadata {
     dir: PathBuf,
     topics: RwLock<BTreeMap<String, TopicConfig>>,
     groups: RwLock<BTreeMap<String, GroupConfig>>,
+    /// Bumped by every topic change (store nodes re-register with the name servers on it).
+    version: std::sync::atomic::AtomicU64,
 }
 
 const TOPICS: &str = "topics.json";
@@ -116,6 +118,7 @@ impl Metadata {
             dir: dir.to_owned(),
             topics: RwLock::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
             groups: RwLock::new(groups.into_iter().map(|g| (g.name.clone(), g)).collect()),
+            version: Default::default(),
         })
     }
 
@@ -135,6 +138,11 @@ impl Metadata {
         self.groups.read().values().cloned().collect()
     }
 
+    /// Changes with every topic created or updated.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Creates or updates a topic.
     pub fn put_topic(&self, topic: TopicConfig) -> Result<(), MetadataError> {
         if !valid_name(&topic.name) {
@@ -145,6 +153,8 @@ impl Metadata {
         }
         let mut topics = self.topics.write();
         topics.insert(topic.name.clone(), topic);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         let list: Vec<_> = topics.values().collect();
         let json = serde_json::to_vec_pretty(&list).expect("topic configs serialize");
         write_atomically(&self.dir, TOPICS, &json)?;

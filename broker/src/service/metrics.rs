@@ -32,6 +32,9 @@ pub struct Metrics {
     pub commitlog_written_offset: Gauge,
     pub commitlog_flushed_offset: Gauge,
     pub commitlog_dispatched_offset: Gauge,
+    /// Totals over all topics (for RocketMQ's runtime info; not exported twice).
+    pub put_total: Counter,
+    pub get_total: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +55,8 @@ impl Default for Metrics {
             commitlog_flushed_offset: Gauge::default(),
             commitlog_dispatched_offset: Gauge::default(),
             registry: Registry::default(),
+            put_total: Counter::default(),
+            get_total: Counter::default(),
         };
         registry.register(
             "messages_sent",

@@ -217,8 +217,22 @@ impl Broker {
         )
     }
 
-    /// Checks a message against its topic before it is stored.
+    /// Checks a message against its topic before it is stored, including that its type is the
+    /// topic's (what the gRPC protocol requires).
     pub fn check_send(&self, msg: &Message, message_type: TopicMessageType) -> Result<()> {
+        let topic = self.check_message(msg)?;
+        if message_type != topic.message_type {
+            return Err(ServiceError::MessageTypeConflict(format!(
+                "topic {:?} takes {:?} messages, this one is {:?}",
+                topic.name, topic.message_type, message_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a message's topic, queue, body and delivery time (not its type: the remoting
+    /// protocol, like Apache's broker, accepts any message on any topic).
+    pub fn check_message(&self, msg: &Message) -> Result<TopicConfig> {
         let topic = self.topic(&msg.topic)?;
         if msg.body.is_empty() {
             return Err(ServiceError::BodyEmpty);
@@ -248,13 +262,7 @@ impl Broker {
                 )));
             }
         }
-        if message_type != topic.message_type {
-            return Err(ServiceError::MessageTypeConflict(format!(
-                "topic {:?} takes {:?} messages, this one is {:?}",
-                topic.name, topic.message_type, message_type
-            )));
-        }
-        Ok(())
+        Ok(topic)
     }
 
     /// Stores messages that passed [`Broker::check_send`]; those due later go to the timer.
@@ -273,6 +281,9 @@ impl Broker {
         self.metrics
             .send_latency
             .observe(started.elapsed().as_secs_f64());
+        if let Ok(r) = &result {
+            self.metrics.put_total.inc_by(r.len() as u64);
+        }
         let family = match &result {
             Ok(_) => &self.metrics.messages_sent,
             Err(_) => &self.metrics.send_errors,
@@ -331,6 +342,7 @@ impl Broker {
             }
             if !out.is_empty() {
                 let labels = metrics::group(&topic.name, &group.name);
+                self.metrics.get_total.inc_by(out.len() as u64);
                 self.metrics
                     .messages_received
                     .get_or_create(&labels)

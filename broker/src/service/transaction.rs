@@ -19,6 +19,8 @@ use crate::store::commitlog::now_millis;
 use crate::store::{GetStatus, Message, StoredMessage, properties, record};
 
 pub const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
+/// The property naming a transactional message's producer group.
+pub const PRODUCER_GROUP: &str = "PGROUP";
 const TRANS_GROUP: &str = "rmq_sys_trans";
 /// Unanswered check-backs before a half message is discarded (`transactionCheckMax`).
 pub const MAX_CHECKS: u32 = 15;
@@ -45,6 +47,9 @@ pub struct TransactionState {
     scanned: Mutex<Option<u64>>,
     /// Producers with an open Telemetry stream, by client id.
     producers: Mutex<HashMap<String, Producer>>,
+    /// Remoting producers, by client id: their producer group (what half messages carry in
+    /// `PGROUP`) and where their check-backs go.
+    group_producers: Mutex<HashMap<String, (String, mpsc::Sender<CheckRequest>)>>,
 }
 
 impl Broker {
@@ -76,6 +81,20 @@ impl Broker {
 
     pub fn unregister_producer(&self, client_id: &str) {
         self.transactions.producers.lock().remove(client_id);
+        self.transactions.group_producers.lock().remove(client_id);
+    }
+
+    /// A remoting producer of `group` is connected (its heartbeat named the group).
+    pub fn register_group_producer(
+        &self,
+        client_id: &str,
+        group: &str,
+        tx: mpsc::Sender<CheckRequest>,
+    ) {
+        self.transactions
+            .group_producers
+            .lock()
+            .insert(client_id.to_owned(), (group.to_owned(), tx));
     }
 
     fn half_message(&self, transaction_id: &str) -> Result<StoredMessage> {
@@ -176,7 +195,16 @@ impl Broker {
                 .lock()
                 .values()
                 .find(|(topics, _)| topics.contains(&topic))
-                .map(|(_, tx)| tx.clone());
+                .map(|(_, tx)| tx.clone())
+                .or_else(|| {
+                    let group = half.property(PRODUCER_GROUP)?;
+                    self.transactions
+                        .group_producers
+                        .lock()
+                        .values()
+                        .find(|(g, tx)| g == group && !tx.is_closed())
+                        .map(|(_, tx)| tx.clone())
+                });
             match producer {
                 Some(tx) => {
                     let request = CheckRequest {

@@ -123,6 +123,19 @@ impl ConsumerOffsetStore {
         out
     }
 
+    /// Every (topic, group) pair with committed offsets.
+    pub fn topics_and_groups(&self) -> Vec<(String, String)> {
+        let t = self.table.lock();
+        let mut out: Vec<_> = t
+            .offsets
+            .keys()
+            .filter_map(|k| k.split_once('@'))
+            .map(|(topic, group)| (topic.to_owned(), group.to_owned()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Writes the table if it changed since the last call.
     pub fn persist(&self) -> Result<()> {
         let _guard = self.persist_lock.lock();

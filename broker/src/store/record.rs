@@ -276,6 +276,32 @@ pub fn encode(buf: &mut [u8], msg: &Message, crc: u32, stamp: &StoreStamp) {
     w.buf[0..4].copy_from_slice(&(total as u32).to_be_bytes());
 }
 
+/// A stored message encoded again, byte for byte as it sits in the CommitLog (what RocketMQ's
+/// pull responses carry and its clients' `MessageDecoder` reads).
+pub fn encode_stored(m: &StoredMessage) -> Vec<u8> {
+    let msg = Message {
+        topic: m.topic.clone(),
+        queue_id: m.queue_id,
+        flag: m.flag,
+        sys_flag: m.sys_flag,
+        born_timestamp: m.born_timestamp,
+        born_host: m.born_host,
+        reconsume_times: m.reconsume_times,
+        prepared_transaction_offset: m.prepared_transaction_offset,
+        body: m.body.clone(),
+        properties: m.properties.clone(),
+    };
+    let mut buf = vec![0; encoded_len(&msg, &m.store_host)];
+    let stamp = StoreStamp {
+        physical_offset: m.physical_offset,
+        queue_offset: m.queue_offset,
+        store_timestamp: m.store_timestamp,
+        store_host: m.store_host,
+    };
+    encode(&mut buf, &msg, m.body_crc, &stamp);
+    buf
+}
+
 /// Writes a blank record header at the start of `buf` covering `len` bytes.
 pub fn encode_blank(buf: &mut [u8], len: u32) {
     buf[0..4].copy_from_slice(&len.to_be_bytes());

@@ -1,5 +1,5 @@
 //! RocketMQ's remoting protocol frame codec (the TCP protocol of name servers and brokers).
-//! First piece of the cluster-mode work: encode and decode only, no server yet.
+//! Encode and decode only; `conn` runs connections over it.
 //!
 //! Frame (big-endian):
 //!
