@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the official RocketMQ 5 clients that the compatibility tests drive, into caches under
+# Installs the official RocketMQ clients that the compatibility tests drive (the RocketMQ 5 gRPC
+# clients, and the 4.x remoting clients and mqadmin for cluster mode), into caches under
 # $HOME/.cache/rocketmq-k8s (keyed by version, so a warm machine skips this). Prints nothing
 # on success but the versions. Used by the broker's client tests (broker/tests/clients/).
 set -euo pipefail
@@ -74,3 +75,61 @@ if [ ! -x "$rustbin" ]; then
   cp "$cache/rust-client-target/release/rmq-rust-client-driver" "$rustbin"
 fi
 echo "setup-clients: rust rocketmq $rust_version in $rustbin"
+
+# Java 4.x remoting client: Maven org.apache.rocketmq:rocketmq-client 4.9.8 (the newest 4.9.x
+# that Maven Central serves), for broker/tests/clients/RemotingClient.java.
+remoting_version="4.9.8"
+remotingdir="$cache/remoting-client-$remoting_version"
+if [ ! -f "$remotingdir/lib/rocketmq-client-$remoting_version.jar" ]; then
+  rm -rf "$remotingdir"
+  mkdir -p "$remotingdir"
+  cat > "$remotingdir/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>rmq.tests</groupId><artifactId>remoting-client</artifactId><version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-client</artifactId>
+      <version>$remoting_version</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$remotingdir" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib)
+fi
+echo "setup-clients: java rocketmq-client $remoting_version in $remotingdir"
+
+# mqadmin: Maven org.apache.rocketmq:rocketmq-tools (brings rocketmq-client of the same version).
+# Run: java -cp "$mqadmindir/lib/*" org.apache.rocketmq.tools.command.MQAdminStartup CMD -n ADDR ...
+mqadmin_version="5.4.0"
+mqadmindir="$cache/mqadmin-$mqadmin_version"
+if [ ! -f "$mqadmindir/lib/rocketmq-tools-$mqadmin_version.jar" ]; then
+  rm -rf "$mqadmindir"
+  mkdir -p "$mqadmindir"
+  cat > "$mqadmindir/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>rmq.tests</groupId><artifactId>mqadmin</artifactId><version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-tools</artifactId>
+      <version>$mqadmin_version</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$mqadmindir" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib)
+fi
+echo "setup-clients: java rocketmq-tools (mqadmin) $mqadmin_version in $mqadmindir"
+
+# Go 4.x remoting client: github.com/apache/rocketmq-client-go/v2 v2.1.2 (the newest tagged
+# release the proxy serves), built into a driver binary keyed by the driver's source.
+gor_version="v2.1.2"
+gorsrc="$(cd "$(dirname "$0")/.." && pwd)/broker/tests/clients/go-remoting"
+gorkey=$(cat "$gorsrc/main.go" "$gorsrc/go.mod" "$gorsrc/go.sum" | sha256sum | cut -c1-12)
+gorbin="$cache/go-remoting-client-$gor_version-$gorkey/goremoting"
+if [ ! -x "$gorbin" ]; then
+  mkdir -p "$(dirname "$gorbin")"
+  (cd "$gorsrc" && go build -mod=readonly -o "$gorbin" .)
+fi
+echo "setup-clients: go rocketmq-client-go/v2 $gor_version in $gorbin"

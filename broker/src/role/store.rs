@@ -240,9 +240,11 @@ pub async fn run(
                 };
                 let until = tokio::time::Instant::now() + wait;
                 // Topics also change without the remoting port (auto-creation, the HTTP
-                // admin API): look at the version every second.
+                // admin API): look at the version every second. A lost connection to a name
+                // server means it may have restarted empty: register again at once.
                 while tokio::time::Instant::now() < until
                     && handler.broker.metadata.version() == version
+                    && cfg.namesrv.iter().all(|a| pool.is_open(a))
                 {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -57,7 +57,7 @@ fn java_classes() -> &'static PathBuf {
     })
 }
 
-fn cache() -> &'static PathBuf {
+pub fn cache() -> &'static PathBuf {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
     CACHE.get_or_init(|| {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod process;
+pub mod remoting;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 pub struct BrokerProcess {
     child: Option<Child>,
+    /// `standalone`, `namesrv` or `store`.
+    role: &'static str,
     pub addr: SocketAddr,
     /// The HTTP port (metrics, health, admin API).
     pub http: SocketAddr,
@@ -15,7 +17,7 @@ pub struct BrokerProcess {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -27,10 +29,17 @@ impl BrokerProcess {
     /// Starts `rmq-broker standalone` with data in `dir` and the extra arguments, and waits
     /// until its gRPC port accepts connections.
     pub fn start(dir: &Path, extra: &[&str]) -> BrokerProcess {
+        Self::start_role("standalone", dir, extra)
+    }
+
+    /// Starts `rmq-broker <role>` (`standalone`, `namesrv` or `store`); `addr` is its main
+    /// port (gRPC or remoting). `dir` holds its data (and names its log, `dir.log`).
+    pub fn start_role(role: &'static str, dir: &Path, extra: &[&str]) -> BrokerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut b = BrokerProcess {
             child: None,
+            role,
             addr,
             http,
             dir: dir.to_owned(),
@@ -47,11 +56,14 @@ impl BrokerProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rmq-broker"))
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--grpc-listen")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmq-broker"));
+        cmd.arg(self.role);
+        match self.role {
+            "standalone" => cmd.arg("--data-dir").arg(&self.dir).arg("--grpc-listen"),
+            "store" => cmd.arg("--data-dir").arg(&self.dir).arg("--listen"),
+            _ => cmd.arg("--listen"),
+        };
+        let child = cmd
             .arg(self.addr.to_string())
             .arg("--http-listen")
             .arg(self.http.to_string())
@@ -59,6 +71,7 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .env("RUST_BACKTRACE", "0")
             .spawn()
             .expect("start rmq-broker");
         self.child = Some(child);
@@ -86,10 +99,20 @@ impl BrokerProcess {
 
     /// SIGKILL, then start again on the same folder and port.
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGKILL; `restart` starts it again on the same folder and port.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
         self.spawn();
     }
 }

@@ -453,6 +453,10 @@ impl BrokerHandler {
                     .map_err(ServiceError::from)?;
                 Ok(ok(req))
             }
+            rq::GET_TOPIC_CONFIG => {
+                let topic = self.broker.topic(Fields(&req.ext_fields).str("topic")?)?;
+                Ok(ok_with(req, &[], body::to_body(&wire_topic(&topic))))
+            }
             rq::GET_ALL_TOPIC_CONFIG => Ok(ok_with(req, &[], body::to_body(&self.topic_wrapper()))),
             rq::GET_ALL_SUBSCRIPTIONGROUP_CONFIG => {
                 let subscription_group_table = self

@@ -356,6 +356,14 @@ impl<H: Handler> Pool<H> {
         }
     }
 
+    /// Whether an open connection to `addr` exists (without connecting).
+    pub fn is_open(&self, addr: &str) -> bool {
+        self.connections
+            .lock()
+            .get(addr)
+            .is_some_and(|c| !c.is_closed())
+    }
+
     /// Sends `request` to `addr` and waits for the response.
     pub async fn invoke(
         &self,

@@ -1,0 +1,225 @@
+//! Cluster mode on loopback: name servers and store nodes as real `rmq-broker` processes, and
+//! the official remoting clients (Java `rocketmq-client`, Go `rocketmq-client-go/v2`, mqadmin
+//! from `rocketmq-tools`) installed by `scripts/setup-clients.sh`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::clients::cache;
+use super::process::BrokerProcess;
+use broker::protocol::remoting::body::{ClusterInfo, from_body};
+use broker::protocol::remoting::codes::request::GET_BROKER_CLUSTER_INFO;
+use broker::protocol::remoting::conn::{self, NoRequests, Pool};
+
+pub const JAVA_CLIENT: &str = "4.9.8";
+pub const MQADMIN: &str = "5.4.0";
+
+/// Name servers and store nodes, each its own process.
+pub struct Cluster {
+    pub namesrvs: Vec<BrokerProcess>,
+    pub stores: Vec<BrokerProcess>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `stores`: one entry per store node, its broker name and extra flags.
+    pub fn start(namesrvs: usize, stores: &[(&str, &[&str])]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let namesrvs: Vec<BrokerProcess> = (0..namesrvs)
+            .map(|i| {
+                BrokerProcess::start_role("namesrv", &dir.path().join(format!("namesrv{i}")), &[])
+            })
+            .collect();
+        let ns = namesrvs
+            .iter()
+            .map(|n| n.endpoint())
+            .collect::<Vec<_>>()
+            .join(";");
+        let stores = stores
+            .iter()
+            .map(|(name, extra)| {
+                let mut args = vec!["--broker-name", name, "--namesrv", &ns];
+                args.extend_from_slice(extra);
+                BrokerProcess::start_role("store", &dir.path().join(name), &args)
+            })
+            .collect();
+        let c = Cluster {
+            namesrvs,
+            stores,
+            dir,
+        };
+        c.wait_registered(c.stores.len());
+        c
+    }
+
+    /// The name server list as clients take it (`a;b`).
+    pub fn namesrv(&self) -> String {
+        self.namesrvs
+            .iter()
+            .map(|n| n.endpoint())
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (kind, list) in [("namesrv", &self.namesrvs), ("store", &self.stores)] {
+            for (i, p) in list.iter().enumerate() {
+                out.push_str(&format!("---- {kind} {i} ----\n{}\n", p.logs()));
+            }
+        }
+        out
+    }
+
+    /// Waits until every running name server lists `brokers` brokers.
+    pub fn wait_registered(&self, brokers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &self.namesrvs {
+            loop {
+                let got = cluster_info(&n.endpoint()).map_or(0, |c| c.broker_addr_table.len());
+                if got == brokers {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "name server {} lists {got} brokers, not {brokers}:\n{}",
+                    n.endpoint(),
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// GET_BROKER_CLUSTER_INFO from one name server, with our own remoting client.
+pub fn cluster_info(namesrv: &str) -> Option<ClusterInfo> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = Pool::new(Arc::new(NoRequests), Duration::from_secs(1), 1 << 24);
+        let r = pool
+            .invoke(
+                namesrv,
+                conn::request(GET_BROKER_CLUSTER_INFO, []),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+        from_body(&r.body).ok()
+    })
+}
+
+/// `tests/clients/RemotingClient.java` compiled once per test process.
+fn java_classes() -> &'static PathBuf {
+    static CLASSES: OnceLock<PathBuf> = OnceLock::new();
+    CLASSES.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("rmq-remoting-client-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let status = Command::new("javac")
+            .arg("-d")
+            .arg(&out)
+            .arg("-cp")
+            .arg(format!("{}/*", java_lib().display()))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/RemotingClient.java"
+            ))
+            .status()
+            .expect("run javac");
+        assert!(status.success(), "javac failed");
+        out
+    })
+}
+
+fn java_lib() -> PathBuf {
+    cache().join(format!("remoting-client-{JAVA_CLIENT}/lib"))
+}
+
+fn last_json(what: &str, out: std::process::Output, cluster: &Cluster) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match last {
+        Some(l) if out.status.success() => serde_json::from_str(l).unwrap(),
+        _ => panic!(
+            "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\ncluster logs:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        ),
+    }
+}
+
+/// Runs a scenario of the Java remoting client driver: `args` = scenario, topic, group, ...
+pub fn java(cluster: &Cluster, args: &[&str]) -> Value {
+    let home = tempfile::tempdir().unwrap();
+    let cp = format!("{}:{}/*", java_classes().display(), java_lib().display());
+    let out = Command::new("java")
+        .arg(format!("-Duser.home={}", home.path().display()))
+        .arg("-cp")
+        .arg(cp)
+        .arg("RemotingClient")
+        .arg(cluster.namesrv())
+        .args(args)
+        .env("HOME", home.path())
+        .output()
+        .expect("run java");
+    last_json(&format!("Java rocketmq-client {args:?}"), out, cluster)
+}
+
+/// Runs a scenario of the Go remoting client driver (`tests/clients/go-remoting`).
+pub fn go(cluster: &Cluster, args: &[&str]) -> Value {
+    let home = tempfile::tempdir().unwrap();
+    let bin = std::fs::read_dir(cache())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("go-remoting-client-")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .expect("setup-clients.sh builds the Go remoting driver")
+        .path()
+        .join("goremoting");
+    let out = Command::new(bin)
+        .arg(cluster.namesrv())
+        .args(args)
+        .env("HOME", home.path())
+        .output()
+        .expect("run the Go driver");
+    last_json(&format!("Go rocketmq-client-go/v2 {args:?}"), out, cluster)
+}
+
+/// Runs an mqadmin command (`rocketmq-tools`); returns its stdout. Panics if it fails.
+pub fn mqadmin(cluster: &Cluster, args: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("java")
+        .arg(format!("-Duser.home={}", home.path().display()))
+        .arg("-cp")
+        .arg(format!(
+            "{}/*",
+            cache().join(format!("mqadmin-{MQADMIN}/lib")).display()
+        ))
+        .arg("org.apache.rocketmq.tools.command.MQAdminStartup")
+        .args(args)
+        .env("HOME", home.path())
+        .env("ROCKETMQ_HOME", home.path())
+        .output()
+        .expect("run mqadmin");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mqadmin {args:?} failed ({}):\n{stdout}\n{}\ncluster logs:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    stdout
+}
