@@ -136,9 +136,12 @@ pub async fn run(
         })
     };
     let tasks = spawn_service_tasks(&broker);
-    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&broker), advertised))
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+    let service = MessagingServiceServer::new(GrpcService::new(
+        Arc::new(crate::protocol::grpc::backend::Local(Arc::clone(&broker))),
+        advertised,
+    ))
+    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
     tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)

@@ -12,12 +12,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
+use super::backend::{Backend, OffsetPolicy, QueueSet, Receive, Received};
 use super::pb::{self, Code, messaging_service_server::MessagingService};
 use crate::service::filter::{FilterError, TagFilter};
 use crate::service::metadata::TopicMessageType;
-use crate::service::pop::{AckOutcome, Delivery, ReceiptHandle};
 use crate::service::transaction::CheckRequest;
-use crate::service::{Broker, ReceiveRequest, ServiceError, keys};
+use crate::service::{ServiceError, keys};
 use crate::store::record::sys_flag;
 use crate::store::{GetStatus, Message, StoreError, StoredMessage, properties};
 
@@ -30,15 +30,18 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 130 * 1024 * 1024;
 /// Invisible time of a receive that names none (Apache proxy's `defaultInvisibleTimeMills`).
 const DEFAULT_INVISIBLE: Duration = Duration::from_secs(60);
 
-pub struct GrpcService {
-    broker: Arc<Broker>,
+pub struct GrpcService<B> {
+    backend: Arc<B>,
     /// Address put into routes when the client did not say which one it used.
     advertised: SocketAddr,
 }
 
-impl GrpcService {
-    pub fn new(broker: Arc<Broker>, advertised: SocketAddr) -> Self {
-        GrpcService { broker, advertised }
+impl<B: Backend> GrpcService<B> {
+    pub fn new(backend: Arc<B>, advertised: SocketAddr) -> Self {
+        GrpcService {
+            backend,
+            advertised,
+        }
     }
 }
 
@@ -259,7 +262,7 @@ fn to_store_message(
 }
 
 /// Converts a stored message to the wire, as a delivery (with handle) or a plain read.
-fn to_pb_message(m: &StoredMessage, handle: Option<(&ReceiptHandle, Duration)>) -> pb::Message {
+fn to_pb_message(m: &StoredMessage, handle: Option<(&str, u32, Duration)>) -> pb::Message {
     let mut user_properties = HashMap::new();
     for (k, v) in properties::iter(&m.properties) {
         if !SYSTEM_KEYS.contains(&k) {
@@ -310,11 +313,11 @@ fn to_pb_message(m: &StoredMessage, handle: Option<(&ReceiptHandle, Duration)>) 
         store_timestamp: Some(pb_timestamp(m.store_timestamp)),
         store_host: m.store_host.to_string(),
         delivery_timestamp: delivery.map(pb_timestamp),
-        receipt_handle: handle.map(|(h, _)| h.encode()),
+        receipt_handle: handle.map(|(h, _, _)| h.to_owned()),
         queue_id: m.queue_id,
         queue_offset: Some(m.queue_offset as i64),
-        invisible_duration: handle.map(|(_, d)| pb_duration(d)),
-        delivery_attempt: handle.map(|(h, _)| h.attempt as i32),
+        invisible_duration: handle.map(|(_, _, d)| pb_duration(d)),
+        delivery_attempt: handle.map(|(_, attempt, _)| attempt as i32),
         message_group: group,
         ..Default::default()
     };
@@ -367,7 +370,7 @@ fn accept_types(t: TopicMessageType) -> Vec<i32> {
     } as i32]
 }
 
-impl GrpcService {
+impl<B: Backend> GrpcService<B> {
     fn endpoints(&self, requested: Option<pb::Endpoints>) -> pb::Endpoints {
         requested
             .filter(|e| !e.addresses.is_empty())
@@ -385,30 +388,35 @@ impl GrpcService {
     }
 
     fn message_queue(
-        &self,
         topic: &str,
         id: i32,
-        t: TopicMessageType,
+        set: &QueueSet,
         endpoints: &pb::Endpoints,
     ) -> pb::MessageQueue {
+        let permission = match (set.perm & 2 != 0, set.perm & 4 != 0) {
+            (true, true) => pb::Permission::ReadWrite,
+            (true, false) => pb::Permission::Read,
+            (false, true) => pb::Permission::Write,
+            (false, false) => pb::Permission::None,
+        };
         pb::MessageQueue {
             topic: Some(pb::Resource {
                 resource_namespace: String::new(),
                 name: topic.to_owned(),
             }),
             id,
-            permission: pb::Permission::ReadWrite as i32,
+            permission: permission as i32,
             broker: Some(pb::Broker {
-                name: self.broker.config.broker_name.clone(),
+                name: set.broker.clone(),
                 id: 0,
                 endpoints: Some(endpoints.clone()),
             }),
-            accept_message_types: accept_types(t),
+            accept_message_types: accept_types(set.message_type),
         }
     }
 
     /// The merged settings the broker answers a client's Telemetry settings with.
-    fn merged_settings(&self, s: pb::Settings) -> pb::Settings {
+    async fn merged_settings(&self, s: pb::Settings) -> pb::Settings {
         let mut out = pb::Settings {
             client_type: s.client_type,
             access_point: s.access_point,
@@ -424,7 +432,7 @@ impl GrpcService {
         };
         match s.pub_sub {
             Some(pb::settings::PubSub::Subscription(sub)) => {
-                let group = self.broker.group(name(&sub.group)).ok();
+                let group = self.backend.group(name(&sub.group)).await.ok();
                 let attempts = group.as_ref().map_or(16, |g| g.max_delivery_attempts);
                 // RocketMQ's retry delays: 1s 5s 10s 30s 1m 2m ... 2h.
                 let next = [
@@ -460,7 +468,7 @@ impl GrpcService {
                 });
                 out.pub_sub = Some(pb::settings::PubSub::Publishing(pb::Publishing {
                     topics: p.topics,
-                    max_body_size: self.broker.config.max_body_size as i32,
+                    max_body_size: self.backend.max_body_size() as i32,
                     validate_message_type: true,
                 }));
             }
@@ -470,7 +478,7 @@ impl GrpcService {
     }
 
     fn deliveries_to_stream(
-        deliveries: Vec<Delivery>,
+        deliveries: Vec<Received>,
         invisible: Duration,
     ) -> BoxStream<pb::ReceiveMessageResponse> {
         use pb::receive_message_response::Content;
@@ -485,7 +493,7 @@ impl GrpcService {
             for d in &deliveries {
                 items.push(Content::Message(to_pb_message(
                     &d.message,
-                    Some((&d.handle, invisible)),
+                    Some((&d.handle, d.attempt, invisible)),
                 )));
             }
             items.push(Content::DeliveryTimestamp(pb_timestamp(
@@ -508,7 +516,7 @@ where
 }
 
 #[tonic::async_trait]
-impl MessagingService for GrpcService {
+impl<B: Backend> MessagingService for GrpcService<B> {
     async fn query_route(
         &self,
         req: Request<pb::QueryRouteRequest>,
@@ -520,7 +528,8 @@ impl MessagingService for GrpcService {
             }));
         }
         let r = req.into_inner();
-        let topic = match self.broker.topic(name(&r.topic)) {
+        let topic = name(&r.topic);
+        let sets = match self.backend.route(topic).await {
             Ok(t) => t,
             Err(e) => {
                 return Ok(Response::new(pb::QueryRouteResponse {
@@ -530,8 +539,11 @@ impl MessagingService for GrpcService {
             }
         };
         let endpoints = self.endpoints(r.endpoints);
-        let message_queues = (0..topic.queues as i32)
-            .map(|id| self.message_queue(&topic.name, id, topic.message_type, &endpoints))
+        let message_queues = sets
+            .iter()
+            .flat_map(|set| {
+                (0..set.queues as i32).map(|id| Self::message_queue(topic, id, set, &endpoints))
+            })
             .collect();
         Ok(Response::new(pb::QueryRouteResponse {
             status: Some(ok()),
@@ -544,7 +556,7 @@ impl MessagingService for GrpcService {
         req: Request<pb::HeartbeatRequest>,
     ) -> GrpcResult<pb::HeartbeatResponse> {
         if let Some(id) = client_id(&req) {
-            self.broker.client_seen(id);
+            self.backend.client_seen(id);
         }
         let s = require_client_id(&req).err().unwrap_or_else(ok);
         Ok(Response::new(pb::HeartbeatResponse { status: Some(s) }))
@@ -573,15 +585,9 @@ impl MessagingService for GrpcService {
         let mut msgs = Vec::with_capacity(r.messages.len());
         let mut ids = Vec::with_capacity(r.messages.len());
         for m in r.messages {
-            let checked = to_store_message(m, peer).and_then(|(msg, id, t)| {
-                self.broker
-                    .check_send(&msg, t)
-                    .map_err(|e| error_status(&e))?;
-                Ok((msg, id))
-            });
-            match checked {
-                Ok((msg, id)) => {
-                    msgs.push(msg);
+            match to_store_message(m, peer) {
+                Ok((msg, id, t)) => {
+                    msgs.push((msg, t));
                     ids.push(id);
                 }
                 Err(s) => {
@@ -596,24 +602,15 @@ impl MessagingService for GrpcService {
                 }
             }
         }
-        let transactional: Vec<bool> = msgs
-            .iter()
-            .map(|m| m.property_value(keys::TRAN_MSG) == Some("true"))
-            .collect();
-        match self.broker.send(msgs).await {
+        match self.backend.send(msgs).await {
             Ok(results) => {
                 let entries = results
-                    .iter()
+                    .into_iter()
                     .zip(ids)
-                    .zip(&transactional)
-                    .map(|((r, id), tx)| pb::SendResultEntry {
+                    .map(|(r, id)| pb::SendResultEntry {
                         status: Some(ok()),
                         message_id: id,
-                        transaction_id: if *tx {
-                            self.broker.transaction_id(r.physical_offset)
-                        } else {
-                            String::new()
-                        },
+                        transaction_id: r.transaction_id.unwrap_or_default(),
                         offset: r.queue_offset as i64,
                         recall_handle: String::new(),
                     })
@@ -647,24 +644,24 @@ impl MessagingService for GrpcService {
             }));
         }
         let r = req.into_inner();
-        let result = self
-            .broker
-            .topic(name(&r.topic))
-            .and_then(|t| self.broker.group(name(&r.group)).map(|_| t));
+        let topic = name(&r.topic);
+        let result = match self.backend.route(topic).await {
+            Ok(sets) => self.backend.group(name(&r.group)).await.map(|_| sets),
+            Err(e) => Err(e),
+        };
         let resp = match result {
-            Ok(topic) => {
+            Ok(sets) => {
                 let endpoints = self.endpoints(r.endpoints);
-                // Pop mode: one assignment per broker; queue id -1 means "any queue".
+                // Pop mode: one assignment per readable broker; queue id -1 means "any queue".
                 pb::QueryAssignmentResponse {
                     status: Some(ok()),
-                    assignments: vec![pb::Assignment {
-                        message_queue: Some(self.message_queue(
-                            &topic.name,
-                            -1,
-                            topic.message_type,
-                            &endpoints,
-                        )),
-                    }],
+                    assignments: sets
+                        .iter()
+                        .filter(|set| set.perm & 2 != 0)
+                        .map(|set| pb::Assignment {
+                            message_queue: Some(Self::message_queue(topic, -1, set, &endpoints)),
+                        })
+                        .collect(),
                 }
             }
             Err(e) => pb::QueryAssignmentResponse {
@@ -693,7 +690,7 @@ impl MessagingService for GrpcService {
         let deadline = grpc_timeout(&req);
         let client: Option<Arc<str>> = client_id(&req).map(Arc::from);
         if let Some(c) = &client {
-            self.broker.client_seen(c);
+            self.backend.client_seen(c);
         }
         let r = req.into_inner();
         // Push consumers send none and ask for auto-renewal: like Apache's proxy, use its
@@ -717,19 +714,27 @@ impl MessagingService for GrpcService {
         // As in Apache's proxy, the queue in a receive only picks the broker: a pop reads every
         // queue of the topic on it, so a consumer never waits on an empty queue while another
         // one has messages.
-        let queue_id = None;
-        let group = name(&r.group).to_owned();
-        let request = ReceiveRequest {
-            group: &group,
-            topic: &topic,
-            queue_id,
+        let broker = r
+            .message_queue
+            .as_ref()
+            .and_then(|q| q.broker.as_ref())
+            .map(|b| b.name.clone())
+            .filter(|b| !b.is_empty());
+        let request = Receive {
+            broker,
+            group: name(&r.group).to_owned(),
+            topic,
             max: r.batch_size.clamp(1, 1024) as usize,
             invisible,
             filter,
+            expression: r
+                .filter_expression
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), |f| f.expression.clone()),
             long_polling,
             auto_renew_for: if r.auto_renew { client } else { None },
         };
-        match self.broker.receive(&request).await {
+        match self.backend.receive(request).await {
             Ok(deliveries) => Ok(Response::new(Self::deliveries_to_stream(
                 deliveries, invisible,
             ))),
@@ -749,13 +754,8 @@ impl MessagingService for GrpcService {
         }
         let r = req.into_inner();
         let group = name(&r.group).to_owned();
-        let handles: Vec<Option<ReceiptHandle>> = r
-            .entries
-            .iter()
-            .map(|e| ReceiptHandle::decode(&e.receipt_handle))
-            .collect();
-        let valid: Vec<ReceiptHandle> = handles.iter().flatten().cloned().collect();
-        let outcomes = match self.broker.ack(&group, &valid) {
+        let handles: Vec<String> = r.entries.iter().map(|e| e.receipt_handle.clone()).collect();
+        let outcomes = match self.backend.ack(&group, handles).await {
             Ok(o) => o,
             Err(e) => {
                 return Ok(Response::new(pb::AckMessageResponse {
@@ -764,15 +764,15 @@ impl MessagingService for GrpcService {
                 }));
             }
         };
-        let mut outcomes = outcomes.into_iter();
         let entries: Vec<pb::AckMessageResultEntry> = r
             .entries
             .iter()
-            .zip(&handles)
-            .map(|(e, h)| {
-                let s = match h.as_ref().map(|_| outcomes.next()) {
-                    Some(Some(AckOutcome::Acked | AckOutcome::AlreadyAcked)) => ok(),
-                    _ => status(Code::InvalidReceiptHandle, "invalid receipt handle"),
+            .zip(outcomes)
+            .map(|(e, acked)| {
+                let s = if acked {
+                    ok()
+                } else {
+                    status(Code::InvalidReceiptHandle, "invalid receipt handle")
                 };
                 pb::AckMessageResultEntry {
                     message_id: e.message_id.clone(),
@@ -806,16 +806,13 @@ impl MessagingService for GrpcService {
             Err(s) => s,
             Ok(()) => {
                 let r = req.into_inner();
-                match ReceiptHandle::decode(&r.receipt_handle) {
-                    None => status(Code::InvalidReceiptHandle, "invalid receipt handle"),
-                    Some(h) => match self
-                        .broker
-                        .forward_to_dead_letter_queue(name(&r.group), &h)
-                        .await
-                    {
-                        Ok(()) => ok(),
-                        Err(e) => error_status(&e),
-                    },
+                match self
+                    .backend
+                    .forward_to_dead_letter_queue(name(&r.group), &r.receipt_handle)
+                    .await
+                {
+                    Ok(()) => ok(),
+                    Err(e) => error_status(&e),
                 }
             }
         };
@@ -844,9 +841,7 @@ impl MessagingService for GrpcService {
             return fail(status(Code::BadRequest, "message_queue is required"));
         };
         let topic = name(&q.topic).to_owned();
-        if let Err(e) = self.broker.topic(&topic) {
-            return fail(error_status(&e));
-        }
+        let broker = q.broker.as_ref().map_or("", |b| b.name.as_str()).to_owned();
         if r.offset < 0 {
             return fail(status(Code::IllegalOffset, "offset must not be negative"));
         }
@@ -855,55 +850,40 @@ impl MessagingService for GrpcService {
             Err(e) => return fail(error_status(&e)),
         };
         let wait = duration_of(&r.long_polling_timeout).unwrap_or(Duration::ZERO);
-        let give_up = tokio::time::Instant::now() + wait;
-        let mut dispatched = self.broker.store.dispatched();
-        loop {
-            let got = match self.broker.store.get_message(
+        let got = match self
+            .backend
+            .pull(
+                &broker,
                 &topic,
                 q.id,
                 r.offset as u64,
                 r.batch_size.clamp(1, 1024) as usize,
-            ) {
-                Ok(g) => g,
-                Err(e) => return fail(error_status(&ServiceError::Store(e))),
-            };
-            let waiting = matches!(
-                got.status,
-                GetStatus::OffsetOverflowOne
-                    | GetStatus::NoMessageInQueue
-                    | GetStatus::NoMatchedLogicQueue
-            );
-            if waiting && tokio::time::Instant::now() < give_up {
-                tokio::select! {
-                    _ = dispatched.changed() => {}
-                    _ = tokio::time::sleep_until(give_up) => {}
-                }
-                continue;
+                &filter,
+                wait,
+            )
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => return fail(error_status(&e)),
+        };
+        let mut items = Vec::new();
+        let s = match got.status {
+            GetStatus::Found if !got.messages.is_empty() => ok(),
+            GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
+                status(Code::IllegalOffset, format!("{:?}", got.status))
             }
-            let mut items = Vec::new();
-            let messages: Vec<_> = got
-                .messages
-                .iter()
-                .filter(|m| filter.matches(m.property(properties::TAGS)))
-                .collect();
-            let s = match got.status {
-                GetStatus::Found if !messages.is_empty() => ok(),
-                GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
-                    status(Code::IllegalOffset, format!("{:?}", got.status))
-                }
-                _ => status(Code::MessageNotFound, "no new message"),
-            };
-            items.push(Content::Status(s));
-            for m in messages {
-                items.push(Content::Message(to_pb_message(m, None)));
-            }
-            items.push(Content::NextOffset(got.next_offset as i64));
-            return Ok(Response::new(Box::pin(tokio_stream::iter(
-                items
-                    .into_iter()
-                    .map(|c| Ok(pb::PullMessageResponse { content: Some(c) })),
-            ))));
+            _ => status(Code::MessageNotFound, "no new message"),
+        };
+        items.push(Content::Status(s));
+        for m in &got.messages {
+            items.push(Content::Message(to_pb_message(m, None)));
         }
+        items.push(Content::NextOffset(got.next_offset as i64));
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            items
+                .into_iter()
+                .map(|c| Ok(pb::PullMessageResponse { content: Some(c) })),
+        ))))
     }
 
     async fn update_offset(
@@ -915,19 +895,23 @@ impl MessagingService for GrpcService {
             Ok(()) => {
                 let r = req.into_inner();
                 let q = r.message_queue.unwrap_or_default();
-                match self.broker.group(name(&r.group)) {
-                    Err(e) => error_status(&e),
-                    Ok(_) if r.offset < 0 => {
-                        status(Code::IllegalOffset, "offset must not be negative")
-                    }
-                    Ok(g) => {
-                        self.broker.store.consumer_offsets().commit(
-                            &g.name,
+                let broker = q.broker.as_ref().map_or("", |b| b.name.as_str());
+                if r.offset < 0 {
+                    status(Code::IllegalOffset, "offset must not be negative")
+                } else {
+                    match self
+                        .backend
+                        .commit_offset(
+                            broker,
+                            name(&r.group),
                             name(&q.topic),
                             q.id,
                             r.offset as u64,
-                        );
-                        ok()
+                        )
+                        .await
+                    {
+                        Err(e) => error_status(&e),
+                        Ok(()) => ok(),
                     }
                 }
             }
@@ -947,25 +931,28 @@ impl MessagingService for GrpcService {
         }
         let r = req.into_inner();
         let q = r.message_queue.unwrap_or_default();
-        let resp =
-            match self
-                .broker
-                .store
-                .consumer_offsets()
-                .get(name(&r.group), name(&q.topic), q.id)
-            {
-                Some(o) => pb::GetOffsetResponse {
-                    status: Some(ok()),
-                    offset: o as i64,
-                },
-                None => pb::GetOffsetResponse {
-                    status: Some(status(
-                        Code::OffsetNotFound,
-                        "the group has no offset for this queue",
-                    )),
-                    offset: 0,
-                },
-            };
+        let broker = q.broker.as_ref().map_or("", |b| b.name.as_str());
+        let resp = match self
+            .backend
+            .get_offset(broker, name(&r.group), name(&q.topic), q.id)
+            .await
+        {
+            Err(e) => pb::GetOffsetResponse {
+                status: Some(error_status(&e)),
+                offset: 0,
+            },
+            Ok(Some(o)) => pb::GetOffsetResponse {
+                status: Some(ok()),
+                offset: o as i64,
+            },
+            Ok(None) => pb::GetOffsetResponse {
+                status: Some(status(
+                    Code::OffsetNotFound,
+                    "the group has no offset for this queue",
+                )),
+                offset: 0,
+            },
+        };
         Ok(Response::new(resp))
     }
 
@@ -982,12 +969,12 @@ impl MessagingService for GrpcService {
         let r = req.into_inner();
         let q = r.message_queue.unwrap_or_default();
         let topic = name(&q.topic);
-        let store = &self.broker.store;
-        let result = match pb::QueryOffsetPolicy::try_from(r.query_offset_policy) {
-            Ok(pb::QueryOffsetPolicy::Beginning) => store.min_offset(topic, q.id),
-            Ok(pb::QueryOffsetPolicy::End) => store.max_offset(topic, q.id),
+        let broker = q.broker.as_ref().map_or("", |b| b.name.as_str());
+        let policy = match pb::QueryOffsetPolicy::try_from(r.query_offset_policy) {
+            Ok(pb::QueryOffsetPolicy::Beginning) => OffsetPolicy::Beginning,
+            Ok(pb::QueryOffsetPolicy::End) => OffsetPolicy::End,
             Ok(pb::QueryOffsetPolicy::Timestamp) => match &r.timestamp {
-                Some(t) => store.offset_by_time(topic, q.id, millis_of(t)),
+                Some(t) => OffsetPolicy::Timestamp(millis_of(t)),
                 None => {
                     return Ok(Response::new(pb::QueryOffsetResponse {
                         status: Some(status(
@@ -998,15 +985,15 @@ impl MessagingService for GrpcService {
                     }));
                 }
             },
-            Err(_) => store.max_offset(topic, q.id),
+            Err(_) => OffsetPolicy::End,
         };
-        let resp = match result {
+        let resp = match self.backend.query_offset(broker, topic, q.id, policy).await {
             Ok(o) => pb::QueryOffsetResponse {
                 status: Some(ok()),
                 offset: o as i64,
             },
             Err(e) => pb::QueryOffsetResponse {
-                status: Some(error_status(&ServiceError::Store(e))),
+                status: Some(error_status(&e)),
                 offset: 0,
             },
         };
@@ -1025,10 +1012,10 @@ impl MessagingService for GrpcService {
         let r = req.into_inner();
         let s = match pb::TransactionResolution::try_from(r.resolution) {
             Ok(pb::TransactionResolution::Commit) => {
-                self.broker.end_transaction(&r.transaction_id, true).await
+                self.backend.end_transaction(&r.transaction_id, true).await
             }
             Ok(pb::TransactionResolution::Rollback) => {
-                self.broker.end_transaction(&r.transaction_id, false).await
+                self.backend.end_transaction(&r.transaction_id, false).await
             }
             _ => {
                 return Ok(Response::new(pb::EndTransactionResponse {
@@ -1060,7 +1047,7 @@ impl MessagingService for GrpcService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = GrpcService {
-            broker: Arc::clone(&self.broker),
+            backend: Arc::clone(&self.backend),
             advertised: self.advertised,
         };
         tokio::spawn(async move {
@@ -1074,7 +1061,7 @@ impl MessagingService for GrpcService {
                         {
                             let topics = p.topics.iter().map(|t| t.name.clone()).collect();
                             let (check_tx, mut check_rx) = mpsc::channel::<CheckRequest>(64);
-                            this.broker.register_producer(&client_id, topics, check_tx);
+                            this.backend.register_producer(&client_id, topics, check_tx);
                             let out = tx.clone();
                             if let Some(f) = forwarder.take() {
                                 f.abort();
@@ -1099,7 +1086,7 @@ impl MessagingService for GrpcService {
                         pb::TelemetryCommand {
                             status: Some(ok()),
                             command: Some(pb::telemetry_command::Command::Settings(
-                                this.merged_settings(s),
+                                this.merged_settings(s).await,
                             )),
                         }
                     }
@@ -1112,7 +1099,7 @@ impl MessagingService for GrpcService {
             }
             if let Some(f) = forwarder {
                 f.abort();
-                this.broker.unregister_producer(&client_id);
+                this.backend.unregister_producer(&client_id);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -1123,7 +1110,7 @@ impl MessagingService for GrpcService {
         req: Request<pb::NotifyClientTerminationRequest>,
     ) -> GrpcResult<pb::NotifyClientTerminationResponse> {
         if let Some(id) = client_id(&req) {
-            self.broker.client_gone(id);
+            self.backend.client_gone(id);
         }
         let s = require_client_id(&req).err().unwrap_or_else(ok);
         Ok(Response::new(pb::NotifyClientTerminationResponse {
@@ -1142,18 +1129,18 @@ impl MessagingService for GrpcService {
             }));
         }
         let r = req.into_inner();
-        let result = match (
-            ReceiptHandle::decode(&r.receipt_handle),
-            duration_of(&r.invisible_duration),
-        ) {
-            (None, _) => Err(ServiceError::InvalidReceiptHandle),
-            (_, None) => Err(ServiceError::IllegalInvisibleTime(Duration::ZERO)),
-            (Some(h), Some(d)) => self.broker.change_invisible(name(&r.group), &h, d),
+        let result = match duration_of(&r.invisible_duration) {
+            None => Err(ServiceError::IllegalInvisibleTime(Duration::ZERO)),
+            Some(d) => {
+                self.backend
+                    .change_invisible(name(&r.group), &r.receipt_handle, d)
+                    .await
+            }
         };
         let resp = match result {
             Ok(h) => pb::ChangeInvisibleDurationResponse {
                 status: Some(ok()),
-                receipt_handle: h.encode(),
+                receipt_handle: h,
             },
             Err(e) => pb::ChangeInvisibleDurationResponse {
                 status: Some(error_status(&e)),
