@@ -24,6 +24,8 @@ enum Role {
     /// Store node (a RocketMQ broker): serves the remoting protocol and registers with the
     /// name servers.
     Store(StoreArgs),
+    /// Proxy: stateless gRPC endpoint forwarding to the store nodes the name servers route to.
+    Proxy(ProxyArgs),
     /// Name server: the route registry store nodes register with and clients ask for routes.
     Namesrv(NamesrvArgs),
     /// Command-line tool: topics, groups, progress, send and receive against a running broker.
@@ -76,6 +78,40 @@ struct StoreArgs {
     /// Create unknown topics on first use instead of answering TOPIC_NOT_EXIST.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Address of the RocketMQ 5 gRPC endpoint [default: 0.0.0.0:8081].
+    #[arg(long, env = "RMQ_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Address of the HTTP port: /metrics, /healthz, /readyz [default: 0.0.0.0:8082].
+    #[arg(long, env = "RMQ_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Address given to clients in routes [default: the listen address].
+    #[arg(long, env = "RMQ_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// Name servers: host:port, repeatable or separated by ';' [default: 127.0.0.1:9876].
+    #[arg(long, env = "RMQ_NAMESRV")]
+    namesrv: Vec<String>,
+    /// Serve plaintext only on the gRPC port (by default TLS and plaintext share it).
+    #[arg(long, env = "RMQ_NO_TLS")]
+    no_tls: bool,
+    /// PEM certificate chain for TLS (with --tls-key); self-signed when absent.
+    #[arg(long, env = "RMQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+fn namesrv_list(args: &[String]) -> Vec<String> {
+    args.iter()
+        .flat_map(|n| n.split([';', ',']))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[derive(clap::Args)]
@@ -191,6 +227,7 @@ fn main() -> anyhow::Result<()> {
         Role::Standalone(args) => run_standalone(args),
         Role::Namesrv(args) => run_namesrv(args),
         Role::Store(args) => run_store(args),
+        Role::Proxy(args) => run_proxy(args),
         Role::Admin(args) => broker::cli::run(args),
     }
 }
@@ -219,14 +256,7 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     if args.advertise.is_some() {
         cfg.advertise = args.advertise;
     }
-    let namesrv: Vec<String> = args
-        .namesrv
-        .iter()
-        .flat_map(|n| n.split([';', ',']))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let namesrv = namesrv_list(&args.namesrv);
     if !namesrv.is_empty() {
         cfg.namesrv = namesrv;
     }
@@ -253,6 +283,27 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(broker::role::store::run(cfg, terminated()))
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut cfg = broker::role::proxy::ProxyConfig::default();
+    if let Some(a) = args.grpc_listen {
+        cfg.grpc_listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    cfg.advertise = args.advertise;
+    let namesrv = namesrv_list(&args.namesrv);
+    if !namesrv.is_empty() {
+        cfg.namesrv = namesrv;
+    }
+    cfg.tls &= !args.no_tls;
+    if let Some(pair) = args.tls_cert.zip(args.tls_key) {
+        cfg.tls_cert_and_key = Some(pair);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(broker::role::proxy::run(cfg, terminated()))
 }
 
 fn run_namesrv(args: NamesrvArgs) -> anyhow::Result<()> {

@@ -87,6 +87,16 @@ pub enum ServiceError {
     InvalidReceiptHandle,
     #[error("invalid invisible duration {0:?}: must be between 1 s and 12 h")]
     IllegalInvisibleTime(Duration),
+    /// A store node refused a forwarded request (its remoting response code and remark).
+    #[error("store node {broker} answered code {code}: {remark}")]
+    Upstream {
+        broker: String,
+        code: i32,
+        remark: String,
+    },
+    /// No store node could be reached for the request.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub struct BrokerProcess {
     child: Option<Child>,
-    /// `standalone`, `namesrv` or `store`.
+    /// `standalone`, `namesrv`, `store` or `proxy`.
     role: &'static str,
     pub addr: SocketAddr,
     /// The HTTP port (metrics, health, admin API).
@@ -61,6 +61,7 @@ impl BrokerProcess {
         match self.role {
             "standalone" => cmd.arg("--data-dir").arg(&self.dir).arg("--grpc-listen"),
             "store" => cmd.arg("--data-dir").arg(&self.dir).arg("--listen"),
+            "proxy" => cmd.arg("--grpc-listen"),
             _ => cmd.arg("--listen"),
         };
         let child = cmd

@@ -56,6 +56,16 @@ impl Cluster {
         c
     }
 
+    /// Starts a proxy of this cluster (TLS and plaintext on its gRPC port).
+    pub fn start_proxy(&self, i: usize) -> BrokerProcess {
+        let ns = self.namesrv();
+        BrokerProcess::start_role(
+            "proxy",
+            &self.dir.path().join(format!("proxy{i}")),
+            &["--namesrv", &ns],
+        )
+    }
+
     /// The name server list as clients take it (`a;b`).
     pub fn namesrv(&self) -> String {
         self.namesrvs

@@ -67,6 +67,22 @@ pub struct Pulled {
     pub next_offset: u64,
 }
 
+/// A read of one queue at an offset.
+#[derive(Debug, Clone, Copy)]
+pub struct Pull<'a> {
+    pub broker: &'a str,
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub queue_id: i32,
+    pub offset: u64,
+    pub max: usize,
+    pub filter: &'a TagFilter,
+    /// The filter as the client wrote it (forwarded by the proxy).
+    pub expression: &'a str,
+    /// How long to wait for a message when there is none.
+    pub wait: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum OffsetPolicy {
     Beginning,
@@ -105,17 +121,7 @@ pub trait Backend: Send + Sync + 'static {
         group: &str,
         handle: &str,
     ) -> impl Future<Output = Result<()>> + Send;
-    #[allow(clippy::too_many_arguments)]
-    fn pull(
-        &self,
-        broker: &str,
-        topic: &str,
-        queue_id: i32,
-        offset: u64,
-        max: usize,
-        filter: &TagFilter,
-        wait: Duration,
-    ) -> impl Future<Output = Result<Pulled>> + Send;
+    fn pull(&self, p: Pull<'_>) -> impl Future<Output = Result<Pulled>> + Send;
     fn commit_offset(
         &self,
         broker: &str,
@@ -257,16 +263,16 @@ impl Backend for Local {
         self.0.forward_to_dead_letter_queue(group, &h).await
     }
 
-    async fn pull(
-        &self,
-        _broker: &str,
-        topic: &str,
-        queue_id: i32,
-        offset: u64,
-        max: usize,
-        filter: &TagFilter,
-        wait: Duration,
-    ) -> Result<Pulled> {
+    async fn pull(&self, p: Pull<'_>) -> Result<Pulled> {
+        let Pull {
+            topic,
+            queue_id,
+            offset,
+            max,
+            filter,
+            wait,
+            ..
+        } = p;
         self.0.topic(topic)?;
         let give_up = tokio::time::Instant::now() + wait;
         let mut dispatched = self.0.store.dispatched();

@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use super::backend::{Backend, OffsetPolicy, QueueSet, Receive, Received};
+use super::backend::{Backend, OffsetPolicy, Pull, QueueSet, Receive, Received};
 use super::pb::{self, Code, messaging_service_server::MessagingService};
 use crate::service::filter::{FilterError, TagFilter};
 use crate::service::metadata::TopicMessageType;
@@ -73,6 +73,11 @@ fn code_of(e: &ServiceError) -> Code {
         ServiceError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
         ServiceError::Filter(_) => Code::IllegalFilterExpression,
         ServiceError::Metadata(_) => Code::BadRequest,
+        ServiceError::Unavailable(_) => Code::ProxyTimeout,
+        // Remoting codes: MESSAGE_ILLEGAL, SUBSCRIPTION_PARSE_FAILED.
+        ServiceError::Upstream { code: 13 | 23, .. } => Code::BadRequest,
+        ServiceError::Upstream { code: 2 | 14, .. } => Code::TooManyRequests,
+        ServiceError::Upstream { .. } => Code::InternalServerError,
         ServiceError::Store(StoreError::MessageTooLarge { .. }) => Code::MessageBodyTooLarge,
         ServiceError::Store(StoreError::PropertiesTooLarge { .. }) => {
             Code::MessagePropertiesTooLarge
@@ -163,6 +168,7 @@ const SYSTEM_KEYS: &[&str] = &[
     keys::TRAN_MSG,
     crate::service::timer::REAL_TOPIC,
     crate::service::timer::REAL_QID,
+    crate::protocol::remoting::broker::POP_CK,
 ];
 
 fn message_type_of(sp: &pb::SystemProperties) -> TopicMessageType {
@@ -852,15 +858,20 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         let wait = duration_of(&r.long_polling_timeout).unwrap_or(Duration::ZERO);
         let got = match self
             .backend
-            .pull(
-                &broker,
-                &topic,
-                q.id,
-                r.offset as u64,
-                r.batch_size.clamp(1, 1024) as usize,
-                &filter,
+            .pull(Pull {
+                broker: &broker,
+                group: name(&r.group),
+                topic: &topic,
+                queue_id: q.id,
+                offset: r.offset as u64,
+                max: r.batch_size.clamp(1, 1024) as usize,
+                filter: &filter,
+                expression: r
+                    .filter_expression
+                    .as_ref()
+                    .map_or("*", |f| f.expression.as_str()),
                 wait,
-            )
+            })
             .await
         {
             Ok(g) => g,

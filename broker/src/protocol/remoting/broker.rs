@@ -22,6 +22,7 @@ use super::conn::{self, Connection, Handler};
 use super::{FieldError, Fields, RemotingCommand};
 use crate::service::filter::TagFilter;
 use crate::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
+use crate::service::pop::{AckOutcome, ReceiptHandle};
 use crate::service::transaction::CheckRequest;
 use crate::service::{Broker, ServiceError, keys};
 use crate::store::commitlog::now_millis;
@@ -37,6 +38,10 @@ mod prop {
     pub const REAL_TOPIC: &str = "REAL_TOPIC";
     pub const REAL_QID: &str = "REAL_QID";
 }
+
+/// The property a popped message carries its receipt handle in (Apache's `POP_CK`; ours holds
+/// this broker's own handle, which only our proxy reads).
+pub const POP_CK: &str = "POP_CK";
 
 /// RocketMQ's `messageDelayLevel` default: level n waits `DELAY_LEVELS[n - 1]` seconds.
 const DELAY_LEVELS: [u64; 18] = [
@@ -98,7 +103,7 @@ impl From<ServiceError> for Refusal {
             | ServiceError::MessageTypeConflict(_)
             | ServiceError::IllegalDeliveryTime(_) => rs::MESSAGE_ILLEGAL,
             ServiceError::Filter(_) => rs::SUBSCRIPTION_PARSE_FAILED,
-            ServiceError::Metadata(_) => rs::INVALID_PARAMETER,
+            ServiceError::Metadata(_) => rs::SYSTEM_ERROR,
             _ => rs::SYSTEM_ERROR,
         };
         Refusal(code, e.to_string())
@@ -403,6 +408,7 @@ impl BrokerHandler {
                         self.notify_group_changed(g).await;
                     }
                 }
+                self.broker.client_gone(client);
                 if let Some(g) = f.get("producerGroup").filter(|g| !g.is_empty()) {
                     if let Some(m) = self.clients.lock().producers.get_mut(g) {
                         m.remove(client);
@@ -428,17 +434,53 @@ impl BrokerHandler {
                     }),
                 ))
             }
+            rq::CONSUMER_SEND_MSG_BACK if req.ext_fields.contains_key("extraInfo") => {
+                // A popped message by receipt handle (what our proxy forwards): to the DLQ.
+                let f = Fields(&req.ext_fields);
+                let h = ReceiptHandle::decode(f.str("extraInfo")?)
+                    .ok_or_else(|| refuse(rs::SYSTEM_ERROR, "invalid receipt handle"))?;
+                self.broker
+                    .forward_to_dead_letter_queue(f.str("group")?, &h)
+                    .await?;
+                Ok(ok(req))
+            }
             rq::CONSUMER_SEND_MSG_BACK => self.send_back(req).await,
+            rq::POP_MESSAGE => self.pop(req).await,
+            rq::ACK_MESSAGE => {
+                let f = Fields(&req.ext_fields);
+                let h = ReceiptHandle::decode(f.str("extraInfo")?)
+                    .ok_or_else(|| refuse(rs::SYSTEM_ERROR, "invalid receipt handle"))?;
+                match self.broker.ack(f.str("consumerGroup")?, &[h])?.first() {
+                    Some(AckOutcome::Acked | AckOutcome::AlreadyAcked) => Ok(ok(req)),
+                    _ => Err(refuse(rs::SYSTEM_ERROR, "invalid receipt handle")),
+                }
+            }
+            rq::CHANGE_MESSAGE_INVISIBLETIME => {
+                let f = Fields(&req.ext_fields);
+                let h = ReceiptHandle::decode(f.str("extraInfo")?)
+                    .ok_or_else(|| refuse(rs::SYSTEM_ERROR, "invalid receipt handle"))?;
+                let invisible = Duration::from_millis(f.parse("invisibleTime")?);
+                let new = self
+                    .broker
+                    .change_invisible(f.str("consumerGroup")?, &h, invisible)?;
+                Ok(ok_with(
+                    req,
+                    &[
+                        ("extraInfo", new.encode()),
+                        ("popTime", now_millis().to_string()),
+                        ("invisibleTime", invisible.as_millis().to_string()),
+                        ("reviveQid", "0".to_owned()),
+                    ],
+                    Bytes::new(),
+                ))
+            }
             rq::END_TRANSACTION => self.end_transaction(req).await,
             rq::LOCK_BATCH_MQ => self.lock(req, true),
             rq::UNLOCK_BATCH_MQ => self.lock(req, false),
             rq::UPDATE_AND_CREATE_TOPIC => self.create_topic(req),
             rq::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP => {
                 let wire: SubscriptionGroupWire = body::from_body(&req.body).map_err(|e| {
-                    refuse(
-                        rs::INVALID_PARAMETER,
-                        format!("malformed group config: {e}"),
-                    )
+                    refuse(rs::SYSTEM_ERROR, format!("malformed group config: {e}"))
                 })?;
                 let mut g = self
                     .broker
@@ -877,6 +919,8 @@ impl BrokerHandler {
     async fn heartbeat(self: &Arc<Self>, conn: &Arc<Connection>, req: &RemotingCommand) -> Reply {
         let hb: HeartbeatData = body::from_body(&req.body)
             .map_err(|e| refuse(rs::SYSTEM_ERROR, format!("malformed heartbeat body: {e}")))?;
+        // Keeps the client's auto-renewed pops invisible (clients behind a proxy included).
+        self.broker.client_seen(&hb.client_id);
         let now = Instant::now();
         let mut changed_groups = Vec::new();
         for c in &hb.consumer_data_set {
@@ -965,6 +1009,59 @@ impl BrokerHandler {
                 }
             }
         });
+    }
+
+    /// POP_MESSAGE: a pop-mode receive with long polling. Each message carries its receipt
+    /// handle in [`POP_CK`] and its delivery attempt as `reconsumeTimes + 1`.
+    async fn pop(&self, req: &RemotingCommand) -> Reply {
+        let f = Fields(&req.ext_fields);
+        let group = f.str("consumerGroup")?;
+        let topic = f.str("topic")?;
+        let queue: i32 = f.parse_or("queueId", -1)?;
+        let expression_type = f.get("expType").unwrap_or("TAG");
+        if !expression_type.eq_ignore_ascii_case("TAG") {
+            return Err(refuse(
+                rs::SUBSCRIPTION_PARSE_FAILED,
+                format!("filter expression type {expression_type} is not supported; use TAG"),
+            ));
+        }
+        let filter = TagFilter::parse_tag(f.get("exp").unwrap_or("*"))
+            .map_err(|e| refuse(rs::SUBSCRIPTION_PARSE_FAILED, e.to_string()))?;
+        let auto_renew_for: Option<Arc<str>> = f.get("autoRenewFor").map(Arc::from);
+        if let Some(c) = &auto_renew_for {
+            self.broker.client_seen(c);
+        }
+        let invisible = Duration::from_millis(f.parse("invisibleTime")?);
+        let request = crate::service::ReceiveRequest {
+            group,
+            topic,
+            queue_id: (queue >= 0).then_some(queue),
+            max: f.parse_or::<usize>("maxMsgNums", 32)?.clamp(1, 1024),
+            invisible,
+            filter,
+            long_polling: Duration::from_millis(f.parse_or("pollTime", 0)?).min(MAX_SUSPEND),
+            auto_renew_for,
+        };
+        let deliveries = self.broker.receive(&request).await?;
+        let mut body = BytesMut::new();
+        for d in &deliveries {
+            let mut m = d.message.clone();
+            m.properties = properties::with(&m.properties, POP_CK, &d.handle.encode());
+            m.reconsume_times = d.handle.attempt.saturating_sub(1) as i32;
+            body.extend_from_slice(&record::encode_stored(&m));
+        }
+        let fields = [
+            ("popTime", now_millis().to_string()),
+            ("invisibleTime", invisible.as_millis().to_string()),
+            ("reviveQid", "0".to_owned()),
+            ("restNum", "0".to_owned()),
+        ];
+        let mut r = ok_with(req, &fields, body.freeze());
+        if deliveries.is_empty() {
+            r.code = rs::POLLING_TIMEOUT;
+            r.remark = Some("no new message".into());
+        }
+        Ok(r)
     }
 
     async fn send_back(&self, req: &RemotingCommand) -> Reply {
@@ -1103,9 +1200,7 @@ impl BrokerHandler {
             // "+message.type=FIFO,+other=x" (5.x mqadmin -a).
             for a in attrs.split(',') {
                 if let Some(v) = a.trim().strip_prefix("+message.type=") {
-                    message_type = v
-                        .parse()
-                        .map_err(|e: String| refuse(rs::INVALID_PARAMETER, e))?;
+                    message_type = v.parse().map_err(|e: String| refuse(rs::SYSTEM_ERROR, e))?;
                 }
             }
         }
@@ -1117,7 +1212,7 @@ impl BrokerHandler {
         self.broker
             .metadata
             .put_topic(topic)
-            .map_err(|e| refuse(rs::INVALID_PARAMETER, e.to_string()))?;
+            .map_err(|e| refuse(rs::SYSTEM_ERROR, e.to_string()))?;
         tracing::info!(
             topic = name,
             queues = read.max(write),

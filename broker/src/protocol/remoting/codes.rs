@@ -71,6 +71,6 @@ pub mod response {
     pub const SUBSCRIPTION_PARSE_FAILED: i32 = 23;
     pub const SUBSCRIPTION_NOT_EXIST: i32 = 24;
     pub const SUBSCRIPTION_GROUP_NOT_EXIST: i32 = 26;
-    pub const POLLING_TIMEOUT: i32 = 2002;
-    pub const INVALID_PARAMETER: i32 = 2003;
+    pub const NO_MESSAGE: i32 = 208;
+    pub const POLLING_TIMEOUT: i32 = 210;
 }

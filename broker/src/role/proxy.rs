@@ -1,0 +1,998 @@
+//! The proxy role: stateless compute. Serves the RocketMQ 5 gRPC protocol and forwards each
+//! call over the remoting protocol to the store nodes the name servers route to. It keeps
+//! nothing that a restart could lose: receipt handles and transaction ids name the store node
+//! that issued them, so any proxy can ack a message another proxy delivered.
+//!
+//! - Routes come from the name servers (each asked in turn until one answers), cached for a
+//!   few seconds and dropped when a store node stops answering.
+//! - Sends pick the queue (by message group for FIFO messages, round robin otherwise) and move
+//!   to another store node when one cannot be reached (not for FIFO messages, whose order
+//!   belongs to one queue).
+//! - Receives are pops on the store node of the assignment; a receipt handle is
+//!   `<broker name>~<the store node's handle>`.
+//! - gRPC clients' heartbeats are passed to every store node (auto-renewed invisible times
+//!   depend on them); transactional messages carry the producer group
+//!   [`PROXY_PRODUCER_GROUP`], so a store node's check-back reaches a proxy, which hands it to
+//!   a gRPC producer of the topic over its Telemetry stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::protocol::grpc::backend::{
+    Backend, OffsetPolicy, Pull, Pulled, QueueSet, Receive, Received, Result, Sent,
+};
+use crate::protocol::grpc::listener;
+use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
+use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
+use crate::protocol::remoting::body::{
+    self, ClusterInfo, HeartbeatData, ProducerData, SubscriptionGroupWrapper, TopicConfigWire,
+    TopicRouteData,
+};
+use crate::protocol::remoting::broker::POP_CK;
+use crate::protocol::remoting::codec::DEFAULT_MAX_FRAME;
+use crate::protocol::remoting::codes::{request as rq, response as rs};
+use crate::protocol::remoting::conn::{self, Connection, Handler, Pool};
+use crate::protocol::remoting::{Fields, RemotingCommand};
+use crate::service::metadata::{self, GroupConfig, TopicMessageType};
+use crate::service::transaction::CheckRequest;
+use crate::service::{ServiceError, keys};
+use crate::store::commitlog::now_millis;
+use crate::store::record::{self, Entry};
+use crate::store::{GetStatus, Message, StoredMessage};
+
+/// The producer group of transactional messages sent through a proxy: store nodes send their
+/// check-backs to a proxy that heartbeats with it.
+pub const PROXY_PRODUCER_GROUP: &str = "rmq_proxy_producer";
+const ROUTE_TTL: Duration = Duration::from_secs(3);
+const GROUP_TTL: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const HEARTBEAT_PERIOD: Duration = Duration::from_secs(10);
+/// A gRPC client unheard of for this long is no longer passed on to the store nodes.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const TRANSACTION_PREPARED: i32 = 0x4;
+const HANDLE_SEPARATOR: char = '~';
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where the gRPC endpoint listens.
+    pub grpc_listen: SocketAddr,
+    /// Where the HTTP port (metrics, health) listens.
+    pub http_listen: SocketAddr,
+    /// The address clients are told to use (defaults to `grpc_listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Name servers (`host:port`).
+    pub namesrv: Vec<String>,
+    /// Largest message body accepted.
+    pub max_body_size: usize,
+    /// Serve TLS next to plaintext on the gRPC port.
+    pub tls: bool,
+    pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8082)),
+            advertise: None,
+            namesrv: vec!["127.0.0.1:9876".into()],
+            max_body_size: 4 * 1024 * 1024,
+            tls: true,
+            tls_cert_and_key: None,
+        }
+    }
+}
+
+type Producers = Arc<Mutex<HashMap<String, (Vec<String>, mpsc::Sender<CheckRequest>)>>>;
+
+/// Requests store nodes send to the proxy: transaction check-backs.
+pub struct CheckBacks {
+    producers: Producers,
+}
+
+impl Handler for CheckBacks {
+    async fn request(
+        self: Arc<Self>,
+        _conn: Arc<Connection>,
+        req: RemotingCommand,
+    ) -> Option<RemotingCommand> {
+        if req.code != rq::CHECK_TRANSACTION_STATE {
+            return Some(conn::not_supported(&req));
+        }
+        let transaction_id = Fields(&req.ext_fields)
+            .get("transactionId")
+            .unwrap_or_default()
+            .to_owned();
+        let Ok(Entry::Message(message)) = record::decode(&req.body) else {
+            tracing::warn!("transaction check-back with an undecodable message");
+            return None;
+        };
+        let tx = self
+            .producers
+            .lock()
+            .values()
+            .find(|(topics, tx)| topics.contains(&message.topic) && !tx.is_closed())
+            .map(|(_, tx)| tx.clone());
+        match tx {
+            Some(tx) => {
+                let _ = tx.try_send(CheckRequest {
+                    message,
+                    transaction_id,
+                });
+            }
+            None => {
+                tracing::debug!(topic = %message.topic, "no producer of the topic on this proxy for a check-back")
+            }
+        }
+        None
+    }
+}
+
+struct Route {
+    sets: Vec<QueueSet>,
+    fetched: Instant,
+}
+
+/// The gRPC backend of a proxy: store nodes over the remoting protocol.
+pub struct Remote {
+    namesrv: Vec<String>,
+    pool: Pool<CheckBacks>,
+    producers: Producers,
+    /// Broker name -> address of its primary.
+    addrs: Mutex<HashMap<String, String>>,
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+    groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
+    clients: Mutex<HashMap<String, Instant>>,
+    next: AtomicUsize,
+    max_body_size: usize,
+    client_id: String,
+}
+
+fn upstream(broker: &str, r: &RemotingCommand) -> ServiceError {
+    ServiceError::Upstream {
+        broker: broker.to_owned(),
+        code: r.code,
+        remark: r.remark.clone().unwrap_or_default(),
+    }
+}
+
+fn message_type_of(t: &TopicConfigWire) -> TopicMessageType {
+    t.attributes
+        .get("+message.type")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if t.order {
+            TopicMessageType::Fifo
+        } else {
+            TopicMessageType::Normal
+        })
+}
+
+/// The records of a pull or pop response body.
+fn decode_records(body: &Bytes) -> Result<Vec<StoredMessage>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < body.len() {
+        match record::decode(&body.slice(pos..)) {
+            Ok(Entry::Message(m)) => {
+                pos += m.total_size as usize;
+                out.push(m);
+            }
+            _ => {
+                return Err(ServiceError::Unavailable(
+                    "a store node sent a malformed message body".into(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn split_handle(handle: &str) -> Result<(&str, &str)> {
+    handle
+        .split_once(HANDLE_SEPARATOR)
+        .filter(|(b, h)| !b.is_empty() && !h.is_empty())
+        .ok_or(ServiceError::InvalidReceiptHandle)
+}
+
+impl Remote {
+    pub fn new(namesrv: Vec<String>, max_body_size: usize, client_id: String) -> Arc<Remote> {
+        let producers: Producers = Arc::default();
+        Arc::new(Remote {
+            namesrv,
+            pool: Pool::new(
+                Arc::new(CheckBacks {
+                    producers: Arc::clone(&producers),
+                }),
+                Duration::from_secs(3),
+                DEFAULT_MAX_FRAME,
+            ),
+            producers,
+            addrs: Mutex::default(),
+            routes: Mutex::default(),
+            groups: Mutex::default(),
+            clients: Mutex::default(),
+            next: AtomicUsize::new(0),
+            max_body_size,
+            client_id,
+        })
+    }
+
+    /// Asks the name servers in turn (starting at a rotating one) until one answers.
+    async fn ask_namesrv(&self, req: RemotingCommand) -> Result<RemotingCommand> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in 0..self.namesrv.len() {
+            let addr = &self.namesrv[(start + i) % self.namesrv.len()];
+            match self.pool.invoke(addr, req.clone(), CALL_TIMEOUT).await {
+                Ok(r) => return Ok(r),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(ServiceError::Unavailable(format!(
+            "no name server answered: {}",
+            errors.join("; ")
+        )))
+    }
+
+    async fn route_of(&self, topic: &str) -> Result<Arc<Route>> {
+        if let Some(r) = self.routes.lock().get(topic)
+            && r.fetched.elapsed() < ROUTE_TTL
+        {
+            return Ok(Arc::clone(r));
+        }
+        if !metadata::valid_name(topic) {
+            return Err(ServiceError::IllegalTopic(topic.to_owned()));
+        }
+        let r = self
+            .ask_namesrv(conn::request(
+                rq::GET_ROUTEINFO_BY_TOPIC,
+                [("topic", topic.to_owned())],
+            ))
+            .await?;
+        if r.code == rs::TOPIC_NOT_EXIST {
+            return Err(ServiceError::TopicNotFound(topic.to_owned()));
+        }
+        if r.code != rs::SUCCESS {
+            return Err(upstream("name server", &r));
+        }
+        let data: TopicRouteData = body::from_body(&r.body).map_err(|e| {
+            ServiceError::Unavailable(format!("malformed route from a name server: {e}"))
+        })?;
+        {
+            let mut addrs = self.addrs.lock();
+            for b in &data.broker_datas {
+                if let Some(a) = b.broker_addrs.get(&0) {
+                    addrs.insert(b.broker_name.clone(), a.clone());
+                }
+            }
+        }
+        // The topic's message type lives in its config on the store nodes.
+        let mut message_type = TopicMessageType::Normal;
+        for q in &data.queue_datas {
+            let Some(addr) = self.addr_of(&q.broker_name) else {
+                continue;
+            };
+            let req = conn::request(rq::GET_TOPIC_CONFIG, [("topic", topic.to_owned())]);
+            if let Ok(r) = self.pool.invoke(&addr, req, CALL_TIMEOUT).await
+                && r.code == rs::SUCCESS
+                && let Ok(t) = body::from_body::<TopicConfigWire>(&r.body)
+            {
+                message_type = message_type_of(&t);
+                break;
+            }
+        }
+        let mut sets: Vec<QueueSet> = data
+            .queue_datas
+            .iter()
+            .filter(|q| self.addrs.lock().contains_key(&q.broker_name))
+            .map(|q| QueueSet {
+                broker: q.broker_name.clone(),
+                queues: q.write_queue_nums.max(q.read_queue_nums).max(0) as u32,
+                message_type,
+                perm: q.perm,
+            })
+            .collect();
+        sets.sort_by(|a, b| a.broker.cmp(&b.broker));
+        let route = Arc::new(Route {
+            sets,
+            fetched: Instant::now(),
+        });
+        self.routes
+            .lock()
+            .insert(topic.to_owned(), Arc::clone(&route));
+        Ok(route)
+    }
+
+    fn addr_of(&self, broker: &str) -> Option<String> {
+        self.addrs.lock().get(broker).cloned()
+    }
+
+    /// The address of a broker, asking the name servers for cluster info if it is unknown.
+    async fn resolve(&self, broker: &str) -> Result<String> {
+        if let Some(a) = self.addr_of(broker) {
+            return Ok(a);
+        }
+        self.refresh_brokers().await?;
+        self.addr_of(broker).ok_or_else(|| {
+            ServiceError::Unavailable(format!(
+                "store node {broker:?} is not registered with any name server"
+            ))
+        })
+    }
+
+    async fn refresh_brokers(&self) -> Result<()> {
+        let r = self
+            .ask_namesrv(conn::request(rq::GET_BROKER_CLUSTER_INFO, []))
+            .await?;
+        let info: ClusterInfo = body::from_body(&r.body).map_err(|e| {
+            ServiceError::Unavailable(format!("malformed cluster info from a name server: {e}"))
+        })?;
+        let mut addrs = self.addrs.lock();
+        addrs.clear();
+        for (name, b) in info.broker_addr_table {
+            if let Some(a) = b.broker_addrs.get(&0) {
+                addrs.insert(name, a.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls a store node; a failure to reach it forgets cached routes, so the next call
+    /// sees the name servers' view.
+    async fn call(
+        &self,
+        broker: &str,
+        req: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand> {
+        let addr = self.resolve(broker).await?;
+        match self.pool.invoke(&addr, req, timeout).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.routes.lock().clear();
+                self.addrs.lock().remove(broker);
+                Err(ServiceError::Unavailable(format!(
+                    "store node {broker} at {addr}: {e}"
+                )))
+            }
+        }
+    }
+
+    fn send_request(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        msgs: &[(Message, TopicMessageType)],
+    ) -> RemotingCommand {
+        let first = &msgs[0].0;
+        let transactional = first.property_value(keys::TRAN_MSG) == Some("true");
+        let fields = [
+            ("a", PROXY_PRODUCER_GROUP.to_owned()),
+            ("b", topic.to_owned()),
+            ("c", "TBW102".to_owned()),
+            ("d", "4".to_owned()),
+            ("e", queue_id.to_string()),
+            (
+                "f",
+                if transactional {
+                    TRANSACTION_PREPARED
+                } else {
+                    0
+                }
+                .to_string(),
+            ),
+            ("g", first.born_timestamp.to_string()),
+            ("h", first.flag.to_string()),
+            ("i", String::from_utf8_lossy(&first.properties).into_owned()),
+            ("j", "0".to_owned()),
+            ("k", "false".to_owned()),
+            ("m", (msgs.len() > 1).to_string()),
+        ];
+        if msgs.len() == 1 {
+            let mut req = conn::request(rq::SEND_MESSAGE_V2, fields);
+            req.body = first.body.clone();
+            return req;
+        }
+        let mut body = BytesMut::new();
+        for (m, _) in msgs {
+            let size = 20 + m.body.len() + 2 + m.properties.len();
+            body.put_i32(size as i32);
+            body.put_i32(0);
+            body.put_i32(0);
+            body.put_i32(m.flag);
+            body.put_i32(m.body.len() as i32);
+            body.put_slice(&m.body);
+            body.put_i16(m.properties.len() as i16);
+            body.put_slice(&m.properties);
+        }
+        let mut req = conn::request(rq::SEND_BATCH_MESSAGE, fields);
+        req.body = body.freeze();
+        req
+    }
+
+    /// Passes live gRPC clients to every store node, and registers this proxy as the
+    /// producer that takes transaction check-backs.
+    async fn heartbeat(&self) {
+        if self.refresh_brokers().await.is_err() {
+            return;
+        }
+        let clients: Vec<String> = {
+            let mut c = self.clients.lock();
+            c.retain(|_, seen| seen.elapsed() < CLIENT_TIMEOUT);
+            c.keys().cloned().collect()
+        };
+        let addrs: Vec<String> = self.addrs.lock().values().cloned().collect();
+        let mut bodies = vec![body::to_body(&HeartbeatData {
+            client_id: self.client_id.clone(),
+            producer_data_set: vec![ProducerData {
+                group_name: PROXY_PRODUCER_GROUP.to_owned(),
+            }],
+            consumer_data_set: Vec::new(),
+        })];
+        for c in clients {
+            bodies.push(body::to_body(&HeartbeatData {
+                client_id: c,
+                ..HeartbeatData::default()
+            }));
+        }
+        for addr in &addrs {
+            for b in &bodies {
+                let mut req = conn::request(rq::HEART_BEAT, []);
+                req.body = b.clone();
+                if let Err(e) = self.pool.invoke(addr, req, CALL_TIMEOUT).await {
+                    tracing::debug!(addr, error = %e, "heartbeat to a store node failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Backend for Remote {
+    fn max_body_size(&self) -> usize {
+        self.max_body_size
+    }
+
+    async fn route(&self, topic: &str) -> Result<Vec<QueueSet>> {
+        let r = self.route_of(topic).await?;
+        if r.sets.is_empty() {
+            return Err(ServiceError::TopicNotFound(topic.to_owned()));
+        }
+        Ok(r.sets.clone())
+    }
+
+    async fn group(&self, name: &str) -> Result<GroupConfig> {
+        if !metadata::valid_name(name) {
+            return Err(ServiceError::IllegalGroup(name.to_owned()));
+        }
+        if let Some((at, g)) = self.groups.lock().get(name)
+            && at.elapsed() < GROUP_TTL
+        {
+            return Ok(g.clone());
+        }
+        let brokers: Vec<String> = {
+            if self.addrs.lock().is_empty() {
+                let _ = self.refresh_brokers().await;
+            }
+            self.addrs.lock().keys().cloned().collect()
+        };
+        let mut found = GroupConfig::new(name);
+        for b in brokers {
+            let req = conn::request(rq::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, []);
+            if let Ok(r) = self.call(&b, req, CALL_TIMEOUT).await
+                && r.code == rs::SUCCESS
+                && let Ok(w) = body::from_body::<SubscriptionGroupWrapper>(&r.body)
+            {
+                if let Some(g) = w.subscription_group_table.get(name) {
+                    found.max_delivery_attempts = (g.retry_max_times.max(0) as u32) + 1;
+                    found.fifo = g.consume_message_orderly;
+                }
+                break;
+            }
+        }
+        self.groups
+            .lock()
+            .insert(name.to_owned(), (Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    fn client_seen(&self, client_id: &str) {
+        self.clients
+            .lock()
+            .insert(client_id.to_owned(), Instant::now());
+    }
+
+    fn client_gone(&self, client_id: &str) {
+        self.clients.lock().remove(client_id);
+    }
+
+    async fn send(&self, msgs: Vec<(Message, TopicMessageType)>) -> Result<Vec<Sent>> {
+        let Some((first, _)) = msgs.first() else {
+            return Ok(Vec::new());
+        };
+        let topic = first.topic.clone();
+        if msgs.iter().any(|(m, _)| m.topic != topic) {
+            return Err(ServiceError::MessageTypeConflict(
+                "a batch must be of one topic".into(),
+            ));
+        }
+        let route = self.route_of(&topic).await?;
+        for (m, t) in &msgs {
+            if m.body.is_empty() {
+                return Err(ServiceError::BodyEmpty);
+            }
+            if m.body.len() > self.max_body_size {
+                return Err(ServiceError::BodyTooLarge {
+                    size: m.body.len(),
+                    max: self.max_body_size,
+                });
+            }
+            let topic_type = route
+                .sets
+                .first()
+                .map_or(TopicMessageType::Normal, |s| s.message_type);
+            if *t != topic_type {
+                return Err(ServiceError::MessageTypeConflict(format!(
+                    "topic {topic:?} takes {topic_type:?} messages, this one is {t:?}"
+                )));
+            }
+        }
+        let writable: Vec<(&str, i32)> = route
+            .sets
+            .iter()
+            .filter(|s| s.perm & 4 != 0)
+            .flat_map(|s| (0..s.queues as i32).map(move |q| (s.broker.as_str(), q)))
+            .collect();
+        if writable.is_empty() {
+            return Err(ServiceError::TopicNotFound(topic));
+        }
+        // FIFO: a message group always maps to the same queue, and never moves.
+        let group = first.property_value(keys::SHARDING_KEY).map(str::to_owned);
+        let start = match &group {
+            Some(g) => {
+                let h = g
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                (h % writable.len() as u64) as usize
+            }
+            None => self.next.fetch_add(1, Ordering::Relaxed) % writable.len(),
+        };
+        let attempts = if group.is_some() { 1 } else { 3 };
+        let mut failed: Vec<&str> = Vec::new();
+        let mut last_error = None;
+        for i in 0..writable.len() {
+            if failed.len() >= attempts {
+                break;
+            }
+            let (broker, queue) = writable[(start + i) % writable.len()];
+            if failed.contains(&broker) {
+                continue;
+            }
+            let req = self.send_request(&topic, queue, &msgs);
+            let r = match self.call(broker, req, CALL_TIMEOUT).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(broker, error = %e, "send failed; trying another store node");
+                    failed.push(broker);
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            if r.code == rs::SYSTEM_BUSY || r.code == rs::SERVICE_NOT_AVAILABLE {
+                failed.push(broker);
+                last_error = Some(upstream(broker, &r));
+                continue;
+            }
+            if r.code != rs::SUCCESS {
+                return Err(match r.code {
+                    rs::TOPIC_NOT_EXIST => ServiceError::TopicNotFound(topic),
+                    _ => upstream(broker, &r),
+                });
+            }
+            let f = Fields(&r.ext_fields);
+            let first_offset: u64 = f.parse_or("queueOffset", 0).unwrap_or(0);
+            let transaction_id = f.get("transactionId").map(str::to_owned);
+            return Ok((0..msgs.len() as u64)
+                .map(|i| Sent {
+                    queue_offset: first_offset + i,
+                    transaction_id: transaction_id.clone(),
+                })
+                .collect());
+        }
+        Err(last_error
+            .unwrap_or_else(|| ServiceError::Unavailable("no store node to send to".into())))
+    }
+
+    async fn receive(&self, r: Receive) -> Result<Vec<Received>> {
+        let broker = match r.broker.clone() {
+            Some(b) => b,
+            None => {
+                let route = self.route_of(&r.topic).await?;
+                let readable: Vec<&QueueSet> =
+                    route.sets.iter().filter(|s| s.perm & 2 != 0).collect();
+                if readable.is_empty() {
+                    return Err(ServiceError::TopicNotFound(r.topic.clone()));
+                }
+                readable[self.next.fetch_add(1, Ordering::Relaxed) % readable.len()]
+                    .broker
+                    .clone()
+            }
+        };
+        let mut fields = vec![
+            ("consumerGroup", r.group.clone()),
+            ("topic", r.topic.clone()),
+            ("queueId", "-1".to_owned()),
+            ("maxMsgNums", r.max.to_string()),
+            ("invisibleTime", r.invisible.as_millis().to_string()),
+            ("pollTime", r.long_polling.as_millis().to_string()),
+            ("bornTime", now_millis().to_string()),
+            ("initMode", "0".to_owned()),
+            ("expType", "TAG".to_owned()),
+            ("exp", r.expression.clone()),
+            ("order", "false".to_owned()),
+        ];
+        if let Some(c) = &r.auto_renew_for {
+            fields.push(("autoRenewFor", c.to_string()));
+        }
+        let resp = self
+            .call(
+                &broker,
+                conn::request(rq::POP_MESSAGE, fields),
+                r.long_polling + CALL_TIMEOUT,
+            )
+            .await?;
+        match resp.code {
+            rs::SUCCESS => {}
+            rs::POLLING_TIMEOUT | rs::PULL_NOT_FOUND => return Ok(Vec::new()),
+            rs::TOPIC_NOT_EXIST => return Err(ServiceError::TopicNotFound(r.topic)),
+            _ => return Err(upstream(&broker, &resp)),
+        }
+        decode_records(&resp.body)?
+            .into_iter()
+            .map(|message| {
+                let handle = message.property(POP_CK).ok_or_else(|| {
+                    ServiceError::Unavailable("a popped message without its receipt handle".into())
+                })?;
+                Ok(Received {
+                    handle: format!("{broker}{HANDLE_SEPARATOR}{handle}"),
+                    attempt: message.reconsume_times.max(0) as u32 + 1,
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, group: &str, handles: Vec<String>) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(handles.len());
+        for h in &handles {
+            let Ok((broker, inner)) = split_handle(h) else {
+                out.push(false);
+                continue;
+            };
+            let req = conn::request(
+                rq::ACK_MESSAGE,
+                [
+                    ("consumerGroup", group.to_owned()),
+                    ("extraInfo", inner.to_owned()),
+                ],
+            );
+            let r = self.call(broker, req, CALL_TIMEOUT).await?;
+            out.push(r.code == rs::SUCCESS);
+        }
+        Ok(out)
+    }
+
+    async fn change_invisible(&self, group: &str, handle: &str, d: Duration) -> Result<String> {
+        let (broker, inner) = split_handle(handle)?;
+        let req = conn::request(
+            rq::CHANGE_MESSAGE_INVISIBLETIME,
+            [
+                ("consumerGroup", group.to_owned()),
+                ("extraInfo", inner.to_owned()),
+                ("invisibleTime", d.as_millis().to_string()),
+            ],
+        );
+        let r = self.call(broker, req, CALL_TIMEOUT).await?;
+        if r.code != rs::SUCCESS {
+            let remark = r.remark.clone().unwrap_or_default();
+            return Err(if remark.contains("receipt handle") {
+                ServiceError::InvalidReceiptHandle
+            } else if remark.contains("invisible") {
+                ServiceError::IllegalInvisibleTime(d)
+            } else {
+                upstream(broker, &r)
+            });
+        }
+        let new = Fields(&r.ext_fields).get("extraInfo").ok_or_else(|| {
+            ServiceError::Unavailable("no new receipt handle in the answer".into())
+        })?;
+        Ok(format!("{broker}{HANDLE_SEPARATOR}{new}"))
+    }
+
+    async fn forward_to_dead_letter_queue(&self, group: &str, handle: &str) -> Result<()> {
+        let (broker, inner) = split_handle(handle)?;
+        let req = conn::request(
+            rq::CONSUMER_SEND_MSG_BACK,
+            [
+                ("group", group.to_owned()),
+                ("extraInfo", inner.to_owned()),
+                ("offset", "0".to_owned()),
+                ("delayLevel", "-1".to_owned()),
+            ],
+        );
+        let r = self.call(broker, req, CALL_TIMEOUT).await?;
+        if r.code != rs::SUCCESS {
+            return Err(upstream(broker, &r));
+        }
+        Ok(())
+    }
+
+    async fn pull(&self, p: Pull<'_>) -> Result<Pulled> {
+        let sys_flag = if p.wait.is_zero() { 4 } else { 4 | 2 };
+        let req = conn::request(
+            rq::PULL_MESSAGE,
+            [
+                ("consumerGroup", p.group.to_owned()),
+                ("topic", p.topic.to_owned()),
+                ("queueId", p.queue_id.to_string()),
+                ("queueOffset", p.offset.to_string()),
+                ("maxMsgNums", p.max.to_string()),
+                ("sysFlag", sys_flag.to_string()),
+                ("commitOffset", "-1".to_owned()),
+                ("suspendTimeoutMillis", p.wait.as_millis().to_string()),
+                ("subscription", p.expression.to_owned()),
+                ("subVersion", "0".to_owned()),
+                ("expressionType", "TAG".to_owned()),
+            ],
+        );
+        let r = self.call(p.broker, req, p.wait + CALL_TIMEOUT).await?;
+        let next_offset: u64 = Fields(&r.ext_fields)
+            .parse_or("nextBeginOffset", p.offset)
+            .unwrap_or(p.offset);
+        let (status, messages) = match r.code {
+            rs::SUCCESS => (GetStatus::Found, decode_records(&r.body)?),
+            rs::PULL_NOT_FOUND => (GetStatus::OffsetOverflowOne, Vec::new()),
+            rs::PULL_RETRY_IMMEDIATELY => (GetStatus::Found, Vec::new()),
+            rs::PULL_OFFSET_MOVED if p.offset > next_offset => {
+                (GetStatus::OffsetOverflowBadly, Vec::new())
+            }
+            rs::PULL_OFFSET_MOVED => (GetStatus::OffsetTooSmall, Vec::new()),
+            rs::TOPIC_NOT_EXIST => return Err(ServiceError::TopicNotFound(p.topic.to_owned())),
+            _ => return Err(upstream(p.broker, &r)),
+        };
+        Ok(Pulled {
+            status,
+            messages: messages
+                .into_iter()
+                .filter(|m| p.filter.matches(m.property(crate::store::properties::TAGS)))
+                .collect(),
+            next_offset,
+        })
+    }
+
+    async fn commit_offset(
+        &self,
+        broker: &str,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+        offset: u64,
+    ) -> Result<()> {
+        let req = conn::request(
+            rq::UPDATE_CONSUMER_OFFSET,
+            [
+                ("consumerGroup", group.to_owned()),
+                ("topic", topic.to_owned()),
+                ("queueId", queue_id.to_string()),
+                ("commitOffset", offset.to_string()),
+            ],
+        );
+        let r = self.call(broker, req, CALL_TIMEOUT).await?;
+        if r.code != rs::SUCCESS {
+            return Err(upstream(broker, &r));
+        }
+        Ok(())
+    }
+
+    async fn get_offset(
+        &self,
+        broker: &str,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Result<Option<u64>> {
+        let req = conn::request(
+            rq::QUERY_CONSUMER_OFFSET,
+            [
+                ("consumerGroup", group.to_owned()),
+                ("topic", topic.to_owned()),
+                ("queueId", queue_id.to_string()),
+                ("setZeroIfNotFound", "false".to_owned()),
+            ],
+        );
+        let r = self.call(broker, req, CALL_TIMEOUT).await?;
+        match r.code {
+            rs::SUCCESS => Ok(Fields(&r.ext_fields).parse("offset").ok()),
+            rs::QUERY_NOT_FOUND => Ok(None),
+            _ => Err(upstream(broker, &r)),
+        }
+    }
+
+    async fn query_offset(
+        &self,
+        broker: &str,
+        topic: &str,
+        queue_id: i32,
+        policy: OffsetPolicy,
+    ) -> Result<u64> {
+        let mut fields = vec![
+            ("topic", topic.to_owned()),
+            ("queueId", queue_id.to_string()),
+        ];
+        let code = match policy {
+            OffsetPolicy::Beginning => rq::GET_MIN_OFFSET,
+            OffsetPolicy::End => rq::GET_MAX_OFFSET,
+            OffsetPolicy::Timestamp(t) => {
+                fields.push(("timestamp", t.to_string()));
+                rq::SEARCH_OFFSET_BY_TIMESTAMP
+            }
+        };
+        let r = self
+            .call(broker, conn::request(code, fields), CALL_TIMEOUT)
+            .await?;
+        if r.code != rs::SUCCESS {
+            return Err(upstream(broker, &r));
+        }
+        Fields(&r.ext_fields)
+            .parse("offset")
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+    }
+
+    async fn end_transaction(&self, transaction_id: &str, commit: bool) -> Result<()> {
+        let invalid = || ServiceError::InvalidTransactionId(transaction_id.to_owned());
+        // The transaction id is the half message's offset message id: it names the store
+        // node that holds it and where.
+        let (addr, offset) = record::parse_offset_msg_id(transaction_id).ok_or_else(invalid)?;
+        let req = conn::request(
+            rq::END_TRANSACTION,
+            [
+                ("producerGroup", PROXY_PRODUCER_GROUP.to_owned()),
+                ("tranStateTableOffset", "0".to_owned()),
+                ("commitLogOffset", offset.to_string()),
+                (
+                    "commitOrRollback",
+                    if commit { "8" } else { "12" }.to_owned(),
+                ),
+                ("fromTransactionCheck", "false".to_owned()),
+                ("msgId", String::new()),
+                ("transactionId", transaction_id.to_owned()),
+            ],
+        );
+        let addr = addr.to_string();
+        let r = self
+            .pool
+            .invoke(&addr, req, CALL_TIMEOUT)
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("store node at {addr}: {e}")))?;
+        match r.code {
+            rs::SUCCESS => Ok(()),
+            _ if r
+                .remark
+                .as_deref()
+                .is_some_and(|m| m.contains("transaction")) =>
+            {
+                Err(ServiceError::InvalidTransactionId(
+                    r.remark.unwrap_or_default(),
+                ))
+            }
+            _ => Err(upstream(&addr, &r)),
+        }
+    }
+
+    fn register_producer(
+        &self,
+        client_id: &str,
+        topics: Vec<String>,
+        tx: mpsc::Sender<CheckRequest>,
+    ) {
+        self.producers
+            .lock()
+            .insert(client_id.to_owned(), (topics, tx));
+    }
+
+    fn unregister_producer(&self, client_id: &str) {
+        self.producers.lock().remove(client_id);
+    }
+}
+
+/// Runs a proxy until `shutdown` resolves.
+pub async fn run(
+    cfg: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", cfg.grpc_listen))?;
+    let local = listener.local_addr()?;
+    let advertised = cfg.advertise.unwrap_or(if local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], local.port()))
+    } else {
+        local
+    });
+    let tls = if cfg.tls {
+        let paths = cfg
+            .tls_cert_and_key
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        Some(listener::tls_config(paths, local).context("setting up TLS")?)
+    } else {
+        None
+    };
+    let remote = Remote::new(
+        cfg.namesrv.clone(),
+        cfg.max_body_size,
+        format!("proxy@{advertised}"),
+    );
+    tracing::info!(grpc = %local, %advertised, namesrv = ?cfg.namesrv, tls = cfg.tls, "proxy listening");
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
+    tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health) listening");
+    let http = {
+        let r = Arc::clone(&remote);
+        let router = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let r = Arc::clone(&r);
+                    async move {
+                        let brokers = r.addrs.lock().len();
+                        let clients = r.clients.lock().len();
+                        format!(
+                            "# HELP rocketmq_proxy_store_nodes Store nodes this proxy knows.\n# TYPE rocketmq_proxy_store_nodes gauge\nrocketmq_proxy_store_nodes {brokers}\n# HELP rocketmq_proxy_clients gRPC clients heard from in the last 30 s.\n# TYPE rocketmq_proxy_clients gauge\nrocketmq_proxy_clients {clients}\n# EOF\n"
+                        )
+                    }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route("/readyz", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, router).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        })
+    };
+    let heartbeats = {
+        let r = Arc::clone(&remote);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            loop {
+                tick.tick().await;
+                r.heartbeat().await;
+            }
+        })
+    };
+    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&remote), advertised))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
+        .await
+        .context("serving gRPC")?;
+    heartbeats.abort();
+    http.abort();
+    remote.pool.close_all();
+    tracing::info!("proxy stopped");
+    Ok(())
+}

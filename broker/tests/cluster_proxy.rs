@@ -1,0 +1,139 @@
+//! Cluster mode through proxies, black box: two name servers, two store nodes and two
+//! `rmq-broker proxy` processes on loopback; the official gRPC clients (Python, Java) talk to
+//! either proxy, which forward over the remoting protocol to the store nodes.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::clients::{self, Client, check_send_receive_ack, strings};
+use common::remoting::Cluster;
+
+/// Messages a store node has stored for a topic, from its Prometheus metrics.
+fn stored(http: std::net::SocketAddr, topic: &str) -> u64 {
+    let text = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let prefix = format!("rocketmq_messages_sent_total{{topic=\"{topic}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn ids(v: &serde_json::Value, key: &str) -> BTreeSet<String> {
+    match key {
+        "sent" => strings(&v["sent"]).into_iter().collect(),
+        _ => v["received"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect(),
+    }
+}
+
+#[test]
+fn grpc_clients_through_either_proxy_survive_killed_nodes() {
+    let flags: &[&str] = &[
+        "--topic",
+        "ProxyTopic:4",
+        "--topic",
+        "ProxyJava:4",
+        "--flush-policy",
+        "SYNC_FLUSH",
+    ];
+    let mut cluster = Cluster::start(2, &[("broker-a", flags), ("broker-b", flags)]);
+    let mut proxies = [cluster.start_proxy(0), cluster.start_proxy(1)];
+    let topic = "ProxyTopic";
+
+    // Produced through one proxy, consumed through the other; spread over both store nodes.
+    let sent = clients::run(
+        Client::Python,
+        &proxies[0],
+        &["send", topic, "PG", "20"],
+        &[],
+    );
+    let got = clients::run(
+        Client::Python,
+        &proxies[1],
+        &["receive_ack", topic, "PG", "20"],
+        &[],
+    );
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{got}");
+    let (a, b) = (
+        stored(cluster.stores[0].http, topic),
+        stored(cluster.stores[1].http, topic),
+    );
+    assert!(a > 0 && b > 0 && a + b == 20, "broker-a {a}, broker-b {b}");
+
+    // The Java client with its default TLS, through the second proxy.
+    let v = clients::run(
+        Client::Java,
+        &proxies[1],
+        &["send_receive_ack", "ProxyJava", "JG"],
+        &[],
+    );
+    check_send_receive_ack(&v);
+
+    // A proxy killed and restarted loses nothing: it holds no state.
+    proxies[0].kill();
+    let sent = clients::run(
+        Client::Python,
+        &proxies[1],
+        &["send", topic, "PG", "10"],
+        &[],
+    );
+    proxies[0].restart();
+    let got = clients::run(
+        Client::Python,
+        &proxies[0],
+        &["receive_ack", topic, "PG", "10"],
+        &[],
+    );
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{got}");
+
+    // A name server down: the proxies use the other one.
+    cluster.namesrvs[1].kill();
+    let sent = clients::run(
+        Client::Python,
+        &proxies[0],
+        &["send", topic, "PG", "10"],
+        &[],
+    );
+    let got = clients::run(
+        Client::Python,
+        &proxies[1],
+        &["receive_ack", topic, "PG", "10"],
+        &[],
+    );
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{got}");
+    cluster.namesrvs[1].restart();
+    cluster.wait_registered(2);
+
+    // A store node killed: sends move to the other; after its restart every acknowledged
+    // message is delivered.
+    cluster.stores[1].kill();
+    let sent = clients::run(
+        Client::Python,
+        &proxies[0],
+        &["send", topic, "PG", "20"],
+        &[],
+    );
+    cluster.stores[1].restart();
+    cluster.wait_registered(2);
+    let got = clients::run(
+        Client::Python,
+        &proxies[1],
+        &["receive_ack", topic, "PG", "20"],
+        &[],
+    );
+    assert_eq!(
+        ids(&got, "received"),
+        ids(&sent, "sent"),
+        "{got}\n{}",
+        cluster.logs()
+    );
+}
