@@ -78,6 +78,10 @@ struct StoreArgs {
     /// Create unknown topics on first use instead of answering TOPIC_NOT_EXIST.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
+    /// Milliseconds a transaction may stay undecided before the store node checks back with
+    /// a producer (and between checks) [default: 10000].
+    #[arg(long, env = "RMQ_TRANSACTION_CHECK_INTERVAL_MS")]
+    transaction_check_interval_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +283,9 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         cfg.store.segment_size = s;
     }
     cfg.broker.auto_create_topics |= args.auto_create_topics;
+    if let Some(ms) = args.transaction_check_interval_ms {
+        cfg.broker.transaction_check_interval = std::time::Duration::from_millis(ms);
+    }
     cfg.topics.extend(args.topics);
     cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -42,6 +42,10 @@ fn grpc_clients_through_either_proxy_survive_killed_nodes() {
         "ProxyTopic:4",
         "--topic",
         "ProxyJava:4",
+        "--topic",
+        "ProxyTx:2:TRANSACTION",
+        "--transaction-check-interval-ms",
+        "2000",
         "--flush-policy",
         "SYNC_FLUSH",
     ];
@@ -77,6 +81,18 @@ fn grpc_clients_through_either_proxy_survive_killed_nodes() {
         &[],
     );
     check_send_receive_ack(&v);
+
+    // Transactions: commit and rollback through a proxy; the undecided one is checked back by
+    // its store node, through a proxy, with the producer's Telemetry stream.
+    let v = clients::run(
+        Client::Java,
+        &proxies[0],
+        &["transaction", "ProxyTx", "TxG"],
+        &[],
+    );
+    let mut got = strings(&v["received"]);
+    got.sort();
+    assert_eq!(got, ["checked", "committed"], "{v}");
 
     // A proxy killed and restarted loses nothing: it holds no state.
     proxies[0].kill();

@@ -197,13 +197,17 @@ impl Broker {
                 .find(|(topics, _)| topics.contains(&topic))
                 .map(|(_, tx)| tx.clone())
                 .or_else(|| {
+                    // Remoting producers of the half message's group (proxies among them, each
+                    // holding only some producers): each check asks the next one.
                     let group = half.property(PRODUCER_GROUP)?;
-                    self.transactions
-                        .group_producers
-                        .lock()
-                        .values()
-                        .find(|(g, tx)| g == group && !tx.is_closed())
-                        .map(|(_, tx)| tx.clone())
+                    let producers = self.transactions.group_producers.lock();
+                    let mut candidates: Vec<_> = producers
+                        .iter()
+                        .filter(|(_, (g, tx))| g == group && !tx.is_closed())
+                        .collect();
+                    candidates.sort_by_key(|(id, _)| id.as_str());
+                    let n = candidates.len();
+                    (n > 0).then(|| candidates[checks as usize % n].1.1.clone())
                 });
             match producer {
                 Some(tx) => {
