@@ -179,3 +179,126 @@ fn a_topic_on_two_stores_survives_killed_nodes() {
     }
     assert_eq!(got, want, "{v}");
 }
+
+/// Hostile input on a live store node: random bytes, huge length prefixes, truncated and
+/// overrunning headers, and well-formed frames with random codes and fields. Each gets an
+/// error response or a closed connection; the node keeps serving. `RMQ_FUZZ_CASES` sets the
+/// number of connections (default 300; CI runs the default, a longer soak can raise it).
+#[test]
+fn hostile_frames_never_take_a_store_node_down() {
+    use broker::protocol::remoting::codec::{self, RemotingCommand, SerializeType};
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    let cluster = Cluster::start(1, &[("broker-a", &["--topic", "Fuzz:2"])]);
+    let addr = cluster.stores[0].addr;
+    let mut rng = common::Rng(common::seed());
+    let cases: usize = std::env::var("RMQ_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let codes = [
+        10, 11, 14, 15, 17, 21, 28, 29, 30, 31, 33, 34, 35, 36, 37, 38, 41, 42, 200, 208, 310, 320,
+        351, 200050, 200051, 200053, 9999, -1,
+    ];
+    let names = [
+        "topic",
+        "queueId",
+        "b",
+        "e",
+        "consumerGroup",
+        "queueOffset",
+        "maxMsgNums",
+        "sysFlag",
+        "offset",
+        "group",
+        "extraInfo",
+        "invisibleTime",
+        "commitLogOffset",
+        "commitOrRollback",
+    ];
+    let mut answered = 0;
+    for _ in 0..cases {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut out = Vec::new();
+        let expect_answer = match rng.below(5) {
+            0 => {
+                let n = rng.below(4096) as usize;
+                out.extend((0..n).map(|_| rng.next() as u8));
+                false
+            }
+            1 => {
+                out.extend_from_slice(&(0x7000_0000u32 + rng.below(1 << 20) as u32).to_be_bytes());
+                out.extend((0..64).map(|_| rng.next() as u8));
+                false
+            }
+            2 => {
+                // Header length beyond the frame.
+                out.extend_from_slice(&12u32.to_be_bytes());
+                out.extend_from_slice(&(1000 + rng.below(1 << 20) as u32).to_be_bytes());
+                out.extend_from_slice(&[b'{'; 8]);
+                false
+            }
+            3 => {
+                let mut ext = std::collections::HashMap::new();
+                for _ in 0..rng.below(6) {
+                    let k = names[rng.below(names.len() as u64) as usize];
+                    let v = match rng.below(3) {
+                        0 => "Fuzz".to_owned(),
+                        1 => (rng.next() as i64).to_string(),
+                        _ => String::from_utf8_lossy(&[rng.next() as u8; 3]).into_owned(),
+                    };
+                    ext.insert(k.to_owned(), v);
+                }
+                let cmd = RemotingCommand {
+                    code: codes[rng.below(codes.len() as u64) as usize],
+                    language: "JAVA".into(),
+                    version: 0,
+                    opaque: rng.next() as i32,
+                    flag: 0,
+                    remark: None,
+                    ext_fields: ext,
+                    serialize_type: if rng.below(2) == 0 {
+                        SerializeType::Json
+                    } else {
+                        SerializeType::RocketMq
+                    },
+                    body: (0..rng.below(256)).map(|_| rng.next() as u8).collect(),
+                };
+                let mut buf = bytes::BytesMut::new();
+                codec::encode(&cmd, &mut buf);
+                out.extend_from_slice(&buf);
+                true
+            }
+            _ => {
+                // A JSON header cut short.
+                let header = br#"{"code":10,"extFields":{"topic":"Fu"#;
+                out.extend_from_slice(&((4 + header.len() + 10) as u32).to_be_bytes());
+                out.extend_from_slice(&(header.len() as u32 + 10).to_be_bytes());
+                out.extend_from_slice(header);
+                false
+            }
+        };
+        if s.write_all(&out).is_err() {
+            continue;
+        }
+        if expect_answer {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).is_ok() {
+                answered += 1;
+            }
+        } else {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+    eprintln!("{cases} hostile connections, {answered} well-formed frames answered");
+    // Still serving, and the process is alive.
+    let info = remoting::cluster_info(&cluster.namesrv()).expect("name server answers");
+    assert_eq!(info.broker_addr_table.len(), 1);
+    let v = remoting::java(&cluster, &["produce", "Fuzz", "FuzzGroup", "5"]);
+    assert_eq!(v["sent"], 5, "{v}");
+    assert!(answered > 0, "no well-formed frame was answered");
+}
