@@ -673,11 +673,10 @@ impl Backend for Remote {
     }
 
     async fn ack(&self, group: &str, handles: Vec<String>) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(handles.len());
-        for h in &handles {
+        // One ACK_MESSAGE per handle, all in flight at once on the multiplexed connections.
+        let acks = handles.iter().map(|h| async move {
             let Ok((broker, inner)) = split_handle(h) else {
-                out.push(false);
-                continue;
+                return Ok(false);
             };
             let req = conn::request(
                 rq::ACK_MESSAGE,
@@ -687,9 +686,9 @@ impl Backend for Remote {
                 ],
             );
             let r = self.call(broker, req, CALL_TIMEOUT).await?;
-            out.push(r.code == rs::SUCCESS);
-        }
-        Ok(out)
+            Ok(r.code == rs::SUCCESS)
+        });
+        futures_util::future::join_all(acks).await.into_iter().collect()
     }
 
     async fn change_invisible(&self, group: &str, handle: &str, d: Duration) -> Result<String> {

@@ -1418,9 +1418,36 @@ impl Handler for BrokerHandler {
                 keep
             });
         }
+        // Consumers on the connection leave their groups now; the rest of each group is told
+        // to rebalance (rather than at the next client scan).
+        let mut notify = Vec::new();
+        for (g, members) in clients.consumers.iter_mut() {
+            let before = members.len();
+            members.retain(|_, c| c.conn.id != conn.id);
+            if members.len() != before {
+                let rest: Vec<Arc<Connection>> =
+                    members.values().map(|c| Arc::clone(&c.conn)).collect();
+                notify.push((g.clone(), rest));
+            }
+        }
+        clients.consumers.retain(|_, m| !m.is_empty());
         drop(clients);
         for id in gone {
             self.broker.unregister_producer(&id);
+        }
+        if !notify.is_empty() {
+            tokio::spawn(async move {
+                for (group, conns) in notify {
+                    tracing::info!(%group, "consumer connection closed; asking the group to rebalance");
+                    for c in conns {
+                        let req = conn::request(
+                            rq::NOTIFY_CONSUMER_IDS_CHANGED,
+                            [("consumerGroup", group.clone())],
+                        );
+                        let _ = c.oneway(req).await;
+                    }
+                }
+            });
         }
     }
 }
