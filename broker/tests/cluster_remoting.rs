@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::clients::strings;
-use common::remoting::{self, Cluster};
+use common::remoting::{self, Cluster, JavaClient};
 use serde_json::Value;
 
 fn sorted(v: &Value) -> Vec<String> {
@@ -68,6 +68,41 @@ fn java_remoting_client_scenarios() {
         let delay = r["delay_ms"].as_i64().unwrap();
         assert!((9_000..30_000).contains(&delay), "{v}");
     }
+}
+
+/// The same driver on the 5.x Java client (`rocketmq-client` 5.4.0), whose lite pull consumer
+/// uses LITE_PULL_MESSAGE.
+#[test]
+fn java_5x_remoting_client_scenarios() {
+    let cluster = Cluster::start(1, &[("broker-a", &["--auto-create-topics"])]);
+    let v = remoting::java_with(
+        JavaClient::V5,
+        &cluster,
+        &["send_push", "J5Push", "J5PushGroup"],
+    );
+    assert_eq!(sorted(&v["received"]), numbered("m", 20), "{v}");
+    assert_eq!(v["msg_ids_match"], true, "{v}");
+    let v = remoting::java_with(
+        JavaClient::V5,
+        &cluster,
+        &["orderly", "J5Order", "J5OrderGroup"],
+    );
+    let expected: Vec<i64> = (0..10).collect();
+    for order in ["0", "1", "2"] {
+        let got: Vec<i64> = v["orders"][order]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(got, expected, "order {order}: {v}");
+    }
+    let v = remoting::java_with(
+        JavaClient::V5,
+        &cluster,
+        &["lite_pull", "J5Lite", "J5LiteGroup"],
+    );
+    assert_eq!(sorted(&v["received"]), numbered("m", 20), "{v}");
 }
 
 #[test]

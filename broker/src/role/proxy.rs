@@ -688,7 +688,10 @@ impl Backend for Remote {
             let r = self.call(broker, req, CALL_TIMEOUT).await?;
             Ok(r.code == rs::SUCCESS)
         });
-        futures_util::future::join_all(acks).await.into_iter().collect()
+        futures_util::future::join_all(acks)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn change_invisible(&self, group: &str, handle: &str, d: Duration) -> Result<String> {

@@ -126,30 +126,63 @@ pub fn cluster_info(namesrv: &str) -> Option<ClusterInfo> {
     })
 }
 
-/// `tests/clients/RemotingClient.java` compiled once per test process.
-fn java_classes() -> &'static PathBuf {
-    static CLASSES: OnceLock<PathBuf> = OnceLock::new();
-    CLASSES.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("rmq-remoting-client-{}", std::process::id()));
+/// Which Java remoting client a scenario runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JavaClient {
+    /// Maven `rocketmq-client` 4.9.8.
+    V4,
+    /// Maven `rocketmq-client` 5.4.0 (from the mqadmin install, `rocketmq-tools` 5.4.0).
+    V5,
+}
+
+fn java_lib(client: JavaClient) -> PathBuf {
+    match client {
+        JavaClient::V4 => cache().join(format!("remoting-client-{JAVA_CLIENT}/lib")),
+        JavaClient::V5 => cache().join(format!("mqadmin-{MQADMIN}/lib")),
+    }
+}
+
+/// `tests/clients/RemotingClient.java` compiled once per test process and client version.
+/// 5.x moved `MessageModel` to another package; the driver's one import of it is rewritten.
+fn java_classes(client: JavaClient) -> &'static PathBuf {
+    static V4: OnceLock<PathBuf> = OnceLock::new();
+    static V5: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match client {
+        JavaClient::V4 => &V4,
+        JavaClient::V5 => &V5,
+    };
+    cell.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!(
+            "rmq-remoting-client-{client:?}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&out).unwrap();
+        let source = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/RemotingClient.java"
+        ))
+        .unwrap();
+        let source = match client {
+            JavaClient::V4 => source,
+            JavaClient::V5 => source.replace(
+                "org.apache.rocketmq.common.protocol.heartbeat",
+                "org.apache.rocketmq.remoting.protocol.heartbeat",
+            ),
+        };
+        let file = out.join("RemotingClient.java");
+        std::fs::write(&file, source).unwrap();
         let status = Command::new("javac")
+            .arg("-nowarn")
             .arg("-d")
             .arg(&out)
             .arg("-cp")
-            .arg(format!("{}/*", java_lib().display()))
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/clients/RemotingClient.java"
-            ))
+            .arg(format!("{}/*", java_lib(client).display()))
+            .arg(&file)
             .status()
             .expect("run javac");
-        assert!(status.success(), "javac failed");
+        assert!(status.success(), "javac failed for {client:?}");
         out
     })
-}
-
-fn java_lib() -> PathBuf {
-    cache().join(format!("remoting-client-{JAVA_CLIENT}/lib"))
 }
 
 fn last_json(what: &str, out: std::process::Output, cluster: &Cluster) -> Value {
@@ -166,10 +199,19 @@ fn last_json(what: &str, out: std::process::Output, cluster: &Cluster) -> Value 
     }
 }
 
-/// Runs a scenario of the Java remoting client driver: `args` = scenario, topic, group, ...
+/// Runs a scenario of the Java remoting client driver (4.9.8): `args` = scenario, topic,
+/// group, ...
 pub fn java(cluster: &Cluster, args: &[&str]) -> Value {
+    java_with(JavaClient::V4, cluster, args)
+}
+
+pub fn java_with(client: JavaClient, cluster: &Cluster, args: &[&str]) -> Value {
     let home = tempfile::tempdir().unwrap();
-    let cp = format!("{}:{}/*", java_classes().display(), java_lib().display());
+    let cp = format!(
+        "{}:{}/*",
+        java_classes(client).display(),
+        java_lib(client).display()
+    );
     let out = Command::new("java")
         .arg(format!("-Duser.home={}", home.path().display()))
         .arg("-cp")
@@ -180,7 +222,11 @@ pub fn java(cluster: &Cluster, args: &[&str]) -> Value {
         .env("HOME", home.path())
         .output()
         .expect("run java");
-    last_json(&format!("Java rocketmq-client {args:?}"), out, cluster)
+    last_json(
+        &format!("Java rocketmq-client {client:?} {args:?}"),
+        out,
+        cluster,
+    )
 }
 
 /// Runs a scenario of the Go remoting client driver (`tests/clients/go-remoting`).

@@ -331,7 +331,7 @@ impl BrokerHandler {
         match req.code {
             rq::SEND_MESSAGE | rq::SEND_MESSAGE_V2 => self.send(conn, req, false).await,
             rq::SEND_BATCH_MESSAGE => self.send(conn, req, true).await,
-            rq::PULL_MESSAGE => self.pull(req).await,
+            rq::PULL_MESSAGE | rq::LITE_PULL_MESSAGE => self.pull(req).await,
             rq::QUERY_CONSUMER_OFFSET => self.query_offset(req),
             rq::UPDATE_CONSUMER_OFFSET => {
                 let f = Fields(&req.ext_fields);
@@ -588,7 +588,10 @@ impl BrokerHandler {
                 Ok(ok_with(req, &[], body.to_string().into()))
             }
             rq::GET_ALL_DELAY_OFFSET => Ok(ok_with(req, &[], Bytes::from_static(b"{}"))),
-            _ => Ok(conn::not_supported(req)),
+            _ => {
+                tracing::debug!(code = req.code, peer = %conn.peer, "request code not supported");
+                Ok(conn::not_supported(req))
+            }
         }
     }
 

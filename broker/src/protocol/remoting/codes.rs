@@ -47,6 +47,8 @@ pub mod request {
     pub const GET_CONSUMER_RUNNING_INFO: i32 = 307;
     pub const SEND_MESSAGE_V2: i32 = 310;
     pub const GET_TOPIC_CONFIG: i32 = 351;
+    /// 5.x `DefaultLitePullConsumer`'s pull: PULL_MESSAGE's header and answers.
+    pub const LITE_PULL_MESSAGE: i32 = 361;
     pub const SEND_BATCH_MESSAGE: i32 = 320;
     pub const POP_MESSAGE: i32 = 200050;
     pub const ACK_MESSAGE: i32 = 200051;
