@@ -73,6 +73,18 @@ fn grpc_clients_through_either_proxy_survive_killed_nodes() {
     );
     assert!(a > 0 && b > 0 && a + b == 20, "broker-a {a}, broker-b {b}");
 
+    // Produced by a remoting client straight to the store nodes, consumed over gRPC: the
+    // message ids the remoting client got back are the ones the gRPC consumer sees.
+    let v = common::remoting::java(&cluster, &["produce", topic, "RemotingProducer", "10", "r"]);
+    let remoting_ids: BTreeSet<String> = strings(&v["ids"]).into_iter().collect();
+    let got = clients::run(
+        Client::Python,
+        &proxies[0],
+        &["receive_ack", topic, "PG", "10"],
+        &[],
+    );
+    assert_eq!(ids(&got, "received"), remoting_ids, "{got}");
+
     // The Java client with its default TLS, through the second proxy.
     let v = clients::run(
         Client::Java,
