@@ -83,6 +83,9 @@ pub struct StoreConfig {
     pub retention_interval: Duration,
     /// The address written into each record's STOREHOST (and so into offset message ids).
     pub store_host: SocketAddr,
+    /// CommitLog segments deleted locally stay readable from a tier (object storage): keep
+    /// the ConsumeQueue and index entries that point into them.
+    pub tiered: bool,
 }
 
 impl Default for StoreConfig {
@@ -103,6 +106,7 @@ impl Default for StoreConfig {
             disk_max_used_ratio: 0.75,
             retention_interval: Duration::from_secs(10),
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            tiered: false,
         }
     }
 }

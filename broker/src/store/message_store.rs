@@ -105,6 +105,14 @@ pub struct Inner {
     pub(crate) shutdown: AtomicBool,
     pub(crate) flusher_done: AtomicBool,
     pub(crate) retention_hook: RwLock<Option<RetentionHook>>,
+    pub(crate) cold_reader: RwLock<Option<Arc<dyn ColdReader>>>,
+}
+
+/// Reads CommitLog bytes that are no longer held locally (tiered storage).
+pub trait ColdReader: Send + Sync {
+    /// The bytes of the record that starts at `physical_offset` (at least the whole record;
+    /// more is allowed), or `None` when no tier holds it.
+    fn read_record(&self, physical_offset: u64) -> Option<bytes::Bytes>;
 }
 
 impl Inner {
@@ -221,9 +229,12 @@ impl MessageStore {
             shutdown: AtomicBool::new(false),
             flusher_done: AtomicBool::new(false),
             retention_hook: RwLock::new(None),
+            cold_reader: RwLock::new(None),
             config,
         });
-        inner.queues.delete_before(inner.commitlog.min_offset())?;
+        if !inner.config.tiered {
+            inner.queues.delete_before(inner.commitlog.min_offset())?;
+        }
         let report = recovery::recover(&inner, checkpoint, crashed)?;
         inner.dispatched.store(report.end, Ordering::Release);
         inner.dispatched_tx.send_replace(report.end);
@@ -396,13 +407,60 @@ impl MessageStore {
         result(status, next, messages)
     }
 
-    /// The message at a CommitLog offset, if it is held locally and valid.
+    /// The message at a CommitLog offset, if it is valid and held locally or by a tier.
     pub fn read_message(&self, physical_offset: u64) -> Option<StoredMessage> {
         let limit = self.inner.commitlog.written();
         match self.inner.commitlog.read_entry(physical_offset, limit) {
             Ok(Some(Entry::Message(m))) if m.physical_offset == physical_offset => Some(m),
+            _ if physical_offset < self.inner.commitlog.min_offset() => {
+                let cold = self.inner.cold_reader.read().clone()?;
+                let bytes = cold.read_record(physical_offset)?;
+                match record::decode(&bytes) {
+                    Ok(Entry::Message(m)) if m.physical_offset == physical_offset => Some(m),
+                    _ => {
+                        tracing::warn!(
+                            physical_offset,
+                            "a tier returned bytes that are not the record asked for"
+                        );
+                        None
+                    }
+                }
+            }
             _ => None,
         }
+    }
+
+    /// Installs the reader for offsets below the local CommitLog (tiered storage).
+    pub fn set_cold_reader(&self, reader: Arc<dyn ColdReader>) {
+        *self.inner.cold_reader.write() = Some(reader);
+    }
+
+    /// Sealed CommitLog segments (not the one being written) whose bytes are all flushed and
+    /// dispatched: what a tier may upload.
+    pub fn sealed_segments(&self) -> Vec<retention::SegmentInfo> {
+        let inner = &self.inner;
+        let ready = inner
+            .commitlog
+            .flushed()
+            .min(inner.dispatched.load(Ordering::Acquire));
+        let segments = inner.commitlog.segments();
+        let n = segments.len();
+        segments
+            .into_iter()
+            .take(n.saturating_sub(1))
+            .filter(|s| s.end() <= ready)
+            .map(|s| retention::SegmentInfo {
+                base: s.base(),
+                end: s.end(),
+                path: s.path().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Deletes local segments that end at or below `keep_from` and that the retention hook
+    /// lets go (a tier's hot window).
+    pub fn evict_before(&self, keep_from: u64) -> Result<RetentionReport> {
+        retention::evict(&self.inner, keep_from)
     }
 
     /// Smallest readable logical offset of a queue (0 for an unknown queue).

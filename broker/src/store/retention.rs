@@ -78,7 +78,43 @@ pub fn run(inner: &Inner, now: SystemTime, usage_ratio: f64) -> Result<Retention
         tracing::info!(segment = ?seg.path(), expired, usage_ratio, "retention: deleting CommitLog segment");
         true
     })?;
-    if !deleted.is_empty() {
+    if !deleted.is_empty() && !cfg.tiered {
+        inner.queues.delete_before(min_offset)?;
+        inner.index.delete_files_before(min_offset)?;
+    }
+    Ok(RetentionReport {
+        deleted,
+        kept_by_hook,
+        min_offset,
+    })
+}
+
+/// Deletes the oldest local segments that end at or below `keep_from` (a tier's hot window),
+/// with the same guards as retention: never the segment being written, never unflushed or
+/// undispatched bytes, never one the hook keeps.
+pub fn evict(inner: &Inner, keep_from: u64) -> Result<RetentionReport> {
+    let hook = inner.retention_hook.read().clone();
+    let dispatched = inner.dispatched.load(Ordering::Acquire);
+    let mut kept_by_hook = 0;
+    let (deleted, min_offset) = inner.commitlog.delete_oldest(|seg| {
+        if seg.end() > dispatched || seg.end() > keep_from {
+            return false;
+        }
+        if let Some(hook) = &hook {
+            let info = SegmentInfo {
+                base: seg.base(),
+                end: seg.end(),
+                path: seg.path().to_owned(),
+            };
+            if !hook(&info) {
+                kept_by_hook += 1;
+                return false;
+            }
+        }
+        tracing::info!(segment = ?seg.path(), "evicting CommitLog segment (held by the tier)");
+        true
+    })?;
+    if !deleted.is_empty() && !inner.config.tiered {
         inner.queues.delete_before(min_offset)?;
         inner.index.delete_files_before(min_offset)?;
     }
