@@ -181,6 +181,10 @@ struct StandaloneArgs {
     /// Create unknown topics on first use instead of answering TOPIC_NOT_FOUND.
     #[arg(long, env = "RMQ_AUTO_CREATE_TOPICS")]
     auto_create_topics: bool,
+    /// Tier sealed CommitLog segments to this local folder (object storage in a folder; S3,
+    /// GCS and Azure are set in the config file's `tier` section).
+    #[arg(long, env = "RMQ_TIER_DIR")]
+    tier_dir: Option<PathBuf>,
 }
 
 fn parse_topic(s: &str) -> Result<TopicConfig, String> {
@@ -355,6 +359,10 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         cfg.broker.transaction_check_interval = std::time::Duration::from_millis(ms);
     }
     cfg.broker.auto_create_topics |= args.auto_create_topics;
+    if let Some(path) = args.tier_dir {
+        let tier = cfg.tier.get_or_insert_with(Default::default);
+        tier.backend = broker::tier::TierBackend::Local { path };
+    }
     cfg.tls &= !args.no_tls;
     if let Some(pair) = args.tls_cert.zip(args.tls_key) {
         cfg.tls_cert_and_key = Some(pair);

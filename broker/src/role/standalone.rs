@@ -35,6 +35,8 @@ pub struct StandaloneConfig {
     pub tls: bool,
     /// PEM certificate chain and private key; a self-signed certificate when absent.
     pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Tiered storage: sealed CommitLog segments move to object storage (off when absent).
+    pub tier: Option<crate::tier::TierConfig>,
 }
 
 impl Default for StandaloneConfig {
@@ -52,6 +54,7 @@ impl Default for StandaloneConfig {
             groups: Vec::new(),
             tls: true,
             tls_cert_and_key: None,
+            tier: None,
         }
     }
 }
@@ -75,10 +78,13 @@ pub async fn run(
     cfg: StandaloneConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let mut store_cfg = cfg.store.clone();
+    store_cfg.tiered |= cfg.tier.is_some();
     let store = Arc::new(
-        MessageStore::open(cfg.store.clone())
+        MessageStore::open(store_cfg)
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
     );
+    let tier_task = start_tier(cfg.tier.clone(), &store)?;
     let r = store.recovery_report();
     tracing::info!(
         data_dir = %cfg.store.root_dir.display(),
@@ -136,6 +142,12 @@ pub async fn run(
         })
     };
     let tasks = spawn_service_tasks(&broker);
+    if let Some((tier, _)) = &tier_task {
+        let tier = Arc::clone(tier);
+        broker
+            .metrics
+            .add_source(Arc::new(move || tier.metrics.encode()));
+    }
     let service = MessagingServiceServer::new(GrpcService::new(
         Arc::new(crate::protocol::grpc::backend::Local(Arc::clone(&broker))),
         advertised,
@@ -149,6 +161,9 @@ pub async fn run(
         .context("serving gRPC")?;
     for t in tasks {
         t.abort();
+    }
+    if let Some((_, task)) = tier_task {
+        task.abort();
     }
     http.abort();
     tracing::info!("shutting down");
@@ -196,4 +211,18 @@ pub fn spawn_service_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<
         })
     };
     vec![compactor, timers, transactions, renewer]
+}
+
+/// Opens the tier (if configured), attaches it to the store and starts its upload loop.
+pub fn start_tier(
+    cfg: Option<crate::tier::TierConfig>,
+    store: &Arc<MessageStore>,
+) -> anyhow::Result<Option<(Arc<crate::tier::Tier>, tokio::task::JoinHandle<()>)>> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let tier = crate::tier::Tier::open(cfg).context("opening the tier")?;
+    tier.attach(store);
+    let task = tokio::spawn(Arc::clone(&tier).run(Arc::clone(store)));
+    Ok(Some((tier, task)))
 }

@@ -48,6 +48,8 @@ pub struct StoreNodeConfig {
     /// How long a name server waits for the next registration before dropping this node.
     #[serde(with = "crate::store::config::millis")]
     pub heartbeat_timeout: Duration,
+    /// Tiered storage (off when absent); its prefix should name this node.
+    pub tier: Option<crate::tier::TierConfig>,
 }
 
 impl Default for StoreNodeConfig {
@@ -67,6 +69,7 @@ impl Default for StoreNodeConfig {
             topics: Vec::new(),
             groups: Vec::new(),
             heartbeat_timeout: super::namesrv::DEFAULT_BROKER_TIMEOUT,
+            tier: None,
         }
     }
 }
@@ -153,6 +156,7 @@ pub async fn run(
         .and_then(|mut a| a.next())
         .unwrap_or(local);
     cfg.store.store_host = store_host;
+    cfg.store.tiered |= cfg.tier.is_some();
     let store = Arc::new(
         MessageStore::open(cfg.store.clone())
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
@@ -206,6 +210,12 @@ pub async fn run(
         })
     };
     let mut tasks = super::standalone::spawn_service_tasks(&broker);
+    if let Some((tier, task)) = super::standalone::start_tier(cfg.tier.clone(), &store)? {
+        broker
+            .metrics
+            .add_source(Arc::new(move || tier.metrics.encode()));
+        tasks.push(task);
+    }
     let pool = Arc::new(Pool::new(
         Arc::new(NoRequests),
         CALL_TIMEOUT,

@@ -35,6 +35,7 @@ pub struct Metrics {
     /// Totals over all topics (for RocketMQ's runtime info; not exported twice).
     pub put_total: Counter,
     pub get_total: Counter,
+    extra: parking_lot::RwLock<Vec<ExtraMetrics>>,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,7 @@ impl Default for Metrics {
             registry: Registry::default(),
             put_total: Counter::default(),
             get_total: Counter::default(),
+            extra: Default::default(),
         };
         registry.register(
             "messages_sent",
@@ -122,13 +124,27 @@ impl Default for Metrics {
     }
 }
 
+/// Another component's metrics, in the text exposition format (ending with `# EOF`).
+pub type ExtraMetrics = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
+
 impl Metrics {
-    /// The text exposition format.
+    /// The text exposition format, with the metrics of components added by
+    /// [`Metrics::add_source`] (the tier, for one).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        for extra in self.extra.read().iter() {
+            let text = extra();
+            if let Some(body) = out.strip_suffix("# EOF\n") {
+                out = format!("{body}{text}");
+            }
+        }
         out
+    }
+
+    pub fn add_source(&self, source: ExtraMetrics) {
+        self.extra.write().push(source);
     }
 }
 

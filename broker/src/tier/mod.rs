@@ -62,7 +62,12 @@ pub enum TierError {
 
 /// Where tiered data goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum TierBackend {
     /// A local folder (the embedded default; also what tests use).
     Local { path: PathBuf },
@@ -730,6 +735,24 @@ mod tests {
     fn seen_index(body: &[u8]) -> u64 {
         let s = std::str::from_utf8(body).unwrap();
         s.split('-').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn an_s3_tier_reads_from_yaml_and_typos_are_refused() {
+        let yaml = "backend:\n  type: s3\n  bucket: b\n  endpoint: http://h:1\n  pathStyle: true\n  allowHttp: true\nprefix: p\nhotWindowBytes: 10\nuploadInterval: 200\n";
+        let cfg: TierConfig = serde_saphyr::from_str(yaml).unwrap();
+        assert!(matches!(
+            cfg.backend,
+            TierBackend::S3 {
+                path_style: true,
+                allow_http: true,
+                ..
+            }
+        ));
+        assert_eq!(cfg.upload_interval, Duration::from_millis(200));
+        assert!(
+            serde_saphyr::from_str::<TierConfig>("backend:\n  type: s3\n  bukket: b\n").is_err()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

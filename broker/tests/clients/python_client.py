@@ -88,8 +88,9 @@ def main():
             "props": dict(m.properties), "attempt": m.delivery_attempt,
         } for m in got])
     elif scenario == "send":
+        pad = "x" * (int(sys.argv[6]) if len(sys.argv) > 6 else 0)
         p = producer(endpoint, topic)
-        ids = [p.send(message(topic, f"m-{i}".encode())).message_id for i in range(n)]
+        ids = [p.send(message(topic, f"m-{i}{pad}".encode())).message_id for i in range(n)]
         p.shutdown()
         out(sent=ids)
     elif scenario in ("receive_ack", "receive_no_ack"):

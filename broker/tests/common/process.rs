@@ -14,6 +14,7 @@ pub struct BrokerProcess {
     pub http: SocketAddr,
     pub dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -35,6 +36,16 @@ impl BrokerProcess {
     /// Starts `rmq-broker <role>` (`standalone`, `namesrv` or `store`); `addr` is its main
     /// port (gRPC or remoting). `dir` holds its data (and names its log, `dir.log`).
     pub fn start_role(role: &'static str, dir: &Path, extra: &[&str]) -> BrokerProcess {
+        Self::start_role_env(role, dir, extra, &[])
+    }
+
+    /// As [`BrokerProcess::start_role`], with extra environment variables.
+    pub fn start_role_env(
+        role: &'static str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> BrokerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut b = BrokerProcess {
@@ -44,6 +55,10 @@ impl BrokerProcess {
             http,
             dir: dir.to_owned(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: dir.with_extension("log"),
         };
         b.spawn();
@@ -73,6 +88,7 @@ impl BrokerProcess {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .env("RUST_BACKTRACE", "0")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .expect("start rmq-broker");
         self.child = Some(child);
