@@ -15,8 +15,38 @@ use common::process::{BrokerProcess, free_port};
 
 struct S3Server {
     child: Child,
+    bin: String,
     addr: SocketAddr,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
+}
+
+impl S3Server {
+    fn spawn(bin: &str, addr: SocketAddr, root: &std::path::Path) -> Child {
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--access-key", "AK", "--secret-key", "SK"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// The server goes away (kill -9); the objects stay in its folder.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.bin, self.addr, self.root.path());
+    }
 }
 
 impl Drop for S3Server {
@@ -43,23 +73,12 @@ fn start_s3(bucket: &str) -> S3Server {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join(bucket)).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
-        .args(["--access-key", "AK", "--secret-key", "SK"])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "s3s-fs did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = S3Server::spawn(&bin, addr, root.path());
     S3Server {
         child,
+        bin,
         addr,
-        _root: root,
+        root,
     }
 }
 
@@ -84,11 +103,8 @@ fn received_ids(v: &serde_json::Value) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn cold_offsets_are_read_from_s3_by_an_official_client() {
-    let s3 = start_s3("tier");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("broker.yaml");
+fn tiered_broker(s3: &S3Server, dir: &std::path::Path) -> BrokerProcess {
+    let config = dir.join("broker.yaml");
     std::fs::write(
         &config,
         format!(
@@ -100,12 +116,19 @@ fn cold_offsets_are_read_from_s3_by_an_official_client() {
     )
     .unwrap();
     let env = [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")];
-    let mut broker = BrokerProcess::start_role_env(
+    BrokerProcess::start_role_env(
         "standalone",
-        &dir.path().join("data"),
+        &dir.join("data"),
         &["--config", config.to_str().unwrap(), "--topic", "Cold:2"],
         &env,
-    );
+    )
+}
+
+#[test]
+fn cold_offsets_are_read_from_s3_by_an_official_client() {
+    let s3 = start_s3("tier");
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = tiered_broker(&s3, dir.path());
     let sent = clients::run(
         Client::Python,
         &broker,
@@ -148,4 +171,60 @@ fn cold_offsets_are_read_from_s3_by_an_official_client() {
         &[],
     );
     assert_eq!(received_ids(&got), sent, "{}", broker.logs());
+}
+
+/// The S3 server dies before the uploads: nothing is evicted, uploads fail and are retried,
+/// and once the server is back the segments go up, leave the disk, and read back.
+#[test]
+fn an_unreachable_object_store_never_costs_local_data() {
+    let mut s3 = start_s3("tier");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = tiered_broker(&s3, dir.path());
+    s3.stop();
+    let sent = clients::run(
+        Client::Python,
+        &broker,
+        &["send", "Cold", "G", "300", "1000"],
+        &[],
+    );
+    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(broker.http, "rocketmq_tier_upload_errors_total") < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed upload was counted\n{}",
+            broker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(broker.http, "rocketmq_commitlog_min_offset"), 0.0);
+    assert_eq!(
+        metric(broker.http, "rocketmq_tier_evicted_segments_total"),
+        0.0
+    );
+    let got = clients::run(
+        Client::Python,
+        &broker,
+        &["receive_ack", "Cold", "G1", "300"],
+        &[],
+    );
+    assert_eq!(received_ids(&got), sent);
+
+    s3.restart();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "segments were not uploaded after the server came back\n{}",
+            broker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let got = clients::run(
+        Client::Python,
+        &broker,
+        &["receive_ack", "Cold", "G2", "300"],
+        &[],
+    );
+    assert_eq!(received_ids(&got), sent);
 }
