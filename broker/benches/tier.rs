@@ -67,7 +67,11 @@ fn read_all(store: &MessageStore) -> (u64, u64, Duration) {
                 break;
             }
             n += got.messages.len() as u64;
-            bytes += got.messages.iter().map(|m| m.total_size as u64).sum::<u64>();
+            bytes += got
+                .messages
+                .iter()
+                .map(|m| m.total_size as u64)
+                .sum::<u64>();
             offset = got.next_offset;
         }
     }
@@ -85,7 +89,10 @@ fn main() {
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "SK");
     }
     let setup = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/setup-s3.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/setup-s3.sh"
+        ))
         .output()
         .expect("run scripts/setup-s3.sh");
     assert!(setup.status.success(), "setup-s3.sh failed");
@@ -160,7 +167,10 @@ fn main() {
 
     // Raw PUTs of the same bytes (read into memory first, not timed).
     let raw_store = tier_cfg.build_store().unwrap();
-    let files: Vec<Vec<u8>> = sealed.iter().map(|s| std::fs::read(&s.path).unwrap()).collect();
+    let files: Vec<Vec<u8>> = sealed
+        .iter()
+        .map(|s| std::fs::read(&s.path).unwrap())
+        .collect();
     let started = Instant::now();
     rt.block_on(async {
         for (i, f) in files.iter().enumerate() {

@@ -292,6 +292,11 @@ impl TierMetrics {
     }
 }
 
+/// (segment base, chunk index).
+type ChunkKey = (u64, u64);
+/// One chunk's GET, shared by everyone who wants the chunk while it runs.
+type ChunkCell = tokio::sync::OnceCell<Option<Bytes>>;
+
 /// Cold-read chunks, least recently inserted out first.
 #[derive(Default)]
 struct Cache {
@@ -316,7 +321,9 @@ pub struct Tier {
     cfg: TierConfig,
     store: Arc<dyn ObjectStore>,
     manifest: Arc<RwLock<Manifest>>,
-    cache: Mutex<Cache>,
+    cache: Arc<Mutex<Cache>>,
+    /// Chunks being fetched (by a read or a prefetch); a second reader waits for the same GET.
+    pending: Arc<Mutex<HashMap<ChunkKey, Arc<ChunkCell>>>>,
     runtime: TierRuntime,
     pub metrics: TierMetrics,
     /// When each sealed segment was first seen not uploaded (for the lag gauge).
@@ -336,7 +343,8 @@ impl Tier {
         let tier = Arc::new(Tier {
             store,
             manifest: Arc::default(),
-            cache: Mutex::default(),
+            cache: Arc::default(),
+            pending: Arc::default(),
             runtime: TierRuntime(Some(runtime)),
             metrics: TierMetrics::default(),
             first_seen: Mutex::default(),
@@ -503,51 +511,91 @@ impl Tier {
         }
     }
 
-    /// One read-ahead chunk of a tiered segment, from the cache or a ranged GET.
+    /// One read-ahead chunk of a tiered segment, from the cache or a ranged GET. Either way the
+    /// next chunk is fetched in the background, so a sequential reader finds it ready.
     fn chunk(&self, seg: &TieredSegment, index: u64) -> Option<Bytes> {
+        let cached = self.cache.lock().chunks.get(&(seg.base, index)).cloned();
+        let got = match cached {
+            Some(b) => {
+                self.metrics.cache_hits.inc();
+                Some(b)
+            }
+            None => {
+                self.metrics.cache_misses.inc();
+                let fetch = self.fetch_chunk(seg, index)?;
+                self.block_on(fetch)
+            }
+        };
+        self.prefetch(seg, index + 1);
+        got
+    }
+
+    fn prefetch(&self, seg: &TieredSegment, index: u64) {
         let key = (seg.base, index);
-        if let Some(b) = self.cache.lock().chunks.get(&key) {
-            self.metrics.cache_hits.inc();
-            return Some(b.clone());
+        if self.cache.lock().chunks.contains_key(&key) || self.pending.lock().contains_key(&key) {
+            return;
         }
-        self.metrics.cache_misses.inc();
+        if let Some(fetch) = self.fetch_chunk(seg, index) {
+            self.handle().spawn(fetch);
+        }
+    }
+
+    /// The GET of one chunk, shared with any other reader of it, filling the cache.
+    fn fetch_chunk(
+        &self,
+        seg: &TieredSegment,
+        index: u64,
+    ) -> Option<impl std::future::Future<Output = Option<Bytes>> + Send + 'static> {
         let size = self.cfg.read_ahead_bytes as u64;
         let start = index * size;
         if start >= seg.len {
             return None;
         }
         let end = (start + size).min(seg.len);
-        let started = Instant::now();
-        let got = self.block_on({
-            let store = Arc::clone(&self.store);
-            let path = Path::from(seg.key.as_str());
-            async move { store.get_range(&path, start..end).await }
-        });
-        let bytes = match got {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(key = %seg.key, start, end, error = %e, "cold read failed");
-                return None;
+        let key = (seg.base, index);
+        let cell = Arc::clone(self.pending.lock().entry(key).or_default());
+        let store = Arc::clone(&self.store);
+        let path = Path::from(seg.key.as_str());
+        let (cache, pending) = (Arc::clone(&self.cache), Arc::clone(&self.pending));
+        let cap = self.cfg.cache_bytes;
+        let latency = self.metrics.cold_read_latency.clone();
+        let read_bytes = self.metrics.cold_read_bytes.clone();
+        Some(async move {
+            let bytes = cell
+                .get_or_init(|| async {
+                    let started = Instant::now();
+                    match store.get_range(&path, start..end).await {
+                        Ok(b) => {
+                            latency.observe(started.elapsed().as_secs_f64());
+                            read_bytes.inc_by(b.len() as u64);
+                            Some(b)
+                        }
+                        Err(e) => {
+                            tracing::warn!(key = %path, start, end, error = %e, "cold read failed");
+                            None
+                        }
+                    }
+                })
+                .await
+                .clone();
+            if let Some(b) = &bytes {
+                let mut cache = cache.lock();
+                if cache.chunks.insert(key, b.clone()).is_none() {
+                    cache.order.push_back(key);
+                    cache.bytes += b.len();
+                }
+                while cache.bytes > cap {
+                    let Some(old) = cache.order.pop_front() else {
+                        break;
+                    };
+                    if let Some(b) = cache.chunks.remove(&old) {
+                        cache.bytes -= b.len();
+                    }
+                }
             }
-        };
-        self.metrics
-            .cold_read_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.cold_read_bytes.inc_by(bytes.len() as u64);
-        let mut cache = self.cache.lock();
-        if cache.chunks.insert(key, bytes.clone()).is_none() {
-            cache.order.push_back(key);
-            cache.bytes += bytes.len();
-        }
-        while cache.bytes > self.cfg.cache_bytes {
-            let Some(old) = cache.order.pop_front() else {
-                break;
-            };
-            if let Some(b) = cache.chunks.remove(&old) {
-                cache.bytes -= b.len();
-            }
-        }
-        Some(bytes)
+            pending.lock().remove(&key);
+            bytes
+        })
     }
 
     /// `len` bytes of a tiered segment from segment-relative position `at`, across chunks.
