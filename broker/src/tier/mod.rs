@@ -292,6 +292,9 @@ impl TierMetrics {
     }
 }
 
+/// Chunks fetched ahead of a reader, concurrently (one GET is bound by the server's latency).
+const PREFETCH_CHUNKS: u64 = 3;
+
 /// (segment base, chunk index).
 type ChunkKey = (u64, u64);
 /// One chunk's GET, shared by everyone who wants the chunk while it runs.
@@ -512,7 +515,7 @@ impl Tier {
     }
 
     /// One read-ahead chunk of a tiered segment, from the cache or a ranged GET. Either way the
-    /// next chunk is fetched in the background, so a sequential reader finds it ready.
+    /// next chunks are fetched in the background, so a sequential reader finds them ready.
     fn chunk(&self, seg: &TieredSegment, index: u64) -> Option<Bytes> {
         let cached = self.cache.lock().chunks.get(&(seg.base, index)).cloned();
         let got = match cached {
@@ -526,7 +529,9 @@ impl Tier {
                 self.block_on(fetch)
             }
         };
-        self.prefetch(seg, index + 1);
+        for ahead in 1..=PREFETCH_CHUNKS {
+            self.prefetch(seg, index + ahead);
+        }
         got
     }
 
