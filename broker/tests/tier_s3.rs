@@ -228,3 +228,57 @@ fn an_unreachable_object_store_never_costs_local_data() {
     );
     assert_eq!(received_ids(&got), sent);
 }
+
+/// The data folder is lost: a broker started on an empty folder with the same tier reads its
+/// history back from S3 (what was uploaded: the hot tail that never left the disk is gone
+/// with it, which replication, not tiering, protects), and new writes continue after it.
+#[test]
+fn an_empty_data_folder_restores_the_tiered_history() {
+    let s3 = start_s3("tier");
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = tiered_broker(&s3, dir.path());
+    let sent = clients::run(
+        Client::Python,
+        &broker,
+        &["send", "Cold", "G", "400", "1000"],
+        &[],
+    );
+    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "segments were not evicted\n{}",
+            broker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker.kill();
+    std::fs::remove_dir_all(dir.path().join("data")).unwrap();
+    broker.restart();
+    let env = [("RMQ_RECEIVE_DEADLINE_SECS", "15")];
+    let got = clients::run(
+        Client::Python,
+        &broker,
+        &["receive_ack", "Cold", "G1", "400"],
+        &env,
+    );
+    let got = received_ids(&got);
+    assert!(got.is_subset(&sent));
+    assert!(
+        got.len() >= 250,
+        "only {} of 400 restored\n{}",
+        got.len(),
+        broker.logs()
+    );
+    // Writes continue after the restored history and are delivered to the same group.
+    let more = clients::run(Client::Python, &broker, &["send", "Cold", "G", "20"], &[]);
+    let more: BTreeSet<String> = strings(&more["sent"]).into_iter().collect();
+    let got = clients::run(
+        Client::Python,
+        &broker,
+        &["receive_ack", "Cold", "G1", "20"],
+        &env,
+    );
+    assert_eq!(received_ids(&got), more);
+}

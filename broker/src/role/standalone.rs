@@ -78,13 +78,17 @@ pub async fn run(
     cfg: StandaloneConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let tier = open_tier(cfg.tier.clone())?;
     let mut store_cfg = cfg.store.clone();
-    store_cfg.tiered |= cfg.tier.is_some();
+    if let Some(t) = &tier {
+        store_cfg.tiered = true;
+        store_cfg.empty_start_offset = t.manifest().end();
+    }
     let store = Arc::new(
         MessageStore::open(store_cfg)
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
     );
-    let tier_task = start_tier(cfg.tier.clone(), &store)?;
+    let tier_task = start_tier(tier, &store)?;
     let r = store.recovery_report();
     tracing::info!(
         data_dir = %cfg.store.root_dir.display(),
@@ -213,16 +217,35 @@ pub fn spawn_service_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<
     vec![compactor, timers, transactions, renewer]
 }
 
-/// Opens the tier (if configured), attaches it to the store and starts its upload loop.
-pub fn start_tier(
+/// Opens the tier, if configured (before the store: an empty data folder resumes after the
+/// tier's history).
+pub fn open_tier(
     cfg: Option<crate::tier::TierConfig>,
+) -> anyhow::Result<Option<Arc<crate::tier::Tier>>> {
+    cfg.map(|c| crate::tier::Tier::open(c).context("opening the tier"))
+        .transpose()
+}
+
+/// Attaches the tier to the store, rebuilds an emptied data folder's ConsumeQueues and
+/// indexes from it, and starts its upload loop.
+pub fn start_tier(
+    tier: Option<Arc<crate::tier::Tier>>,
     store: &Arc<MessageStore>,
 ) -> anyhow::Result<Option<(Arc<crate::tier::Tier>, tokio::task::JoinHandle<()>)>> {
-    let Some(cfg) = cfg else {
+    let Some(tier) = tier else {
         return Ok(None);
     };
-    let tier = crate::tier::Tier::open(cfg).context("opening the tier")?;
     tier.attach(store);
+    let end = tier.manifest().end();
+    if store.recovery_report().empty && end > 0 {
+        tracing::warn!(
+            end,
+            "empty data folder: restoring ConsumeQueues and indexes from the tier"
+        );
+        store
+            .rebuild_from_cold(end)
+            .context("rebuilding from the tier")?;
+    }
     let task = tokio::spawn(Arc::clone(&tier).run(Arc::clone(store)));
     Ok(Some((tier, task)))
 }

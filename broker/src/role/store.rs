@@ -156,7 +156,11 @@ pub async fn run(
         .and_then(|mut a| a.next())
         .unwrap_or(local);
     cfg.store.store_host = store_host;
-    cfg.store.tiered |= cfg.tier.is_some();
+    let tier = super::standalone::open_tier(cfg.tier.clone())?;
+    if let Some(t) = &tier {
+        cfg.store.tiered = true;
+        cfg.store.empty_start_offset = t.manifest().end();
+    }
     let store = Arc::new(
         MessageStore::open(cfg.store.clone())
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
@@ -210,7 +214,7 @@ pub async fn run(
         })
     };
     let mut tasks = super::standalone::spawn_service_tasks(&broker);
-    if let Some((tier, task)) = super::standalone::start_tier(cfg.tier.clone(), &store)? {
+    if let Some((tier, task)) = super::standalone::start_tier(tier, &store)? {
         broker
             .metrics
             .add_source(Arc::new(move || tier.metrics.encode()));

@@ -86,6 +86,9 @@ pub struct StoreConfig {
     /// CommitLog segments deleted locally stay readable from a tier (object storage): keep
     /// the ConsumeQueue and index entries that point into them.
     pub tiered: bool,
+    /// Where the CommitLog of an empty data folder starts (a tier restoring its history sets
+    /// the end of what it holds; 0 otherwise).
+    pub empty_start_offset: u64,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +110,7 @@ impl Default for StoreConfig {
             retention_interval: Duration::from_secs(10),
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
             tiered: false,
+            empty_start_offset: 0,
         }
     }
 }

@@ -23,6 +23,27 @@ pub fn tag_code(props: &[u8]) -> i64 {
     properties::get(props, properties::TAGS).map_or(0, |t| i64::from(java_string_hash(t)))
 }
 
+/// The entry at `offset`: from the local CommitLog, or below it from the cold reader (a tier).
+fn read_any(
+    inner: &Inner,
+    offset: u64,
+    limit: u64,
+) -> std::result::Result<Option<Entry>, super::record::RecordError> {
+    if offset < inner.commitlog.min_offset()
+        && let Some(cold) = inner.cold_reader.read().clone()
+    {
+        return match cold.read_record(offset) {
+            Some(bytes) => match super::record::decode(&bytes) {
+                Ok(e) => Ok(Some(e)),
+                Err(super::record::RecordError::End) => Ok(None),
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        };
+    }
+    inner.commitlog.read_entry(offset, limit)
+}
+
 /// Dispatches records in `[from, limit)`, at most `BATCH` of them. Returns the offset reached.
 pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
     let log = &inner.commitlog;
@@ -32,7 +53,7 @@ pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
     let mut keys: Vec<(String, u64, i64)> = Vec::new();
     let mut n = 0;
     while offset < limit && n < BATCH {
-        match log.read_entry(offset, limit) {
+        match read_any(inner, offset, limit) {
             Ok(Some(Entry::Message(m))) => {
                 if m.physical_offset != offset {
                     return Err(StoreError::Corrupt {

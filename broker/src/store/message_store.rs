@@ -430,6 +430,19 @@ impl MessageStore {
         }
     }
 
+    /// Rebuilds ConsumeQueues and indexes for `[0, end)` from the cold reader: a data folder
+    /// that lost everything but a tier's history. Call before the store takes writes.
+    pub fn rebuild_from_cold(&self, end: u64) -> Result<u64> {
+        if self.inner.cold_reader.read().is_none() {
+            return Ok(0);
+        }
+        let reached =
+            dispatch::dispatch_all(&self.inner, 0, end.min(self.inner.commitlog.min_offset()))?;
+        self.inner.checkpoint()?;
+        tracing::info!(reached, "ConsumeQueues and indexes rebuilt from the tier");
+        Ok(reached)
+    }
+
     /// Installs the reader for offsets below the local CommitLog (tiered storage).
     pub fn set_cold_reader(&self, reader: Arc<dyn ColdReader>) {
         *self.inner.cold_reader.write() = Some(reader);

@@ -40,6 +40,8 @@ pub struct RecoveryReport {
     pub dropped_queue_entries: u64,
     /// Where re-dispatching into ConsumeQueues and indexes started.
     pub redispatched_from: u64,
+    /// The store had no CommitLog segment and no checkpoint: a new or emptied data folder.
+    pub empty: bool,
 }
 
 /// Bytes from `from` (relative) to the last non-zero byte of the segment.
@@ -71,9 +73,11 @@ pub fn recover(
         ..RecoveryReport::default()
     };
     let Some(first) = segments.first().map(|s| s.base()) else {
-        // No local data: continue after whatever the checkpoint last saw, at a segment start.
+        // No local data: continue after whatever the checkpoint last saw (or, on an empty
+        // folder, after the history a tier holds), at a segment start.
+        report.empty = checkpoint.is_none();
         let end = checkpoint
-            .map_or(0, |c| c.commitlog)
+            .map_or(inner.config.empty_start_offset, |c| c.commitlog)
             .div_ceil(log.segment_size())
             * log.segment_size();
         log.set_end(end)?;

@@ -785,6 +785,74 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_emptied_data_folder_restores_its_history_from_the_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TierConfig {
+            backend: TierBackend::Local {
+                path: dir.path().join("bucket"),
+            },
+            prefix: "node-a".into(),
+            hot_window_bytes: 0,
+            ..TierConfig::default()
+        };
+        let data = dir.path().join("data");
+        let n = 1000u64;
+        {
+            let store = open(&data);
+            let tier = Tier::open(cfg.clone()).unwrap();
+            tier.attach(&store);
+            for i in 0..n {
+                store.put_message(&message(i)).await.unwrap();
+            }
+            settle(&store).await;
+            tier.upload_sealed(&store).await.unwrap();
+            store.shutdown().unwrap();
+        }
+        let tiered_end = Tier::open(cfg.clone()).unwrap().manifest().end();
+        assert!(tiered_end > 0);
+        // The disk is lost: only the tier remains.
+        std::fs::remove_dir_all(&data).unwrap();
+        let tier = Tier::open(cfg).unwrap();
+        let store = MessageStore::open(StoreConfig {
+            segment_size: 64 * 1024,
+            tiered: true,
+            flush_policy: crate::store::FlushPolicy::SyncFlush,
+            empty_start_offset: tier.manifest().end(),
+            ..StoreConfig::at(&data)
+        })
+        .unwrap();
+        assert!(store.recovery_report().empty);
+        tier.attach(&store);
+        store.rebuild_from_cold(tier.manifest().end()).unwrap();
+        let mut restored = 0;
+        for q in 0..2 {
+            let mut offset = 0;
+            loop {
+                let got = store.get_message("T", q, offset, 64).unwrap();
+                if got.status != GetStatus::Found {
+                    break;
+                }
+                for m in &got.messages {
+                    assert_eq!(m.body, message(seen_index(&m.body)).body);
+                    assert!(m.physical_offset < tiered_end);
+                }
+                restored += got.messages.len() as u64;
+                offset = got.next_offset;
+            }
+        }
+        // Everything in the uploaded segments is back (the unsealed tail was local only).
+        assert!(restored > 0 && restored < n, "{restored}");
+        // New writes continue after the tiered history, with the queue offsets after it.
+        let r = store.put_message(&message(n)).await.unwrap();
+        assert!(r.physical_offset >= tiered_end);
+        assert_eq!(
+            r.queue_offset,
+            store.max_offset("T", (n % 2) as i32).unwrap() - 1
+        );
+        assert!(store.lookup_by_key("T", "k", 10, 0, i64::MAX).len() == 10);
+    }
+
     fn seen_index(body: &[u8]) -> u64 {
         let s = std::str::from_utf8(body).unwrap();
         s.split('-').nth(1).unwrap().parse().unwrap()
