@@ -104,6 +104,10 @@ fn received_ids(v: &serde_json::Value) -> BTreeSet<String> {
 }
 
 fn tiered_broker(s3: &S3Server, dir: &std::path::Path) -> BrokerProcess {
+    tiered_broker_at(s3.addr, dir)
+}
+
+fn tiered_broker_at(endpoint: SocketAddr, dir: &std::path::Path) -> BrokerProcess {
     let config = dir.join("broker.yaml");
     std::fs::write(
         &config,
@@ -111,7 +115,7 @@ fn tiered_broker(s3: &S3Server, dir: &std::path::Path) -> BrokerProcess {
             "store:\n  segmentSize: 65536\n  flushPolicy: SYNC_FLUSH\n\
              tier:\n  backend:\n    type: s3\n    bucket: tier\n    endpoint: http://{}\n    pathStyle: true\n    allowHttp: true\n\
              \x20 prefix: standalone-test\n  hotWindowBytes: 65536\n  uploadInterval: 200\n  readAheadBytes: 32768\n",
-            s3.addr
+            endpoint
         ),
     )
     .unwrap();
@@ -281,4 +285,74 @@ fn an_empty_data_folder_restores_the_tiered_history() {
         &env,
     );
     assert_eq!(received_ids(&got), more);
+}
+
+/// A proxy in front of S3 answers every third request with 503 SlowDown or 500
+/// InternalError and delays others: uploads, manifests and cold reads retry through it, and every message
+/// still reads back from offset 0.
+#[test]
+fn injected_5xx_and_delays_are_retried() {
+    let s3 = start_s3("tier");
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stats = dir.path().join("fault-stats");
+    let mut proxy = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/s3_fault_proxy.py"
+        ))
+        .args([
+            &proxy_addr.port().to_string(),
+            &s3.addr.port().to_string(),
+            "3",
+            "200",
+        ])
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the fault proxy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(proxy_addr).is_err() {
+        assert!(Instant::now() < deadline, "the fault proxy did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let broker = tiered_broker_at(proxy_addr, dir.path());
+    let sent = clients::run(
+        Client::Python,
+        &broker,
+        &["send", "Cold", "G", "300", "1000"],
+        &[],
+    );
+    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "segments were not evicted through the faulty proxy\n{}",
+            broker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let got = clients::run(
+        Client::Python,
+        &broker,
+        &["receive_ack", "Cold", "G1", "300"],
+        &[],
+    );
+    assert_eq!(received_ids(&got), sent);
+    let text = std::fs::read_to_string(&stats).unwrap_or_default();
+    let faults: u64 = text
+        .split_whitespace()
+        .skip_while(|w| *w != "faults")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    eprintln!("fault proxy: {text}");
+    assert!(
+        faults >= 3,
+        "too few faults were injected to test anything: {text}"
+    );
 }
