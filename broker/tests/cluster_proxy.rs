@@ -72,6 +72,21 @@ fn grpc_clients_through_either_proxy_survive_killed_nodes() {
         stored(cluster.stores[1].http, topic),
     );
     assert!(a > 0 && b > 0 && a + b == 20, "broker-a {a}, broker-b {b}");
+    // The proxy counts what it forwarded (SEND_MESSAGE_V2 = 310, POP_MESSAGE = 200050).
+    let metrics = ureq::get(&format!("http://{}/metrics", proxies[0].http))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"rocketmq_proxy_upstream_calls_total{code="310",outcome="ok"} 20"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rocketmq_proxy_store_nodes 2"),
+        "{metrics}"
+    );
 
     // Produced by a remoting client straight to the store nodes, consumed over gRPC: the
     // message ids the remoting client got back are the ones the gRPC consumer sees.

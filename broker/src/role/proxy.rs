@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 use crate::protocol::grpc::backend::{
@@ -156,6 +161,61 @@ pub struct Remote {
     next: AtomicUsize,
     max_body_size: usize,
     client_id: String,
+    metrics: ProxyMetrics,
+}
+
+/// Label set of the forwarded-request counter: the remoting request code and its outcome
+/// (`ok`, `refused` for a non-success answer, `unreachable`).
+type CallLabels = Vec<(String, String)>;
+
+/// Prometheus metrics of a proxy.
+struct ProxyMetrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    call_latency: Histogram,
+    store_nodes: Gauge,
+    clients: Gauge,
+    transactional_producers: Gauge,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let m = ProxyMetrics {
+            registry: Registry::with_prefix("rocketmq_proxy"),
+            calls: Family::default(),
+            call_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            store_nodes: Gauge::default(),
+            clients: Gauge::default(),
+            transactional_producers: Gauge::default(),
+        };
+        let mut registry = m.registry;
+        registry.register(
+            "upstream_calls",
+            "Requests forwarded to store nodes, by remoting request code and outcome",
+            m.calls.clone(),
+        );
+        registry.register(
+            "upstream_call_latency_seconds",
+            "Round trip of a request forwarded to a store node",
+            m.call_latency.clone(),
+        );
+        registry.register(
+            "store_nodes",
+            "Store nodes this proxy knows",
+            m.store_nodes.clone(),
+        );
+        registry.register(
+            "clients",
+            "gRPC clients heard from in the last 30 s",
+            m.clients.clone(),
+        );
+        registry.register(
+            "transactional_producers",
+            "gRPC producers with a Telemetry stream (transaction check-backs)",
+            m.transactional_producers.clone(),
+        );
+        ProxyMetrics { registry, ..m }
+    }
 }
 
 fn upstream(broker: &str, r: &RemotingCommand) -> ServiceError {
@@ -224,6 +284,7 @@ impl Remote {
             next: AtomicUsize::new(0),
             max_body_size,
             client_id,
+            metrics: ProxyMetrics::default(),
         })
     }
 
@@ -356,7 +417,25 @@ impl Remote {
         timeout: Duration,
     ) -> Result<RemotingCommand> {
         let addr = self.resolve(broker).await?;
-        match self.pool.invoke(&addr, req, timeout).await {
+        let code = req.code.to_string();
+        let started = Instant::now();
+        let result = self.pool.invoke(&addr, req, timeout).await;
+        self.metrics
+            .call_latency
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(r) if r.code == rs::SUCCESS => "ok",
+            Ok(_) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.metrics
+            .calls
+            .get_or_create(&vec![
+                ("code".to_owned(), code),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .inc();
+        match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.routes.lock().clear();
@@ -418,6 +497,18 @@ impl Remote {
         let mut req = conn::request(rq::SEND_BATCH_MESSAGE, fields);
         req.body = body.freeze();
         req
+    }
+
+    fn encode_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.store_nodes.set(self.addrs.lock().len() as i64);
+        m.clients.set(self.clients.lock().len() as i64);
+        m.transactional_producers
+            .set(self.producers.lock().len() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry)
+            .expect("writing to a String cannot fail");
+        out
     }
 
     /// Passes live gRPC clients to every store node, and registers this proxy as the
@@ -957,13 +1048,7 @@ pub async fn run(
                 "/metrics",
                 axum::routing::get(move || {
                     let r = Arc::clone(&r);
-                    async move {
-                        let brokers = r.addrs.lock().len();
-                        let clients = r.clients.lock().len();
-                        format!(
-                            "# HELP rocketmq_proxy_store_nodes Store nodes this proxy knows.\n# TYPE rocketmq_proxy_store_nodes gauge\nrocketmq_proxy_store_nodes {brokers}\n# HELP rocketmq_proxy_clients gRPC clients heard from in the last 30 s.\n# TYPE rocketmq_proxy_clients gauge\nrocketmq_proxy_clients {clients}\n# EOF\n"
-                        )
-                    }
+                    async move { r.encode_metrics() }
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }))
