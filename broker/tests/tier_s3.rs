@@ -94,6 +94,43 @@ fn metric(http: SocketAddr, name: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Waits until the broker's local CommitLog starts at `bytes` or later (segments evicted).
+fn wait_for_eviction(broker: &BrokerProcess, bytes: f64, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while metric(broker.http, "rocketmq_commitlog_min_offset") < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: uploaded {}, evicted {}\n{}",
+            metric(broker.http, "rocketmq_tier_uploaded_segments_total"),
+            metric(broker.http, "rocketmq_tier_evicted_segments_total"),
+            broker.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `n` messages of about 1 KB with the Python client; returns their ids.
+fn send(broker: &BrokerProcess, n: &str) -> BTreeSet<String> {
+    let v = clients::run(
+        Client::Python,
+        broker,
+        &["send", "Cold", "G", n, "1000"],
+        &[],
+    );
+    strings(&v["sent"]).into_iter().collect()
+}
+
+/// Receives (and acks) up to `n` messages as `group`; returns their ids.
+fn receive(broker: &BrokerProcess, group: &str, n: &str, env: &[(&str, &str)]) -> BTreeSet<String> {
+    let v = clients::run(
+        Client::Python,
+        broker,
+        &["receive_ack", "Cold", group, n],
+        env,
+    );
+    received_ids(&v)
+}
+
 fn received_ids(v: &serde_json::Value) -> BTreeSet<String> {
     v["received"]
         .as_array()
@@ -133,48 +170,25 @@ fn cold_offsets_are_read_from_s3_by_an_official_client() {
     let s3 = start_s3("tier");
     let dir = tempfile::tempdir().unwrap();
     let mut broker = tiered_broker(&s3, dir.path());
-    let sent = clients::run(
-        Client::Python,
-        &broker,
-        &["send", "Cold", "G", "400", "1000"],
-        &[],
-    );
-    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
+    let sent = send(&broker, "400");
     assert_eq!(sent.len(), 400);
 
     // The early segments go to S3 and leave the disk.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 3.0 {
-        assert!(
-            Instant::now() < deadline,
-            "segments were not evicted: uploaded {}, evicted {}\n{}",
-            metric(broker.http, "rocketmq_tier_uploaded_segments_total"),
-            metric(broker.http, "rocketmq_tier_evicted_segments_total"),
-            broker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_eviction(&broker, 65536.0 * 3.0, 60, "segments were not evicted");
     assert!(metric(broker.http, "rocketmq_tier_uploaded_bytes_total") >= 65536.0 * 3.0);
 
     // A new group reads everything from offset 0: the first messages only S3 has.
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G1", "400"],
-        &[],
-    );
-    assert_eq!(received_ids(&got), sent);
+    assert_eq!(receive(&broker, "G1", "400", &[]), sent);
     assert!(metric(broker.http, "rocketmq_tier_cold_read_bytes_total") > 0.0);
 
     // kill -9 and restart: the manifest is read back and cold reads still work.
     broker.kill_and_restart();
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G2", "400"],
-        &[],
+    assert_eq!(
+        receive(&broker, "G2", "400", &[]),
+        sent,
+        "{}",
+        broker.logs()
     );
-    assert_eq!(received_ids(&got), sent, "{}", broker.logs());
 }
 
 /// The S3 server dies before the uploads: nothing is evicted, uploads fail and are retried,
@@ -185,13 +199,7 @@ fn an_unreachable_object_store_never_costs_local_data() {
     let dir = tempfile::tempdir().unwrap();
     let broker = tiered_broker(&s3, dir.path());
     s3.stop();
-    let sent = clients::run(
-        Client::Python,
-        &broker,
-        &["send", "Cold", "G", "300", "1000"],
-        &[],
-    );
-    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
+    let sent = send(&broker, "300");
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(broker.http, "rocketmq_tier_upload_errors_total") < 2.0 {
         assert!(
@@ -206,31 +214,16 @@ fn an_unreachable_object_store_never_costs_local_data() {
         metric(broker.http, "rocketmq_tier_evicted_segments_total"),
         0.0
     );
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G1", "300"],
-        &[],
-    );
-    assert_eq!(received_ids(&got), sent);
+    assert_eq!(receive(&broker, "G1", "300", &[]), sent);
 
     s3.restart();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "segments were not uploaded after the server came back\n{}",
-            broker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let got = clients::run(
-        Client::Python,
+    wait_for_eviction(
         &broker,
-        &["receive_ack", "Cold", "G2", "300"],
-        &[],
+        65536.0 * 2.0,
+        90,
+        "not uploaded after the server came back",
     );
-    assert_eq!(received_ids(&got), sent);
+    assert_eq!(receive(&broker, "G2", "300", &[]), sent);
 }
 
 /// The data folder is lost: a broker started on an empty folder with the same tier reads its
@@ -241,33 +234,13 @@ fn an_empty_data_folder_restores_the_tiered_history() {
     let s3 = start_s3("tier");
     let dir = tempfile::tempdir().unwrap();
     let mut broker = tiered_broker(&s3, dir.path());
-    let sent = clients::run(
-        Client::Python,
-        &broker,
-        &["send", "Cold", "G", "400", "1000"],
-        &[],
-    );
-    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 4.0 {
-        assert!(
-            Instant::now() < deadline,
-            "segments were not evicted\n{}",
-            broker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let sent = send(&broker, "400");
+    wait_for_eviction(&broker, 65536.0 * 4.0, 60, "segments were not evicted");
     broker.kill();
     std::fs::remove_dir_all(dir.path().join("data")).unwrap();
     broker.restart();
     let env = [("RMQ_RECEIVE_DEADLINE_SECS", "15")];
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G1", "400"],
-        &env,
-    );
-    let got = received_ids(&got);
+    let got = receive(&broker, "G1", "400", &env);
     assert!(got.is_subset(&sent));
     assert!(
         got.len() >= 250,
@@ -276,15 +249,8 @@ fn an_empty_data_folder_restores_the_tiered_history() {
         broker.logs()
     );
     // Writes continue after the restored history and are delivered to the same group.
-    let more = clients::run(Client::Python, &broker, &["send", "Cold", "G", "20"], &[]);
-    let more: BTreeSet<String> = strings(&more["sent"]).into_iter().collect();
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G1", "20"],
-        &env,
-    );
-    assert_eq!(received_ids(&got), more);
+    let more = send(&broker, "20");
+    assert_eq!(receive(&broker, "G1", "20", &env), more);
 }
 
 /// A proxy in front of S3 answers every third request with 503 SlowDown or 500
@@ -318,29 +284,14 @@ fn injected_5xx_and_delays_are_retried() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let broker = tiered_broker_at(proxy_addr, dir.path());
-    let sent = clients::run(
-        Client::Python,
+    let sent = send(&broker, "300");
+    wait_for_eviction(
         &broker,
-        &["send", "Cold", "G", "300", "1000"],
-        &[],
+        65536.0 * 3.0,
+        120,
+        "not evicted through the faulty proxy",
     );
-    let sent: BTreeSet<String> = strings(&sent["sent"]).into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(broker.http, "rocketmq_commitlog_min_offset") < 65536.0 * 3.0 {
-        assert!(
-            Instant::now() < deadline,
-            "segments were not evicted through the faulty proxy\n{}",
-            broker.logs()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let got = clients::run(
-        Client::Python,
-        &broker,
-        &["receive_ack", "Cold", "G1", "300"],
-        &[],
-    );
-    assert_eq!(received_ids(&got), sent);
+    assert_eq!(receive(&broker, "G1", "300", &[]), sent);
     let text = std::fs::read_to_string(&stats).unwrap_or_default();
     let faults: u64 = text
         .split_whitespace()

@@ -77,14 +77,7 @@ impl Default for StoreNodeConfig {
 impl StoreNodeConfig {
     /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<StoreNodeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: StoreNodeConfig = serde_saphyr::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        cfg.store
-            .validate()
-            .with_context(|| format!("{}: store", path.display()))?;
-        Ok(cfg)
+        super::read_config(path, |c: &StoreNodeConfig| &c.store)
     }
 }
 
