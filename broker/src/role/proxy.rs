@@ -35,9 +35,6 @@ use tokio::sync::mpsc;
 use crate::protocol::grpc::backend::{
     Backend, OffsetPolicy, Pull, Pulled, QueueSet, Receive, Received, Result, Sent,
 };
-use crate::protocol::grpc::listener;
-use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
-use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
 use crate::protocol::remoting::body::{
     self, ClusterInfo, HeartbeatData, ProducerData, SubscriptionGroupWrapper, TopicConfigWire,
     TopicRouteData,
@@ -1013,24 +1010,14 @@ pub async fn run(
     cfg: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", cfg.grpc_listen))?;
-    let local = listener.local_addr()?;
-    let advertised = cfg.advertise.unwrap_or(if local.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], local.port()))
-    } else {
-        local
-    });
-    let tls = if cfg.tls {
-        let paths = cfg
-            .tls_cert_and_key
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path()));
-        Some(listener::tls_config(paths, local).context("setting up TLS")?)
-    } else {
-        None
-    };
+    let endpoint = super::GrpcEndpoint::bind(
+        cfg.grpc_listen,
+        cfg.advertise,
+        cfg.tls,
+        cfg.tls_cert_and_key.as_ref(),
+    )
+    .await?;
+    let (local, advertised) = (endpoint.local, endpoint.advertised);
     let remote = Remote::new(
         cfg.namesrv.clone(),
         cfg.max_body_size,
@@ -1069,14 +1056,7 @@ pub async fn run(
             }
         })
     };
-    let service = MessagingServiceServer::new(GrpcService::new(Arc::clone(&remote), advertised))
-        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
-        .await
-        .context("serving gRPC")?;
+    endpoint.serve(Arc::clone(&remote), shutdown).await?;
     heartbeats.abort();
     http.abort();
     remote.pool.close_all();

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::protocol::grpc::listener;
-use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
-use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
 use crate::service::metadata::{GroupConfig, TopicConfig};
 use crate::service::{Broker, BrokerConfig};
 use crate::store::{MessageStore, StoreConfig};
@@ -106,24 +103,14 @@ pub async fn run(
             .put_group(g.clone())
             .with_context(|| format!("creating group {}", g.name))?;
     }
-    let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", cfg.grpc_listen))?;
-    let local = listener.local_addr()?;
-    let advertised = cfg.advertise.unwrap_or(if local.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], local.port()))
-    } else {
-        local
-    });
-    let tls = if cfg.tls {
-        let paths = cfg
-            .tls_cert_and_key
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path()));
-        Some(listener::tls_config(paths, local).context("setting up TLS")?)
-    } else {
-        None
-    };
+    let endpoint = super::GrpcEndpoint::bind(
+        cfg.grpc_listen,
+        cfg.advertise,
+        cfg.tls,
+        cfg.tls_cert_and_key.as_ref(),
+    )
+    .await?;
+    let (local, advertised) = (endpoint.local, endpoint.advertised);
     tracing::info!(grpc = %local, %advertised, tls = cfg.tls, "gRPC endpoint listening (TLS and plaintext on one port)");
 
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
@@ -145,17 +132,12 @@ pub async fn run(
             .metrics
             .add_source(Arc::new(move || tier.metrics.encode()));
     }
-    let service = MessagingServiceServer::new(GrpcService::new(
-        Arc::new(crate::protocol::grpc::backend::Local(Arc::clone(&broker))),
-        advertised,
-    ))
-    .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-    .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(listener::incoming(listener, tls), shutdown)
-        .await
-        .context("serving gRPC")?;
+    endpoint
+        .serve(
+            Arc::new(crate::protocol::grpc::backend::Local(Arc::clone(&broker))),
+            shutdown,
+        )
+        .await?;
     for t in tasks {
         t.abort();
     }
