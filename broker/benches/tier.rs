@@ -182,7 +182,7 @@ fn main() {
     drop(files);
 
     let tier = rt.block_on(async { Tier::open(tier_cfg.clone()).unwrap() });
-    tier.attach(&store);
+    tier.attach(&store).unwrap();
     let started = Instant::now();
     let uploaded = rt.block_on(tier.upload_sealed(&store)).unwrap();
     let upload_secs = started.elapsed().as_secs_f64();
@@ -195,7 +195,7 @@ fn main() {
     tier.evict(&store).unwrap();
     drop(tier);
     let cold_tier = rt.block_on(async { Tier::open(tier_cfg.clone()).unwrap() });
-    cold_tier.attach(&store);
+    cold_tier.attach(&store).unwrap();
     let started = Instant::now();
     let (cold_n, cold_bytes, cold_first) = read_all(&store);
     let cold_secs = started.elapsed().as_secs_f64();

@@ -86,6 +86,9 @@ struct StoreArgs {
 
 #[derive(clap::Args)]
 struct ProxyArgs {
+    /// YAML or JSON configuration file (camelCase fields); flags override it.
+    #[arg(long, env = "RMQ_CONFIG")]
+    config: Option<PathBuf>,
     /// Address of the RocketMQ 5 gRPC endpoint [default: 0.0.0.0:8081].
     #[arg(long, env = "RMQ_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -120,6 +123,9 @@ fn namesrv_list(args: &[String]) -> Vec<String> {
 
 #[derive(clap::Args)]
 struct NamesrvArgs {
+    /// YAML or JSON configuration file (camelCase fields); flags override it.
+    #[arg(long, env = "RMQ_CONFIG")]
+    config: Option<PathBuf>,
     /// Address of the remoting port [default: 0.0.0.0:9876].
     #[arg(long, env = "RMQ_LISTEN")]
     listen: Option<SocketAddr>,
@@ -226,11 +232,17 @@ fn parse_group(s: &str) -> Result<GroupConfig, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // `RMQ_LOG_FORMAT=json`: one JSON object per line (what log collectors in Kubernetes read).
+    if std::env::var("RMQ_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
         Role::Namesrv(args) => run_namesrv(args),
@@ -297,14 +309,20 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
 }
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let mut cfg = broker::role::proxy::ProxyConfig::default();
+    use broker::role::proxy::ProxyConfig;
+    let mut cfg = match &args.config {
+        Some(path) => ProxyConfig::from_file(path)?,
+        None => ProxyConfig::default(),
+    };
     if let Some(a) = args.grpc_listen {
         cfg.grpc_listen = a;
     }
     if let Some(a) = args.http_listen {
         cfg.http_listen = a;
     }
-    cfg.advertise = args.advertise;
+    if args.advertise.is_some() {
+        cfg.advertise = args.advertise;
+    }
     let namesrv = namesrv_list(&args.namesrv);
     if !namesrv.is_empty() {
         cfg.namesrv = namesrv;
@@ -318,7 +336,11 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
 }
 
 fn run_namesrv(args: NamesrvArgs) -> anyhow::Result<()> {
-    let mut cfg = broker::role::namesrv::NamesrvConfig::default();
+    use broker::role::namesrv::NamesrvConfig;
+    let mut cfg = match &args.config {
+        Some(path) => NamesrvConfig::from_file(path)?,
+        None => NamesrvConfig::default(),
+    };
     if let Some(a) = args.listen {
         cfg.listen = a;
     }

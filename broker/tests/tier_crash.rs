@@ -40,7 +40,7 @@ fn open(dir: &Path) -> (MessageStore, Arc<Tier>) {
         ..TierConfig::default()
     })
     .expect("the tier opens");
-    tier.attach(&store);
+    tier.attach(&store).unwrap();
     (store, tier)
 }
 

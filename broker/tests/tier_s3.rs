@@ -307,3 +307,194 @@ fn injected_5xx_and_delays_are_retried() {
         "too few faults were injected to test anything: {text}"
     );
 }
+
+/// The YAML tier section of a store node whose objects live under `prefix`.
+fn tier_yaml(s3: &S3Server, prefix: &str, indent: &str) -> String {
+    format!(
+        "{indent}backend:\n{indent}  type: s3\n{indent}  bucket: tier\n{indent}  endpoint: http://{}\n{indent}  pathStyle: true\n{indent}  allowHttp: true\n\
+         {indent}prefix: {prefix}\n{indent}hotWindowBytes: 65536\n{indent}uploadInterval: 200\n{indent}readAheadBytes: 32768\n{indent}metadataInterval: 200\n",
+        s3.addr
+    )
+}
+
+/// One remoting request to `addr` with our own client; returns the response code and body.
+fn remoting_call(addr: &str, code: i32, fields: Vec<(&'static str, String)>) -> (i32, Vec<u8>) {
+    use broker::protocol::remoting::conn::{self, NoRequests, Pool};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = Pool::new(
+            std::sync::Arc::new(NoRequests),
+            Duration::from_secs(2),
+            1 << 24,
+        );
+        let r = pool
+            .invoke(addr, conn::request(code, fields), Duration::from_secs(5))
+            .await
+            .expect("the remoting call is answered");
+        (r.code, r.body.to_vec())
+    })
+}
+
+/// Scale-in without moving data: a store node is drained (producers refused, its last segment
+/// sealed early and uploaded) and removed for good (kill -9, data folder deleted). Another
+/// store node adopts its tier read-only: it registers the removed node's broker name with
+/// read-only queues, and an official client reads every message of the removed node through a
+/// proxy; producers are refused there.
+#[test]
+fn another_node_adopts_a_removed_nodes_tiered_history() {
+    use broker::protocol::remoting::codes::{request as rq, response as rs};
+    let s3 = start_s3("tier");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")];
+    let namesrv = BrokerProcess::start_role("namesrv", &dir.path().join("namesrv"), &[]);
+    let ns = namesrv.endpoint();
+    let a_yaml = dir.path().join("a.yaml");
+    std::fs::write(
+        &a_yaml,
+        format!(
+            "store:\n  segmentSize: 65536\n  flushPolicy: SYNC_FLUSH\ntier:\n{}",
+            tier_yaml(&s3, "store-a", "  ")
+        ),
+    )
+    .unwrap();
+    let mut a = BrokerProcess::start_role_env(
+        "store",
+        &dir.path().join("a"),
+        &[
+            "--broker-name",
+            "store-a",
+            "--namesrv",
+            &ns,
+            "--config",
+            a_yaml.to_str().unwrap(),
+            "--topic",
+            "Cold:2",
+        ],
+        &env,
+    );
+    let proxy = BrokerProcess::start_role("proxy", &dir.path().join("proxy"), &["--namesrv", &ns]);
+    let sent = send(&proxy, "400");
+    assert_eq!(sent.len(), 400);
+    wait_for_eviction(&a, 65536.0 * 4.0, 60, "segments were not evicted");
+    // Its metadata (the topic) is in the tier too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(a.http, "rocketmq_tier_metadata_snapshots_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no metadata snapshot\n{}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Scale-in: the node is drained (producers refused, its last segment sealed and tiered),
+    // then removed for good.
+    let drain = |path: &str| -> serde_json::Value {
+        ureq::post(&format!("http://{}{path}", a.http))
+            .send_empty()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    let status = drain("/admin/node/drain");
+    assert_eq!(status["draining"], true, "{status}");
+    let (code, _) = remoting_call(
+        &a.endpoint(),
+        rq::SEND_MESSAGE,
+        vec![("topic", "Cold".to_owned())],
+    );
+    assert_eq!(code, rs::NO_PERMISSION);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: serde_json::Value = ureq::get(&format!("http://{}/admin/node", a.http))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        if status["drained"] == true {
+            assert_eq!(status["untieredBytes"], 0, "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not drained: {status}\n{}",
+            a.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    a.kill();
+    std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+
+    let manifests_before = manifests(&s3, "store-a");
+    let adopted_port = free_port();
+    let b_yaml = dir.path().join("b.yaml");
+    std::fs::write(
+        &b_yaml,
+        format!(
+            "adopt:\n- brokerName: store-a\n  listen: 127.0.0.1:{adopted_port}\n  tier:\n{}",
+            tier_yaml(&s3, "store-a", "    ")
+        ),
+    )
+    .unwrap();
+    let b = BrokerProcess::start_role_env(
+        "store",
+        &dir.path().join("b"),
+        &[
+            "--broker-name",
+            "store-b",
+            "--namesrv",
+            &ns,
+            "--config",
+            b_yaml.to_str().unwrap(),
+        ],
+        &env,
+    );
+    // The name server routes the topic to the adopted node, readable only (PermName.READ).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let route = loop {
+        let (code, body) = remoting_call(
+            &ns,
+            rq::GET_ROUTEINFO_BY_TOPIC,
+            vec![("topic", "Cold".to_owned())],
+        );
+        if code == rs::SUCCESS {
+            break broker::protocol::remoting::body::from_body::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no route to Cold\n{}", b.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let queue = &route["queueDatas"][0];
+    assert_eq!(queue["brokerName"], "store-a", "{route}");
+    assert_eq!(queue["perm"], 4, "{route}");
+    let adopted = format!("127.0.0.1:{adopted_port}");
+    assert_eq!(
+        route["brokerDatas"][0]["brokerAddrs"]["0"],
+        adopted.as_str()
+    );
+
+    // Every message the drained node held reads back through the proxy from offset 0.
+    let got = receive(&proxy, "G1", "400", &[]);
+    assert_eq!(got, sent, "{}", b.logs());
+    // Producers are refused with NO_PERMISSION, as RocketMQ refuses a read-only broker.
+    let (code, _) = remoting_call(
+        &adopted,
+        rq::SEND_MESSAGE,
+        vec![("topic", "Cold".to_owned())],
+    );
+    assert_eq!(code, rs::NO_PERMISSION);
+    // The adopting node never writes to the adopted prefix.
+    assert_eq!(manifests(&s3, "store-a"), manifests_before, "{}", b.logs());
+}
+
+/// The manifest versions stored under a node's prefix (s3s-fs keeps objects as files).
+fn manifests(s3: &S3Server, prefix: &str) -> BTreeSet<String> {
+    std::fs::read_dir(s3.root.path().join("tier").join(prefix).join("manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect()
+}

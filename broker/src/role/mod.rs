@@ -1,5 +1,6 @@
 //! The roles the `rmq-broker` binary can run.
 
+pub mod drain;
 pub mod namesrv;
 pub mod proxy;
 pub mod standalone;
@@ -12,14 +13,19 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
     store: impl Fn(&T) -> &crate::store::StoreConfig,
 ) -> anyhow::Result<T> {
     use anyhow::Context;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: T =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cfg: T = read_file(path)?;
     store(&cfg)
         .validate()
         .with_context(|| format!("{}: store", path.display()))?;
     Ok(cfg)
+}
+
+/// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
+pub fn read_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// A bound gRPC port: its address, the one clients are told, and its TLS setup.

@@ -42,6 +42,13 @@ pub struct NamesrvConfig {
     pub broker_timeout: Duration,
 }
 
+impl NamesrvConfig {
+    /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<NamesrvConfig> {
+        super::read_file(path)
+    }
+}
+
 impl Default for NamesrvConfig {
     fn default() -> Self {
         NamesrvConfig {

@@ -81,6 +81,13 @@ pub struct ProxyConfig {
     pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+impl ProxyConfig {
+    /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<ProxyConfig> {
+        super::read_file(path)
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {

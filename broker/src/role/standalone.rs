@@ -68,12 +68,8 @@ pub async fn run(
     cfg: StandaloneConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let tier = open_tier(cfg.tier.clone())?;
     let mut store_cfg = cfg.store.clone();
-    if let Some(t) = &tier {
-        store_cfg.tiered = true;
-        store_cfg.empty_start_offset = t.manifest().end();
-    }
+    let tier = open_tier(cfg.tier.clone(), &mut store_cfg)?;
     let store = Arc::new(
         MessageStore::open(store_cfg)
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
@@ -192,13 +188,22 @@ pub fn spawn_service_tasks(broker: &Arc<Broker>) -> Vec<tokio::task::JoinHandle<
     vec![compactor, timers, transactions, renewer]
 }
 
-/// Opens the tier, if configured (before the store: an empty data folder resumes after the
-/// tier's history).
+/// Opens the tier, if configured, before the store: an empty data folder resumes after the
+/// tier's history, with its metadata (topics, groups, consumer offsets) restored from the
+/// tier's newest snapshot into the store's config folder.
 pub fn open_tier(
     cfg: Option<crate::tier::TierConfig>,
+    store: &mut StoreConfig,
 ) -> anyhow::Result<Option<Arc<crate::tier::Tier>>> {
-    cfg.map(|c| crate::tier::Tier::open(c).context("opening the tier"))
-        .transpose()
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let tier = crate::tier::Tier::open(cfg).context("opening the tier")?;
+    store.tiered = true;
+    store.empty_start_offset = tier.manifest().end();
+    tier.restore_metadata(&store.config_dir())
+        .context("restoring metadata from the tier")?;
+    Ok(Some(tier))
 }
 
 /// Attaches the tier to the store, rebuilds an emptied data folder's ConsumeQueues and
@@ -210,16 +215,14 @@ pub fn start_tier(
     let Some(tier) = tier else {
         return Ok(None);
     };
-    tier.attach(store);
+    tier.attach(store).context("attaching the tier")?;
     let end = tier.manifest().end();
     if store.recovery_report().empty && end > 0 {
         tracing::warn!(
             end,
             "empty data folder: restoring ConsumeQueues and indexes from the tier"
         );
-        store
-            .rebuild_from_cold(end)
-            .context("rebuilding from the tier")?;
+        tier.restore(store).context("restoring from the tier")?;
     }
     let task = tokio::spawn(Arc::clone(&tier).run(Arc::clone(store)));
     Ok(Some((tier, task)))

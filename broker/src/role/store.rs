@@ -50,6 +50,29 @@ pub struct StoreNodeConfig {
     pub heartbeat_timeout: Duration,
     /// Tiered storage (off when absent); its prefix should name this node.
     pub tier: Option<crate::tier::TierConfig>,
+    /// Other nodes' tiered history this node serves, read-only (a scale-in without moving
+    /// data): each is registered under its own broker name, on its own port.
+    pub adopt: Vec<AdoptConfig>,
+}
+
+/// One adopted node: another store node's tier, served for reads under that node's name.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdoptConfig {
+    /// The adopted node's broker name (what its queues are routed by).
+    pub broker_name: String,
+    /// Where its remoting port listens.
+    pub listen: SocketAddr,
+    /// `host:port` clients should use for it (defaults to this node's advertised host with
+    /// the `listen` port).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Only the store node with this broker name adopts it (one configuration file can serve
+    /// a whole StatefulSet); every node that reads the entry when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The adopted node's tier: same object store and the node's prefix.
+    pub tier: crate::tier::TierConfig,
 }
 
 impl Default for StoreNodeConfig {
@@ -70,6 +93,7 @@ impl Default for StoreNodeConfig {
             groups: Vec::new(),
             heartbeat_timeout: super::namesrv::DEFAULT_BROKER_TIMEOUT,
             tier: None,
+            adopt: Vec::new(),
         }
     }
 }
@@ -81,12 +105,22 @@ impl StoreNodeConfig {
     }
 }
 
+/// What a node tells the name servers about itself.
+#[derive(Clone)]
+struct Registration {
+    broker_name: String,
+    cluster: String,
+    broker_id: i64,
+    advertised: String,
+    namesrv: Vec<String>,
+    heartbeat_timeout: Duration,
+}
+
 /// Sends one registration to every name server; returns how many accepted it.
 async fn register_all(
     pool: &Pool<NoRequests>,
     handler: &BrokerHandler,
-    cfg: &StoreNodeConfig,
-    advertised: &str,
+    reg: &Registration,
 ) -> usize {
     let registration = RegisterBrokerBody {
         topic_config_serialize_wrapper: handler.topic_wrapper(),
@@ -94,18 +128,18 @@ async fn register_all(
     };
     let body = body::to_body(&registration);
     let mut accepted = 0;
-    for addr in &cfg.namesrv {
+    for addr in &reg.namesrv {
         let mut req = conn::request(
             rq::REGISTER_BROKER,
             [
-                ("brokerName", cfg.broker.broker_name.clone()),
-                ("brokerAddr", advertised.to_owned()),
-                ("clusterName", cfg.cluster.clone()),
-                ("haServerAddr", advertised.to_owned()),
-                ("brokerId", cfg.broker_id.to_string()),
+                ("brokerName", reg.broker_name.clone()),
+                ("brokerAddr", reg.advertised.clone()),
+                ("clusterName", reg.cluster.clone()),
+                ("haServerAddr", reg.advertised.clone()),
+                ("brokerId", reg.broker_id.to_string()),
                 (
                     "heartbeatTimeoutMillis",
-                    cfg.heartbeat_timeout.as_millis().to_string(),
+                    reg.heartbeat_timeout.as_millis().to_string(),
                 ),
                 ("enableActingMaster", "false".to_owned()),
                 ("compressed", "false".to_owned()),
@@ -116,14 +150,170 @@ async fn register_all(
         match pool.invoke(addr, req, CALL_TIMEOUT).await {
             Ok(r) if r.code == rs::SUCCESS => accepted += 1,
             Ok(r) => {
-                tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "name server refused the registration")
+                tracing::warn!(namesrv = %addr, broker = %reg.broker_name, code = r.code, remark = ?r.remark, "name server refused the registration")
             }
             Err(e) => {
-                tracing::warn!(namesrv = %addr, error = %e, "registering with a name server failed; retrying")
+                tracing::warn!(namesrv = %addr, broker = %reg.broker_name, error = %e, "registering with a name server failed; retrying")
             }
         }
     }
     accepted
+}
+
+/// Keeps a node registered: every 30 s, soon while a name server is missing, and at once when
+/// its topics change or a name-server connection drops.
+fn spawn_registration(
+    pool: Arc<Pool<NoRequests>>,
+    handler: Arc<BrokerHandler>,
+    reg: Registration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_version = None;
+        loop {
+            let version = handler.broker.metadata.version();
+            let accepted = register_all(&pool, &handler, &reg).await;
+            if last_version != Some(version) && accepted > 0 {
+                tracing::info!(
+                    accepted,
+                    of = reg.namesrv.len(),
+                    broker = %reg.broker_name,
+                    "registered with the name servers"
+                );
+                last_version = Some(version);
+            }
+            let wait = if accepted < reg.namesrv.len() {
+                Duration::from_secs(3)
+            } else {
+                REGISTER_PERIOD
+            };
+            let until = tokio::time::Instant::now() + wait;
+            // Topics also change without the remoting port (auto-creation, the HTTP admin
+            // API): look at the version every second. A lost connection to a name server
+            // means it may have restarted empty: register again at once.
+            while tokio::time::Instant::now() < until
+                && handler.broker.metadata.version() == version
+                && reg.namesrv.iter().all(|a| pool.is_open(a))
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = handler.topics_changed.notified() => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+async fn unregister_all(pool: &Pool<NoRequests>, reg: &Registration) {
+    for addr in &reg.namesrv {
+        let req = conn::request(
+            rq::UNREGISTER_BROKER,
+            [
+                ("brokerName", reg.broker_name.clone()),
+                ("brokerAddr", reg.advertised.clone()),
+                ("clusterName", reg.cluster.clone()),
+                ("brokerId", reg.broker_id.to_string()),
+            ],
+        );
+        if let Err(e) = pool.invoke(addr, req, Duration::from_secs(1)).await {
+            tracing::debug!(namesrv = %addr, error = %e, "unregistering failed");
+        }
+    }
+}
+
+/// The address clients are told to use for a listener, and the IP address message ids carry.
+fn advertised_address(local: SocketAddr, advertise: Option<&str>) -> (String, SocketAddr) {
+    let advertised = advertise.map(str::to_owned).unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            format!("127.0.0.1:{}", local.port())
+        } else {
+            local.to_string()
+        }
+    });
+    let store_host = advertised
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or(local);
+    (advertised, store_host)
+}
+
+/// A node served next to this one from another node's tier.
+struct Adopted {
+    listener: tokio::net::TcpListener,
+    handler: Arc<BrokerHandler>,
+    store: Arc<MessageStore>,
+    reg: Registration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens another node's tier read-only and a local store for it under
+/// `<rootDir>/adopted/<brokerName>`: its metadata (topics, groups, consumer offsets) and its
+/// ConsumeQueues come from the tier on the first start, its messages are read from the tier.
+async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted> {
+    let what = || format!("adopting {} (prefix {})", a.broker_name, a.tier.prefix);
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {} for {}", a.listen, a.broker_name))?;
+    let local = listener.local_addr()?;
+    let advertise = a.advertise.clone().or_else(|| {
+        // The node's own advertised host (a pod's DNS name) with this listener's port.
+        let own = cfg.advertise.as_deref()?;
+        let host = own.rsplit_once(':').map_or(own, |(h, _)| h);
+        Some(format!("{host}:{}", local.port()))
+    });
+    let (advertised, store_host) = advertised_address(local, advertise.as_deref());
+    let tier = crate::tier::Tier::open_read_only(a.tier.clone()).with_context(what)?;
+    let mut store_cfg = StoreConfig {
+        root_dir: cfg.store.root_dir.join("adopted").join(&a.broker_name),
+        store_host,
+        tiered: true,
+        empty_start_offset: tier.manifest().end(),
+        ..cfg.store.clone()
+    };
+    tier.restore_metadata(&store_cfg.config_dir())
+        .with_context(what)?;
+    store_cfg.empty_start_offset = tier.manifest().end();
+    let store = Arc::new(MessageStore::open(store_cfg).with_context(what)?);
+    tier.attach(&store).with_context(what)?;
+    if store.recovery_report().empty && tier.manifest().end() > 0 {
+        let s = Arc::clone(&store);
+        let t = Arc::clone(&tier);
+        tokio::task::spawn_blocking(move || t.restore(&s))
+            .await
+            .context("joining the restore")?
+            .with_context(what)?;
+    }
+    let broker = Arc::new(
+        Broker::open(
+            Arc::clone(&store),
+            BrokerConfig {
+                broker_name: a.broker_name.clone(),
+                auto_create_topics: false,
+                ..cfg.broker.clone()
+            },
+        )
+        .with_context(what)?,
+    );
+    let handler = BrokerHandler::new(broker, &cfg.cluster, &advertised);
+    handler.set_read_only(true);
+    let m = tier.manifest();
+    tracing::info!(broker = %a.broker_name, remoting = %a.listen, %advertised, segments = m.segments.len(), tiered_bytes = m.bytes(), "serving an adopted node's tiered history (read-only)");
+    let tasks = super::standalone::spawn_service_tasks(&handler.broker);
+    Ok(Adopted {
+        listener,
+        handler,
+        store,
+        reg: Registration {
+            broker_name: a.broker_name.clone(),
+            cluster: cfg.cluster.clone(),
+            broker_id: 0,
+            advertised,
+            namesrv: cfg.namesrv.clone(),
+            heartbeat_timeout: cfg.heartbeat_timeout,
+        },
+        tasks,
+    })
 }
 
 /// Runs a store node until `shutdown` resolves.
@@ -135,25 +325,18 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the remoting port {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    let advertised = cfg.advertise.clone().unwrap_or_else(|| {
-        if local.ip().is_unspecified() {
-            format!("127.0.0.1:{}", local.port())
-        } else {
-            local.to_string()
-        }
-    });
-    // Message ids carry the store host as an IP address: resolve the advertised name.
-    let store_host = advertised
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or(local);
+    // Message ids carry the store host as an IP address: the advertised name, resolved.
+    let (advertised, store_host) = advertised_address(local, cfg.advertise.as_deref());
     cfg.store.store_host = store_host;
-    let tier = super::standalone::open_tier(cfg.tier.clone())?;
-    if let Some(t) = &tier {
-        cfg.store.tiered = true;
-        cfg.store.empty_start_offset = t.manifest().end();
+    // One configuration file serves a whole StatefulSet: `{brokerName}` in a tier prefix is
+    // this node's name.
+    let name = cfg.broker.broker_name.clone();
+    if let Some(t) = &mut cfg.tier {
+        t.prefix = t.prefix.replace("{brokerName}", &name);
     }
+    cfg.adopt
+        .retain(|a| a.node.as_ref().is_none_or(|n| *n == name) && a.broker_name != name);
+    let tier = super::standalone::open_tier(cfg.tier.clone(), &mut cfg.store)?;
     let store = Arc::new(
         MessageStore::open(cfg.store.clone())
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
@@ -194,112 +377,113 @@ pub async fn run(
     let handler = BrokerHandler::new(Arc::clone(&broker), &cfg.cluster, &advertised);
     tracing::info!(remoting = %local, %advertised, cluster = %cfg.cluster, broker = %cfg.broker.broker_name, id = cfg.broker_id, namesrv = ?cfg.namesrv, "store node listening");
 
+    let mut tasks = super::standalone::spawn_service_tasks(&broker);
+    let tier = match super::standalone::start_tier(tier, &store)? {
+        Some((tier, task)) => {
+            let t = Arc::clone(&tier);
+            broker
+                .metrics
+                .add_source(Arc::new(move || t.metrics.encode()));
+            tasks.push(task);
+            Some(tier)
+        }
+        None => None,
+    };
+    let node = super::drain::NodeAdmin::new(Arc::clone(&handler), Arc::clone(&store), tier);
+    tasks.push(tokio::spawn(Arc::clone(&node).run()));
+
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
     let http = {
-        let router = crate::protocol::http::router(Arc::clone(&broker));
+        let router = crate::protocol::http::router(Arc::clone(&broker)).merge(node.router());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         })
     };
-    let mut tasks = super::standalone::spawn_service_tasks(&broker);
-    if let Some((tier, task)) = super::standalone::start_tier(tier, &store)? {
-        broker
-            .metrics
-            .add_source(Arc::new(move || tier.metrics.encode()));
-        tasks.push(task);
-    }
     let pool = Arc::new(Pool::new(
         Arc::new(NoRequests),
         CALL_TIMEOUT,
         DEFAULT_MAX_FRAME,
     ));
-    tasks.push({
-        let (pool, handler, cfg, advertised) = (
+    let reg = Registration {
+        broker_name: cfg.broker.broker_name.clone(),
+        cluster: cfg.cluster.clone(),
+        broker_id: cfg.broker_id,
+        advertised: advertised.clone(),
+        namesrv: cfg.namesrv.clone(),
+        heartbeat_timeout: cfg.heartbeat_timeout,
+    };
+    tasks.push(spawn_registration(
+        Arc::clone(&pool),
+        Arc::clone(&handler),
+        reg.clone(),
+    ));
+    tasks.push(spawn_client_scan(Arc::clone(&handler)));
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut adopted = Vec::new();
+    for a in &cfg.adopt {
+        let mut node = adopt(a, &cfg).await?;
+        node.tasks.push(spawn_registration(
             Arc::clone(&pool),
-            Arc::clone(&handler),
-            cfg.clone(),
-            advertised.clone(),
+            Arc::clone(&node.handler),
+            node.reg.clone(),
+        ));
+        node.tasks
+            .push(spawn_client_scan(Arc::clone(&node.handler)));
+        let mut stopped = stopped.clone();
+        let serve = conn::serve(
+            node.listener,
+            Arc::clone(&node.handler),
+            DEFAULT_MAX_FRAME,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
         );
-        tokio::spawn(async move {
-            let mut last_version = None;
-            loop {
-                let version = handler.broker.metadata.version();
-                let accepted = register_all(&pool, &handler, &cfg, &advertised).await;
-                if last_version != Some(version) && accepted > 0 {
-                    tracing::info!(
-                        accepted,
-                        of = cfg.namesrv.len(),
-                        "registered with the name servers"
-                    );
-                    last_version = Some(version);
-                }
-                // Retry soon while a name server is missing; otherwise on the period or on
-                // a topic change (coalescing bursts of them).
-                let wait = if accepted < cfg.namesrv.len() {
-                    Duration::from_secs(3)
-                } else {
-                    REGISTER_PERIOD
-                };
-                let until = tokio::time::Instant::now() + wait;
-                // Topics also change without the remoting port (auto-creation, the HTTP
-                // admin API): look at the version every second. A lost connection to a name
-                // server means it may have restarted empty: register again at once.
-                while tokio::time::Instant::now() < until
-                    && handler.broker.metadata.version() == version
-                    && cfg.namesrv.iter().all(|a| pool.is_open(a))
-                {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = handler.topics_changed.notified() => {}
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    });
-    tasks.push({
-        let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tick.tick().await;
-                handler.scan_clients().await;
-            }
-        })
-    });
+        node.tasks.push(tokio::spawn(serve));
+        adopted.push((node.reg, node.handler, node.store, node.tasks));
+    }
 
     conn::serve(listener, Arc::clone(&handler), DEFAULT_MAX_FRAME, shutdown).await;
+    let _ = stop.send(true);
     for t in tasks {
         t.abort();
     }
     http.abort();
     tracing::info!("shutting down: leaving the name servers");
-    for addr in &cfg.namesrv {
-        let req = conn::request(
-            rq::UNREGISTER_BROKER,
-            [
-                ("brokerName", cfg.broker.broker_name.clone()),
-                ("brokerAddr", advertised.clone()),
-                ("clusterName", cfg.cluster.clone()),
-                ("brokerId", cfg.broker_id.to_string()),
-            ],
-        );
-        if let Err(e) = pool.invoke(addr, req, Duration::from_secs(1)).await {
-            tracing::debug!(namesrv = %addr, error = %e, "unregistering failed");
+    unregister_all(&pool, &reg).await;
+    let mut stores = vec![(broker, store)];
+    for (reg, handler, store, tasks) in adopted {
+        for t in tasks {
+            t.abort();
         }
+        unregister_all(&pool, &reg).await;
+        stores.push((Arc::clone(&handler.broker), store));
     }
     pool.close_all();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        broker.pop.compact()?;
-        store.shutdown()?;
+        for (broker, store) in stores {
+            broker.pop.compact()?;
+            store.shutdown()?;
+        }
         Ok(())
     })
     .await
     .context("joining shutdown")??;
     Ok(())
+}
+
+/// Drops clients whose heartbeats stopped (every 10 s).
+fn spawn_client_scan(handler: Arc<BrokerHandler>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            handler.scan_clients().await;
+        }
+    })
 }

@@ -311,6 +311,30 @@ impl CommitLog {
         Ok(seg)
     }
 
+    /// Fills the rest of the segment being written with a blank record, so that it is sealed
+    /// now rather than when it fills up (a node being drained hands its last bytes to a tier).
+    /// The next append starts a new segment. Returns whether anything was sealed.
+    pub fn roll(&self) -> Result<bool> {
+        let mut writer = self.writer.lock();
+        let Some(seg) = writer.current.clone() else {
+            return Ok(false);
+        };
+        if writer.offset <= seg.base() || writer.offset >= seg.end() {
+            return Ok(false);
+        }
+        let pos = writer.offset - seg.base();
+        let blank = seg.end() - writer.offset;
+        if blank >= BLANK_MARKER_LEN as u64 {
+            // SAFETY: sole writer; the blank region is beyond the published offset.
+            let buf = unsafe { seg.write_slice(pos as usize, BLANK_MARKER_LEN) };
+            record::encode_blank(buf, blank as u32);
+        }
+        writer.offset = seg.end();
+        self.written.store(writer.offset, Ordering::Release);
+        tracing::info!(base = seg.base(), blank, "CommitLog segment sealed early");
+        Ok(true)
+    }
+
     fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
         let segments = self.segments.read();
         let first = segments.first()?.base();

@@ -150,6 +150,11 @@ impl ConsumeQueue {
         if entries.is_empty() {
             return Ok(());
         }
+        if offset > st.max && st.files.is_empty() {
+            // A queue rebuilt from a tier whose oldest segments have expired: it starts here.
+            st.min = offset;
+            st.max = offset;
+        }
         if offset > st.max {
             tracing::error!(dir = ?self.dir, expected = st.max, got = offset,
                 "ConsumeQueue gap: filling with empty entries");

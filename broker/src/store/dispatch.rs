@@ -13,7 +13,7 @@ use super::error::{Result, StoreError};
 use super::index::{IndexEntry, java_string_hash};
 use super::message_store::Inner;
 use super::properties;
-use super::record::Entry;
+use super::record::{Entry, StoredMessage};
 
 /// Records handled per round before queues and indexes are written.
 const BATCH: usize = 4096;
@@ -33,26 +33,68 @@ fn read_any(
         && let Some(cold) = inner.cold_reader.read().clone()
     {
         return match cold.read_record(offset) {
-            Some(bytes) => match super::record::decode(&bytes) {
+            Ok(Some(bytes)) => match super::record::decode(&bytes) {
                 Ok(e) => Ok(Some(e)),
                 Err(super::record::RecordError::End) => Ok(None),
                 Err(e) => Err(e),
             },
-            None => Ok(None),
+            Ok(None) => Ok(None),
+            Err(reason) => Err(super::record::RecordError::Unreadable(reason)),
         };
     }
     inner.commitlog.read_entry(offset, limit)
 }
 
-/// Dispatches records in `[from, limit)`, at most `BATCH` of them. Returns the offset reached.
-pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
+/// What the dispatcher takes from one message record: enough to rebuild its ConsumeQueue and
+/// index entries without the record (a tier stores these next to each segment it uploads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub topic: String,
+    pub queue_id: i32,
+    pub queue_offset: u64,
+    pub physical_offset: u64,
+    pub size: u32,
+    pub tag_code: i64,
+    pub store_timestamp: i64,
+    /// Index keys, without the topic: the unique key and each of `KEYS`.
+    pub keys: Vec<String>,
+}
+
+impl QueueEntry {
+    fn of(m: StoredMessage) -> QueueEntry {
+        let mut keys = Vec::new();
+        for (key, value) in properties::iter(&m.properties) {
+            if key == properties::UNIQ_KEY {
+                keys.push(value.to_owned());
+            } else if key == properties::KEYS {
+                keys.extend(
+                    value
+                        .split(' ')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        QueueEntry {
+            tag_code: tag_code(&m.properties),
+            queue_id: m.queue_id,
+            queue_offset: m.queue_offset,
+            physical_offset: m.physical_offset,
+            size: m.total_size,
+            store_timestamp: m.store_timestamp,
+            topic: m.topic,
+            keys,
+        }
+    }
+}
+
+/// Reads the records in `[from, limit)`, at most `max` of them. Returns their queue entries
+/// and the offset reached.
+pub fn scan(inner: &Inner, from: u64, limit: u64, max: usize) -> Result<(Vec<QueueEntry>, u64)> {
     let log = &inner.commitlog;
     let mut offset = from;
-    let mut per_queue: HashMap<*const ConsumeQueue, (Arc<ConsumeQueue>, u64, Vec<CqEntry>)> =
-        HashMap::new();
-    let mut keys: Vec<(String, u64, i64)> = Vec::new();
-    let mut n = 0;
-    while offset < limit && n < BATCH {
+    let mut out = Vec::new();
+    while offset < limit && out.len() < max {
         match read_any(inner, offset, limit) {
             Ok(Some(Entry::Message(m))) => {
                 if m.physical_offset != offset {
@@ -62,34 +104,8 @@ pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
                         reason: format!("record says it is at offset {}", m.physical_offset),
                     });
                 }
-                let q = inner.queues.queue(&m.topic, m.queue_id)?;
-                let entry = CqEntry {
-                    physical_offset: offset,
-                    size: m.total_size,
-                    tag_code: tag_code(&m.properties),
-                };
-                let slot = per_queue
-                    .entry(Arc::as_ptr(&q))
-                    .or_insert_with(|| (Arc::clone(&q), m.queue_offset, Vec::new()));
-                if slot.1 + slot.2.len() as u64 != m.queue_offset {
-                    // Not contiguous with what this batch holds for the queue: write what we
-                    // have first (the queue checks order and reports gaps).
-                    let (q, first, entries) =
-                        std::mem::replace(slot, (Arc::clone(&q), m.queue_offset, Vec::new()));
-                    q.append(first, &entries)?;
-                }
-                slot.2.push(entry);
-                for (key, value) in properties::iter(&m.properties) {
-                    if key == properties::UNIQ_KEY {
-                        keys.push((format!("{}#{}", m.topic, value), offset, m.store_timestamp));
-                    } else if key == properties::KEYS {
-                        for k in value.split(' ').filter(|k| !k.is_empty()) {
-                            keys.push((format!("{}#{}", m.topic, k), offset, m.store_timestamp));
-                        }
-                    }
-                }
                 offset += u64::from(m.total_size);
-                n += 1;
+                out.push(QueueEntry::of(m));
             }
             Ok(Some(Entry::Blank(_))) => offset = log.next_segment_start(offset),
             Ok(None) => {
@@ -105,6 +121,12 @@ pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
                     reason: "no record where the CommitLog says data was written".into(),
                 });
             }
+            Err(super::record::RecordError::Unreadable(reason)) => {
+                return Err(StoreError::TierUnavailable {
+                    physical_offset: offset,
+                    reason,
+                });
+            }
             Err(e) => {
                 return Err(StoreError::Corrupt {
                     path: log.dir().to_owned(),
@@ -112,6 +134,40 @@ pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
                     reason: e.to_string(),
                 });
             }
+        }
+    }
+    Ok((out, offset))
+}
+
+/// Writes the ConsumeQueue and index entries of `entries` (in CommitLog order).
+pub fn apply(inner: &Inner, entries: &[QueueEntry]) -> Result<()> {
+    let mut per_queue: HashMap<*const ConsumeQueue, (Arc<ConsumeQueue>, u64, Vec<CqEntry>)> =
+        HashMap::new();
+    let mut keys: Vec<(String, u64, i64)> = Vec::new();
+    for m in entries {
+        let q = inner.queues.queue(&m.topic, m.queue_id)?;
+        let entry = CqEntry {
+            physical_offset: m.physical_offset,
+            size: m.size,
+            tag_code: m.tag_code,
+        };
+        let slot = per_queue
+            .entry(Arc::as_ptr(&q))
+            .or_insert_with(|| (Arc::clone(&q), m.queue_offset, Vec::new()));
+        if slot.1 + slot.2.len() as u64 != m.queue_offset {
+            // Not contiguous with what this batch holds for the queue: write what we have
+            // first (the queue checks order and reports gaps).
+            let (q, first, entries) =
+                std::mem::replace(slot, (Arc::clone(&q), m.queue_offset, Vec::new()));
+            q.append(first, &entries)?;
+        }
+        slot.2.push(entry);
+        for k in &m.keys {
+            keys.push((
+                format!("{}#{}", m.topic, k),
+                m.physical_offset,
+                m.store_timestamp,
+            ));
         }
     }
     for (_, (q, first, entries)) in per_queue {
@@ -128,7 +184,14 @@ pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
             .collect();
         inner.index.put_batch(&entries)?;
     }
-    Ok(offset)
+    Ok(())
+}
+
+/// Dispatches records in `[from, limit)`, at most `BATCH` of them. Returns the offset reached.
+pub fn dispatch_batch(inner: &Inner, from: u64, limit: u64) -> Result<u64> {
+    let (entries, reached) = scan(inner, from, limit, BATCH)?;
+    apply(inner, &entries)?;
+    Ok(reached)
 }
 
 /// Dispatches everything in `[from, limit)` (used by recovery before the store opens).

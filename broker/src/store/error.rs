@@ -35,6 +35,13 @@ pub enum StoreError {
         position: u64,
         reason: String,
     },
+    #[error(
+        "the message at CommitLog offset {physical_offset} is in tiered storage, which cannot be read right now ({reason}); retry later"
+    )]
+    TierUnavailable {
+        physical_offset: u64,
+        reason: String,
+    },
     #[error("invalid store configuration: {field}: {reason}")]
     Config { field: &'static str, reason: String },
 }

@@ -15,13 +15,14 @@ use super::commitlog::{Appended, CommitLog, Prepared};
 use super::config::{FlushPolicy, StoreConfig};
 use super::consume_queue::ConsumeQueueStore;
 use super::consumer_offset::ConsumerOffsetStore;
+use super::dispatch::QueueEntry;
 use super::error::{IoContext, Result, StoreError};
 use super::flush::Signal;
 use super::index::IndexService;
 use super::properties;
 use super::record::{self, Entry, MAX_PROPERTIES_LEN, MAX_TOPIC_LEN, Message, StoredMessage};
 use super::recovery::{self, RecoveryReport};
-use super::retention::{self, RetentionHook, RetentionReport};
+use super::retention::{self, RetentionHook, RetentionReport, SegmentInfo};
 use super::{dispatch, flush};
 
 /// Where a message was stored.
@@ -111,8 +112,12 @@ pub struct Inner {
 /// Reads CommitLog bytes that are no longer held locally (tiered storage).
 pub trait ColdReader: Send + Sync {
     /// The bytes of the record that starts at `physical_offset` (at least the whole record;
-    /// more is allowed), or `None` when no tier holds it.
-    fn read_record(&self, physical_offset: u64) -> Option<bytes::Bytes>;
+    /// more is allowed), `Ok(None)` when no tier holds it, an error when the tier holds it but
+    /// cannot be read right now (the caller must not skip the message).
+    fn read_record(
+        &self,
+        physical_offset: u64,
+    ) -> std::result::Result<Option<bytes::Bytes>, String>;
 }
 
 impl Inner {
@@ -394,9 +399,16 @@ impl MessageStore {
             if e.size == 0 {
                 continue;
             }
-            match self.read_message(e.physical_offset) {
-                Some(m) => messages.push(m),
-                None => continue,
+            match self.read_message_checked(e.physical_offset) {
+                Ok(Some(m)) => messages.push(m),
+                Ok(None) => continue,
+                // A tier that cannot be read right now: hand out what was read and resume at
+                // this entry later; never skip past it.
+                Err(e) if messages.is_empty() => return Err(e),
+                Err(_) => {
+                    next -= 1;
+                    break;
+                }
             }
         }
         let status = if messages.is_empty() {
@@ -409,38 +421,81 @@ impl MessageStore {
 
     /// The message at a CommitLog offset, if it is valid and held locally or by a tier.
     pub fn read_message(&self, physical_offset: u64) -> Option<StoredMessage> {
+        self.read_message_checked(physical_offset).ok().flatten()
+    }
+
+    /// Like [`Self::read_message`], but a tier that holds the offset and cannot be read right
+    /// now is an error, not an absent message.
+    pub fn read_message_checked(&self, physical_offset: u64) -> Result<Option<StoredMessage>> {
         let limit = self.inner.commitlog.written();
         match self.inner.commitlog.read_entry(physical_offset, limit) {
-            Ok(Some(Entry::Message(m))) if m.physical_offset == physical_offset => Some(m),
+            Ok(Some(Entry::Message(m))) if m.physical_offset == physical_offset => Ok(Some(m)),
             _ if physical_offset < self.inner.commitlog.min_offset() => {
-                let cold = self.inner.cold_reader.read().clone()?;
-                let bytes = cold.read_record(physical_offset)?;
+                let Some(cold) = self.inner.cold_reader.read().clone() else {
+                    return Ok(None);
+                };
+                let bytes = cold.read_record(physical_offset).map_err(|reason| {
+                    StoreError::TierUnavailable {
+                        physical_offset,
+                        reason,
+                    }
+                })?;
+                let Some(bytes) = bytes else {
+                    return Ok(None);
+                };
                 match record::decode(&bytes) {
-                    Ok(Entry::Message(m)) if m.physical_offset == physical_offset => Some(m),
+                    Ok(Entry::Message(m)) if m.physical_offset == physical_offset => Ok(Some(m)),
                     _ => {
                         tracing::warn!(
                             physical_offset,
                             "a tier returned bytes that are not the record asked for"
                         );
-                        None
+                        Ok(None)
                     }
                 }
             }
-            _ => None,
+            _ => Ok(None),
         }
     }
 
-    /// Rebuilds ConsumeQueues and indexes for `[0, end)` from the cold reader: a data folder
-    /// that lost everything but a tier's history. Call before the store takes writes.
-    pub fn rebuild_from_cold(&self, end: u64) -> Result<u64> {
+    /// The ConsumeQueue and index entries of the messages in a local segment (what a tier
+    /// uploads next to the segment, so that a restore need not read the messages).
+    pub fn segment_queue_entries(&self, segment: &SegmentInfo) -> Result<Vec<QueueEntry>> {
+        let (entries, _) = dispatch::scan(&self.inner, segment.base, segment.end, usize::MAX)?;
+        Ok(entries)
+    }
+
+    /// Restores ConsumeQueue and index entries saved by [`Self::segment_queue_entries`]: a
+    /// data folder that lost everything but a tier's history. Call before the store takes
+    /// writes, segment by segment in CommitLog order, then [`Self::finish_restore`].
+    pub fn restore_queue_entries(&self, entries: &[QueueEntry]) -> Result<()> {
+        dispatch::apply(&self.inner, entries)
+    }
+
+    /// Like [`Self::restore_queue_entries`], but reads the messages in `[from, to)` through the
+    /// cold reader (for segments whose entries were not saved). Returns the offset reached.
+    pub fn restore_from_cold(&self, from: u64, to: u64) -> Result<u64> {
         if self.inner.cold_reader.read().is_none() {
-            return Ok(0);
+            return Ok(from);
         }
-        let reached =
-            dispatch::dispatch_all(&self.inner, 0, end.min(self.inner.commitlog.min_offset()))?;
-        self.inner.checkpoint()?;
-        tracing::info!(reached, "ConsumeQueues and indexes rebuilt from the tier");
-        Ok(reached)
+        dispatch::dispatch_all(&self.inner, from, to.min(self.inner.commitlog.min_offset()))
+    }
+
+    /// Makes restored ConsumeQueues and indexes durable.
+    pub fn finish_restore(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Forgets queue and index entries that point below `offset` (a tier expired that
+    /// history). Only below the local CommitLog: local messages are never forgotten here.
+    pub fn forget_before(&self, offset: u64) -> Result<()> {
+        let offset = offset.min(self.inner.commitlog.min_offset());
+        if offset == 0 {
+            return Ok(());
+        }
+        self.inner.queues.delete_before(offset)?;
+        self.inner.index.delete_files_before(offset)?;
+        Ok(())
     }
 
     /// Installs the reader for offsets below the local CommitLog (tiered storage).
@@ -448,26 +503,36 @@ impl MessageStore {
         *self.inner.cold_reader.write() = Some(reader);
     }
 
-    /// Sealed CommitLog segments (not the one being written) whose bytes are all flushed and
-    /// dispatched: what a tier may upload.
-    pub fn sealed_segments(&self) -> Vec<retention::SegmentInfo> {
+    /// Sealed CommitLog segments (full, or sealed early by [`Self::seal_active_segment`])
+    /// whose bytes are all flushed and dispatched: what a tier may upload.
+    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
         let inner = &self.inner;
         let ready = inner
             .commitlog
             .flushed()
             .min(inner.dispatched.load(Ordering::Acquire));
-        let segments = inner.commitlog.segments();
-        let n = segments.len();
-        segments
+        inner
+            .commitlog
+            .segments()
             .into_iter()
-            .take(n.saturating_sub(1))
             .filter(|s| s.end() <= ready)
-            .map(|s| retention::SegmentInfo {
+            .map(|s| SegmentInfo {
                 base: s.base(),
                 end: s.end(),
                 path: s.path().to_owned(),
             })
             .collect()
+    }
+
+    /// Seals the segment being written now (the rest of it is left blank), so that a tier can
+    /// take every byte written so far. Returns whether there was anything to seal.
+    pub fn seal_active_segment(&self) -> Result<bool> {
+        let sealed = self.inner.commitlog.roll()?;
+        if sealed {
+            self.inner.flush_signal.notify();
+            self.inner.dispatch_signal.notify();
+        }
+        Ok(sealed)
     }
 
     /// Deletes local segments that end at or below `keep_from` and that the retention hook

@@ -24,6 +24,7 @@ pub mod retention;
 pub mod segment;
 
 pub use config::{FlushPolicy, StoreConfig};
+pub use dispatch::QueueEntry;
 pub use error::StoreError;
 pub use message_store::{GetResult, GetStatus, LogOffsets, MessageStore, PutResult};
 pub use record::{Message, StoredMessage};

@@ -147,6 +147,8 @@ pub enum RecordError {
     BadTopic,
     #[error("properties do not end with the property separator (a torn tail)")]
     BadProperties,
+    #[error("tiered storage cannot be read right now: {0}")]
+    Unreadable(String),
 }
 
 /// What sits at a position of a segment.

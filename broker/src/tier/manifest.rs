@@ -24,6 +24,29 @@ pub struct TieredSegment {
     pub crc32: u32,
     /// When the upload completed (ms since the epoch).
     pub uploaded_ms: i64,
+    /// The segment's ConsumeQueue and index entries ([`super::queues`]); absent for segments
+    /// uploaded before they were saved (a restore then reads the messages instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<ObjectRef>,
+}
+
+/// An immutable object the manifest points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub key: String,
+    pub len: u64,
+    pub crc32: u32,
+}
+
+/// A snapshot of the node's metadata files (topics, subscription groups, consumer offsets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataRef {
+    pub object: ObjectRef,
+    /// CRC-32 of the files' contents (to tell whether they changed since).
+    pub content_crc32: u32,
+    pub taken_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +55,12 @@ pub struct Manifest {
     pub version: u64,
     /// Ordered by `base`, not overlapping.
     pub segments: Vec<TieredSegment>,
+    /// Remote retention removed everything below this CommitLog offset.
+    #[serde(default)]
+    pub expired_before: u64,
+    /// The newest metadata snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<MetadataRef>,
 }
 
 impl Manifest {
@@ -65,6 +94,95 @@ impl Manifest {
         next.segments.insert(i, segment);
         next
     }
+
+    /// The next version without the segments that end at or below `offset`.
+    pub fn expired(&self, offset: u64) -> Manifest {
+        let mut next = self.clone();
+        next.version += 1;
+        next.segments.retain(|s| s.base + s.len > offset);
+        next.expired_before = next.expired_before.max(offset);
+        next
+    }
+
+    /// The next version with a new metadata snapshot.
+    pub fn with_metadata(&self, metadata: MetadataRef) -> Manifest {
+        let mut next = self.clone();
+        next.version += 1;
+        next.metadata = Some(metadata);
+        next
+    }
+}
+
+/// Manifest versions kept in the store; older ones are deleted (with the metadata snapshots
+/// only they referenced).
+pub const KEEP_VERSIONS: u64 = 16;
+
+/// The number at the end of a versioned or offset-named key (`.../00000000000000000042.json`).
+pub fn key_number(key: &Path) -> Option<u64> {
+    let name = key.filename()?;
+    name.split('.').next()?.parse().ok()
+}
+
+/// Loads one manifest version.
+pub async fn load(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    version: u64,
+) -> Result<Manifest, TierError> {
+    let key = manifest_key(prefix, version);
+    let bytes = store.get(&key).await?.bytes().await?;
+    serde_json::from_slice(&bytes).map_err(|e| TierError::CorruptManifest {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Deletes manifest versions older than the [`KEEP_VERSIONS`] newest and the metadata
+/// snapshots that none of the kept versions names. Best effort: a failure leaves garbage for
+/// the next call, never a dangling reference.
+pub async fn prune(store: &dyn ObjectStore, prefix: &str, newest: u64) -> Result<usize, TierError> {
+    use futures_util::StreamExt;
+    let Some(oldest_kept) = newest.checked_sub(KEEP_VERSIONS - 1).filter(|v| *v > 0) else {
+        return Ok(0);
+    };
+    // Metadata snapshots are named by the manifest version that introduced them; the oldest
+    // kept manifest names the oldest snapshot still needed.
+    let keep_metadata_from = match load(store, prefix, oldest_kept).await {
+        Ok(m) => m
+            .metadata
+            .and_then(|r| key_number(&Path::from(r.object.key)))
+            .unwrap_or(oldest_kept),
+        Err(TierError::ObjectStore(object_store::Error::NotFound { .. })) => oldest_kept,
+        Err(e) => return Err(e),
+    };
+    let mut doomed = Vec::new();
+    for (dir, keep_from) in [
+        (manifest_dir(prefix), oldest_kept),
+        (metadata_dir(prefix), keep_metadata_from),
+    ] {
+        let mut listing = store.list(Some(&dir));
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            if key_number(&meta.location).is_some_and(|n| n < keep_from) {
+                doomed.push(meta.location);
+            }
+        }
+    }
+    for key in &doomed {
+        match store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(doomed.len())
+}
+
+pub fn metadata_dir(prefix: &str) -> Path {
+    Path::from(format!("{prefix}/metadata"))
+}
+
+pub fn metadata_key(prefix: &str, version: u64) -> String {
+    format!("{prefix}/metadata/{version:020}.json")
 }
 
 pub fn manifest_dir(prefix: &str) -> Path {
@@ -134,6 +252,7 @@ mod tests {
             key: format!("p/commitlog/{base:020}"),
             crc32: 0,
             uploaded_ms: 0,
+            queues: None,
         }
     }
 
@@ -167,7 +286,49 @@ mod tests {
             "{err}"
         );
         assert_eq!(load_latest(&store, "n").await.unwrap(), v2);
+        // Expiry drops whole segments and remembers where history now starts.
+        let v3 = v2.expired(15);
+        assert_eq!(v3.segments.len(), 1);
+        assert_eq!((v3.version, v3.expired_before, v3.end()), (3, 15, 20));
         // Another prefix is another node.
         assert_eq!(load_latest(&store, "m").await.unwrap(), Manifest::default());
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_versions_and_the_metadata_they_name() {
+        let store = InMemory::new();
+        let mut m = Manifest::default();
+        for i in 0..40u64 {
+            m = if i % 10 == 0 {
+                let key = metadata_key("n", m.version + 1);
+                store
+                    .put(&Path::from(key.as_str()), PutPayload::from_static(b"{}"))
+                    .await
+                    .unwrap();
+                m.with_metadata(MetadataRef {
+                    object: ObjectRef {
+                        key,
+                        len: 2,
+                        crc32: 0,
+                    },
+                    content_crc32: i as u32,
+                    taken_ms: 0,
+                })
+            } else {
+                m.with(seg(i * 10, 10))
+            };
+            publish(&store, "n", &m).await.unwrap();
+        }
+        let deleted = prune(&store, "n", m.version).await.unwrap();
+        // Versions 1..=24 go; snapshots 1 and 11 go, 21 (named by version 25..30) and 31 stay.
+        assert_eq!(deleted, 24 + 2);
+        assert_eq!(load_latest(&store, "n").await.unwrap(), m);
+        let kept = load(&store, "n", m.version - KEEP_VERSIONS + 1)
+            .await
+            .unwrap();
+        let snapshot = kept.metadata.unwrap().object.key;
+        assert!(store.head(&Path::from(snapshot.as_str())).await.is_ok());
+        assert!(load(&store, "n", 24).await.is_err());
+        assert_eq!(prune(&store, "n", m.version).await.unwrap(), 0);
     }
 }

@@ -2,15 +2,29 @@
 //! hot tail; every offset stays readable through the store's normal API.
 //!
 //! - **Upload**: a sealed segment (every byte flushed and dispatched) is streamed to
-//!   `<prefix>/commitlog/<base, 20 digits>` (multipart above one part), then a new manifest
-//!   version naming it is published with a create-only put ([`manifest`]).
+//!   `<prefix>/commitlog/<base, 20 digits>` (multipart above one part, optionally under a
+//!   bandwidth cap), then its ConsumeQueue and index entries to `<prefix>/queues/<base>`
+//!   ([`queues`]), then a new manifest version naming both is published with a create-only
+//!   put ([`manifest`]).
+//! - **Metadata**: topics, subscription groups and consumer offsets are snapshotted to
+//!   `<prefix>/metadata/<version>.json` when they change (at most once per
+//!   `metadataInterval`) and named by the manifest.
 //! - **Eviction**: the store's retention hook lets a segment go only once a published manifest
 //!   names it; the tier then evicts uploaded segments that fall out of the hot window
 //!   (`hotWindowBytes` of the newest CommitLog bytes). ConsumeQueues and indexes stay local
 //!   (the store runs with `tiered: true`), so lookups keep working.
+//! - **Remote retention** (`remoteRetention`, `remoteMaxBytes`): the oldest segments leave the
+//!   manifest first, then the store forgets their queue entries, then their objects are
+//!   deleted; objects a crash left behind are deleted on the next start.
 //! - **Cold reads**: offsets below the local CommitLog are read with ranged GETs of
 //!   `readAheadBytes` chunks into a bounded in-memory cache, so a sequential consumer issues one
-//!   GET per chunk, not one per message.
+//!   GET per chunk, not one per message. A GET that fails is an error to the reader, which
+//!   retries; a message is never skipped because the object store is down.
+//! - **Restore**: on an empty data folder the newest metadata snapshot is written back and the
+//!   ConsumeQueues and indexes are rebuilt from the queue objects (reading the segments only
+//!   where none was saved); the CommitLog resumes after the tiered history.
+//! - **Read-only adoption** ([`Tier::open_read_only`]): another node opens this node's
+//!   manifest and serves its history without ever writing to the prefix.
 //! - **Faults**: object-store errors fail the upload (the HTTP backends retry transient ones
 //!   themselves with backoff first); the segment stays local and is tried again with growing
 //!   pauses. Nothing local is deleted unless the manifest naming it is stored.
@@ -19,6 +33,7 @@
 //! synchronous, and the HTTP clients must not outlive the runtime that made them.
 
 pub mod manifest;
+pub mod queues;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -39,7 +54,7 @@ use tokio::io::AsyncReadExt;
 use crate::store::commitlog::now_millis;
 use crate::store::message_store::ColdReader;
 use crate::store::{MessageStore, SegmentInfo};
-use manifest::{Manifest, TieredSegment};
+use manifest::{Manifest, MetadataRef, ObjectRef, TieredSegment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
@@ -113,6 +128,18 @@ pub struct TierConfig {
     pub read_ahead_bytes: usize,
     /// Cold-read cache size.
     pub cache_bytes: usize,
+    /// Upload bandwidth cap in bytes per second (0: none).
+    pub upload_bytes_per_second: u64,
+    /// Remote retention by age: segments uploaded longer ago than this are deleted from the
+    /// object store, oldest first (0: kept forever).
+    #[serde(with = "crate::store::config::millis")]
+    pub remote_retention: Duration,
+    /// Remote retention by size: the oldest segments go while the tier holds more (0: no cap).
+    pub remote_max_bytes: u64,
+    /// How often changed metadata (topics, groups, consumer offsets) is snapshotted to the
+    /// tier, for a restore on an empty disk.
+    #[serde(with = "crate::store::config::millis")]
+    pub metadata_interval: Duration,
 }
 
 impl Default for TierConfig {
@@ -128,6 +155,10 @@ impl Default for TierConfig {
             upload_concurrency: 4,
             read_ahead_bytes: 4 << 20,
             cache_bytes: 64 << 20,
+            upload_bytes_per_second: 0,
+            remote_retention: Duration::ZERO,
+            remote_max_bytes: 0,
+            metadata_interval: Duration::from_secs(60),
         }
     }
 }
@@ -195,6 +226,8 @@ pub struct TierMetrics {
     pub remote_segments: Gauge,
     pub remote_bytes: Gauge,
     pub evicted_segments: Counter,
+    pub expired_segments: Counter,
+    pub metadata_snapshots: Counter,
     pub cold_read_bytes: Counter,
     pub cold_read_latency: Histogram,
     pub cache_hits: Counter,
@@ -213,6 +246,8 @@ impl Default for TierMetrics {
             remote_segments: Gauge::default(),
             remote_bytes: Gauge::default(),
             evicted_segments: Counter::default(),
+            expired_segments: Counter::default(),
+            metadata_snapshots: Counter::default(),
             cold_read_bytes: Counter::default(),
             cold_read_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             cache_hits: Counter::default(),
@@ -258,6 +293,16 @@ impl Default for TierMetrics {
             "evicted_segments",
             "Local segments deleted after upload",
             m.evicted_segments.clone(),
+        );
+        r.register(
+            "expired_segments",
+            "Segments deleted from the object store by remote retention",
+            m.expired_segments.clone(),
+        );
+        r.register(
+            "metadata_snapshots",
+            "Metadata snapshots uploaded",
+            m.metadata_snapshots.clone(),
         );
         r.register(
             "cold_read_bytes",
@@ -331,11 +376,49 @@ pub struct Tier {
     pub metrics: TierMetrics,
     /// When each sealed segment was first seen not uploaded (for the lag gauge).
     first_seen: Mutex<HashMap<u64, Instant>>,
+    /// Another node's tier opened for reads: never uploads, expires or publishes.
+    read_only: bool,
+    /// When metadata was last snapshotted.
+    last_snapshot: Mutex<Option<Instant>>,
+}
+
+/// The metadata files a snapshot holds (in the store's config folder).
+const METADATA_FILES: [&str; 3] = [
+    "topics.json",
+    "subscriptionGroup.json",
+    "consumerOffset.json",
+];
+
+/// A metadata snapshot object: file name -> contents.
+#[derive(Serialize, Deserialize)]
+struct MetadataSnapshot {
+    files: std::collections::BTreeMap<String, String>,
+}
+
+/// What [`Tier::restore`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Segments whose saved queue entries were applied.
+    pub from_entries: usize,
+    /// Segments whose messages were read back instead.
+    pub from_messages: usize,
+    /// Queue entries restored.
+    pub entries: usize,
 }
 
 impl Tier {
-    /// Opens the tier and reads its newest manifest.
+    /// Opens this node's tier and reads its newest manifest.
     pub fn open(cfg: TierConfig) -> Result<Arc<Tier>, TierError> {
+        Self::open_mode(cfg, false)
+    }
+
+    /// Opens another node's tier to serve reads of its history (read-only adoption): it never
+    /// writes to the object store, so the owner (if it still runs) is not disturbed.
+    pub fn open_read_only(cfg: TierConfig) -> Result<Arc<Tier>, TierError> {
+        Self::open_mode(cfg, true)
+    }
+
+    fn open_mode(cfg: TierConfig, read_only: bool) -> Result<Arc<Tier>, TierError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tier-io")
@@ -351,15 +434,21 @@ impl Tier {
             runtime: TierRuntime(Some(runtime)),
             metrics: TierMetrics::default(),
             first_seen: Mutex::default(),
+            read_only,
+            last_snapshot: Mutex::default(),
             cfg,
         });
         let m = tier.block_on({
             let (store, prefix) = (Arc::clone(&tier.store), tier.cfg.prefix.clone());
             async move { manifest::load_latest(store.as_ref(), &prefix).await }
         })?;
-        tracing::info!(prefix = %tier.cfg.prefix, version = m.version, segments = m.segments.len(), end = m.end(), "tier manifest loaded");
+        tracing::info!(prefix = %tier.cfg.prefix, version = m.version, segments = m.segments.len(), end = m.end(), read_only, "tier manifest loaded");
         tier.set_manifest(m);
         Ok(tier)
+    }
+
+    pub fn config(&self) -> &TierConfig {
+        &self.cfg
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -402,23 +491,57 @@ impl Tier {
         self.manifest.read().clone()
     }
 
-    /// Connects the tier to a store: retention may delete only uploaded segments, and reads
-    /// below the local CommitLog come from the tier.
-    pub fn attach(self: &Arc<Self>, store: &MessageStore) {
-        let manifest = Arc::clone(&self.manifest);
-        store.set_retention_hook(Arc::new(move |info: &SegmentInfo| {
-            manifest.read().contains(info.base)
-        }));
+    /// Publishes `next` (create-only), makes it current, and now and then prunes old versions.
+    async fn publish(&self, next: Manifest) -> Result<(), TierError> {
+        debug_assert!(!self.read_only, "a read-only tier never publishes");
+        let (store, prefix) = (Arc::clone(&self.store), self.cfg.prefix.clone());
+        let version = next.version;
+        self.on_tier({
+            let (store, prefix, next) = (Arc::clone(&store), prefix.clone(), next.clone());
+            async move { manifest::publish(store.as_ref(), &prefix, &next).await }
+        })
+        .await?;
+        self.set_manifest(next);
+        if version.is_multiple_of(manifest::KEEP_VERSIONS) {
+            match self
+                .on_tier(async move { manifest::prune(store.as_ref(), &prefix, version).await })
+                .await
+            {
+                Ok(n) if n > 0 => tracing::debug!(deleted = n, "old manifest versions pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning old manifest versions failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects the tier to a store: retention may delete only uploaded segments, reads below
+    /// the local CommitLog come from the tier, and history the tier expired is forgotten.
+    pub fn attach(self: &Arc<Self>, store: &MessageStore) -> Result<(), crate::store::StoreError> {
+        if !self.read_only {
+            let manifest = Arc::clone(&self.manifest);
+            store.set_retention_hook(Arc::new(move |info: &SegmentInfo| {
+                manifest.read().contains(info.base)
+            }));
+        }
         store.set_cold_reader(Arc::clone(self) as Arc<dyn ColdReader>);
+        store.forget_before(self.manifest.read().expired_before)
     }
 
     fn segment_key(&self, base: u64) -> String {
         format!("{}/commitlog/{base:020}", self.cfg.prefix)
     }
 
-    /// Uploads every sealed segment not in the manifest yet, publishing a manifest version
-    /// after each. Returns how many were uploaded.
+    fn queues_key(&self, base: u64) -> String {
+        format!("{}/queues/{base:020}", self.cfg.prefix)
+    }
+
+    /// Uploads every sealed segment not in the manifest yet (the segment, then its queue
+    /// entries), publishing a manifest version after each. Returns how many were uploaded.
     pub async fn upload_sealed(&self, store: &MessageStore) -> Result<usize, TierError> {
+        if self.read_only {
+            return Ok(0);
+        }
         let sealed = store.sealed_segments();
         let pending: Vec<SegmentInfo> = {
             let m = self.manifest.read();
@@ -443,33 +566,45 @@ impl Tier {
                     let store = Arc::clone(&self.store);
                     let (path, key) = (seg.path.clone(), key.clone());
                     let (part, concurrency) = (self.cfg.part_size, self.cfg.upload_concurrency);
-                    async move { upload_file(store, &path, &key, part, concurrency).await }
+                    let rate = self.cfg.upload_bytes_per_second;
+                    async move { upload_file(store, &path, &key, part, concurrency, rate).await }
                 })
                 .await?;
+            let entries = blocking(|| store.segment_queue_entries(&seg)).map_err(|e| {
+                TierError::Config(format!(
+                    "reading the queue entries of segment {}: {e}",
+                    seg.base
+                ))
+            })?;
+            let body = queues::encode(&entries);
+            let queues = ObjectRef {
+                key: self.queues_key(seg.base),
+                len: body.len() as u64,
+                crc32: crc32fast::hash(&body),
+            };
+            self.on_tier({
+                let (store, key) = (Arc::clone(&self.store), Path::from(queues.key.as_str()));
+                async move { store.put(&key, PutPayload::from(body)).await }
+            })
+            .await?;
             let next = self.manifest().with(TieredSegment {
                 base: seg.base,
                 len,
                 key,
                 crc32,
                 uploaded_ms: now_millis(),
+                queues: Some(queues),
             });
-            self.on_tier({
-                let (store, prefix, next) = (
-                    Arc::clone(&self.store),
-                    self.cfg.prefix.clone(),
-                    next.clone(),
-                );
-                async move { manifest::publish(store.as_ref(), &prefix, &next).await }
-            })
-            .await?;
+            let version = next.version;
+            self.publish(next).await?;
             tracing::info!(
                 base = seg.base,
                 len,
-                version = next.version,
+                entries = entries.len(),
+                version,
                 secs = started.elapsed().as_secs_f64(),
                 "segment uploaded to the tier"
             );
-            self.set_manifest(next);
             self.metrics.uploaded_bytes.inc_by(len);
             self.metrics.uploaded_segments.inc();
             uploaded += 1;
@@ -480,6 +615,9 @@ impl Tier {
 
     /// Deletes local segments outside the hot window that the manifest holds.
     pub fn evict(&self, store: &MessageStore) -> Result<usize, crate::store::StoreError> {
+        if self.read_only {
+            return Ok(0);
+        }
         let written = store.log_offsets().written;
         let keep_from = written.saturating_sub(self.cfg.hot_window_bytes);
         let report = store.evict_before(keep_from)?;
@@ -489,9 +627,261 @@ impl Tier {
         Ok(report.deleted.len())
     }
 
-    /// The upload and eviction loop; runs until the task is dropped. Failures are logged,
-    /// counted and retried with growing pauses (up to a minute).
+    /// Remote retention: drops the oldest tiered segments that are older than
+    /// `remoteRetention` or beyond `remoteMaxBytes`, never one still held locally. The manifest
+    /// without them is published first, then the store forgets their queue entries, then the
+    /// objects are deleted (a crash in between leaves objects that [`Self::collect_garbage`]
+    /// removes). Returns how many segments went.
+    pub async fn expire(&self, store: &MessageStore) -> Result<usize, TierError> {
+        let (age, max_bytes) = (self.cfg.remote_retention, self.cfg.remote_max_bytes);
+        if self.read_only || (age.is_zero() && max_bytes == 0) {
+            return Ok(0);
+        }
+        let m = self.manifest();
+        let local_min = store.log_offsets().min;
+        let now = now_millis();
+        let mut total = m.bytes();
+        let mut cut = None;
+        let mut doomed = Vec::new();
+        for s in &m.segments {
+            let old = !age.is_zero() && now - s.uploaded_ms >= age.as_millis() as i64;
+            let big = max_bytes > 0 && total > max_bytes;
+            if !(old || big) || s.base + s.len > local_min {
+                break;
+            }
+            total -= s.len;
+            cut = Some(s.base + s.len);
+            doomed.push(s.clone());
+        }
+        let Some(cut) = cut else {
+            return Ok(0);
+        };
+        self.publish(m.expired(cut)).await?;
+        blocking(|| store.forget_before(cut))
+            .map_err(|e| TierError::Config(format!("forgetting queue entries below {cut}: {e}")))?;
+        for s in &doomed {
+            self.delete_segment_objects(s).await;
+        }
+        tracing::info!(
+            segments = doomed.len(),
+            expired_before = cut,
+            "remote retention deleted tiered segments"
+        );
+        self.metrics.expired_segments.inc_by(doomed.len() as u64);
+        Ok(doomed.len())
+    }
+
+    async fn delete_segment_objects(&self, s: &TieredSegment) {
+        let mut keys = vec![s.key.clone()];
+        keys.extend(s.queues.as_ref().map(|q| q.key.clone()));
+        for key in keys {
+            let store = Arc::clone(&self.store);
+            let path = Path::from(key.as_str());
+            match self.on_tier(async move { store.delete(&path).await }).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "deleting an expired object failed; it is removed on the next start")
+                }
+            }
+        }
+    }
+
+    /// Deletes segment and queue objects that no manifest needs any more: below the expired
+    /// offset (a crash between publishing and deleting). Runs when the upload loop starts.
+    pub async fn collect_garbage(&self) -> Result<usize, TierError> {
+        use futures_util::StreamExt;
+        let floor = self.manifest.read().expired_before;
+        if self.read_only || floor == 0 {
+            return Ok(0);
+        }
+        let (store, prefix) = (Arc::clone(&self.store), self.cfg.prefix.clone());
+        self.on_tier(async move {
+            let mut doomed = Vec::new();
+            for dir in ["commitlog", "queues"] {
+                let dir = Path::from(format!("{prefix}/{dir}"));
+                let mut listing = store.list(Some(&dir));
+                while let Some(meta) = listing.next().await {
+                    let meta = meta?;
+                    if manifest::key_number(&meta.location).is_some_and(|base| base < floor) {
+                        doomed.push(meta.location);
+                    }
+                }
+            }
+            for key in &doomed {
+                match store.delete(key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok::<usize, TierError>(doomed.len())
+        })
+        .await
+    }
+
+    /// Uploads a snapshot of the metadata files in `config_dir` when they changed since the
+    /// last one (at most once per `metadataInterval`). Returns whether one was taken.
+    pub async fn snapshot_metadata(&self, config_dir: &std::path::Path) -> Result<bool, TierError> {
+        if self.read_only {
+            return Ok(false);
+        }
+        if self
+            .last_snapshot
+            .lock()
+            .is_some_and(|t| t.elapsed() < self.cfg.metadata_interval)
+        {
+            return Ok(false);
+        }
+        let mut files = std::collections::BTreeMap::new();
+        for name in METADATA_FILES {
+            let path = config_dir.join(name);
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => {
+                    files.insert(name.to_owned(), text);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(TierError::Local { path, source }),
+            }
+        }
+        let body = serde_json::to_vec(&MetadataSnapshot { files }).expect("serializes");
+        let m = self.manifest();
+        let content_crc32 = crc32fast::hash(&body);
+        *self.last_snapshot.lock() = Some(Instant::now());
+        if m.metadata.as_ref().map(|r| r.content_crc32) == Some(content_crc32) {
+            return Ok(false);
+        }
+        let key = manifest::metadata_key(&self.cfg.prefix, m.version + 1);
+        let object = ObjectRef {
+            key: key.clone(),
+            len: body.len() as u64,
+            crc32: content_crc32,
+        };
+        self.on_tier({
+            let store = Arc::clone(&self.store);
+            async move { store.put(&Path::from(key), PutPayload::from(body)).await }
+        })
+        .await?;
+        self.publish(m.with_metadata(MetadataRef {
+            object,
+            content_crc32,
+            taken_ms: now_millis(),
+        }))
+        .await?;
+        self.metrics.metadata_snapshots.inc();
+        Ok(true)
+    }
+
+    /// Writes the newest metadata snapshot into `config_dir` when that folder holds none of
+    /// the metadata files (an emptied disk, or a node adopting another's history). Call
+    /// before the store and the messaging service open. Returns whether files were written.
+    pub fn restore_metadata(&self, config_dir: &std::path::Path) -> Result<bool, TierError> {
+        let Some(r) = self.manifest.read().metadata.clone() else {
+            return Ok(false);
+        };
+        if METADATA_FILES
+            .iter()
+            .any(|f| config_dir.join(f).exists() || config_dir.join(format!("{f}.bak")).exists())
+        {
+            return Ok(false);
+        }
+        let body = self.block_on({
+            let (store, key) = (Arc::clone(&self.store), Path::from(r.object.key.as_str()));
+            async move { store.get(&key).await?.bytes().await }
+        })?;
+        let corrupt = |reason: String| TierError::CorruptManifest {
+            key: r.object.key.clone(),
+            reason,
+        };
+        if crc32fast::hash(&body) != r.object.crc32 {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let snapshot: MetadataSnapshot =
+            serde_json::from_slice(&body).map_err(|e| corrupt(e.to_string()))?;
+        let local = |path: PathBuf| move |source| TierError::Local { path, source };
+        std::fs::create_dir_all(config_dir).map_err(local(config_dir.to_owned()))?;
+        for (name, text) in &snapshot.files {
+            if !METADATA_FILES.contains(&name.as_str()) {
+                continue;
+            }
+            let path = config_dir.join(name);
+            let tmp = config_dir.join(format!("{name}.restore"));
+            std::fs::write(&tmp, text).map_err(local(tmp.clone()))?;
+            std::fs::rename(&tmp, &path).map_err(local(path.clone()))?;
+        }
+        tracing::warn!(files = snapshot.files.len(), taken_ms = r.taken_ms, dir = %config_dir.display(), "metadata restored from the tier");
+        Ok(true)
+    }
+
+    /// Rebuilds the ConsumeQueues and indexes of the tiered history into `store` (opened on
+    /// an empty data folder with this tier attached): from each segment's saved queue entries,
+    /// or by reading its messages back where none were saved.
+    pub fn restore(&self, store: &MessageStore) -> Result<RestoreReport, TierError> {
+        let m = self.manifest();
+        let mut report = RestoreReport::default();
+        let failed = |e: crate::store::StoreError| TierError::Config(format!("restoring: {e}"));
+        for seg in &m.segments {
+            let entries = match &seg.queues {
+                Some(q) => match self.fetch_queues(q) {
+                    Ok(entries) => Some(entries),
+                    Err(e) => {
+                        tracing::warn!(key = %q.key, error = %e, "saved queue entries unusable; reading the segment's messages instead");
+                        None
+                    }
+                },
+                None => None,
+            };
+            match entries {
+                Some(entries) => {
+                    store.restore_queue_entries(&entries).map_err(failed)?;
+                    report.entries += entries.len();
+                    report.from_entries += 1;
+                }
+                None => {
+                    store
+                        .restore_from_cold(seg.base, seg.base + seg.len)
+                        .map_err(failed)?;
+                    report.from_messages += 1;
+                }
+            }
+        }
+        store.finish_restore().map_err(failed)?;
+        tracing::info!(
+            ?report,
+            end = m.end(),
+            "ConsumeQueues and indexes restored from the tier"
+        );
+        Ok(report)
+    }
+
+    fn fetch_queues(&self, q: &ObjectRef) -> Result<Vec<crate::store::QueueEntry>, TierError> {
+        let body = self.block_on({
+            let (store, key) = (Arc::clone(&self.store), Path::from(q.key.as_str()));
+            async move { store.get(&key).await?.bytes().await }
+        })?;
+        let corrupt = |reason: String| TierError::CorruptManifest {
+            key: q.key.clone(),
+            reason,
+        };
+        if crc32fast::hash(&body) != q.crc32 {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        queues::decode(&body).map_err(corrupt)
+    }
+
+    /// The upload, eviction, retention and metadata loop; runs until the task is dropped.
+    /// Failures are logged, counted and retried with growing pauses (up to a minute).
     pub async fn run(self: Arc<Self>, store: Arc<MessageStore>) {
+        if self.read_only {
+            return;
+        }
+        match self.collect_garbage().await {
+            Ok(n) if n > 0 => tracing::info!(
+                deleted = n,
+                "expired tier objects left by an earlier run deleted"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "looking for expired tier objects failed"),
+        }
+        let config_dir = store.config().config_dir();
         let mut pause = self.cfg.upload_interval;
         loop {
             tokio::time::sleep(pause).await;
@@ -511,28 +901,42 @@ impl Tier {
                 Err(e) => tracing::error!(error = %e, "tier eviction task failed"),
                 Ok(Ok(_)) => {}
             }
+            if let Err(e) = self.expire(&store).await {
+                tracing::warn!(error = %e, "remote retention failed; retried on the next round");
+            }
+            if let Err(e) = self.snapshot_metadata(&config_dir).await {
+                tracing::warn!(error = %e, "metadata snapshot failed; retried on the next round");
+            }
         }
     }
 
     /// One read-ahead chunk of a tiered segment, from the cache or a ranged GET. Either way the
     /// next chunks are fetched in the background, so a sequential reader finds them ready.
-    fn chunk(&self, seg: &TieredSegment, index: u64) -> Option<Bytes> {
+    /// `Ok(None)` past the segment's end; an error when the GET failed.
+    fn chunk(&self, seg: &TieredSegment, index: u64) -> Result<Option<Bytes>, String> {
         let cached = self.cache.lock().chunks.get(&(seg.base, index)).cloned();
         let got = match cached {
             Some(b) => {
                 self.metrics.cache_hits.inc();
-                Some(b)
+                b
             }
             None => {
                 self.metrics.cache_misses.inc();
-                let fetch = self.fetch_chunk(seg, index)?;
-                self.block_on(fetch)
+                let Some(fetch) = self.fetch_chunk(seg, index) else {
+                    return Ok(None);
+                };
+                self.block_on(fetch).ok_or_else(|| {
+                    format!(
+                        "GET of {} failed (see the log; retried by the next read)",
+                        seg.key
+                    )
+                })?
             }
         };
         for ahead in 1..=PREFETCH_CHUNKS {
             self.prefetch(seg, index + ahead);
         }
-        got
+        Ok(Some(got))
     }
 
     fn prefetch(&self, seg: &TieredSegment, index: u64) {
@@ -604,37 +1008,54 @@ impl Tier {
     }
 
     /// `len` bytes of a tiered segment from segment-relative position `at`, across chunks.
-    fn read_at(&self, seg: &TieredSegment, at: u64, len: usize) -> Option<Bytes> {
+    fn read_at(&self, seg: &TieredSegment, at: u64, len: usize) -> Result<Option<Bytes>, String> {
         let size = self.cfg.read_ahead_bytes as u64;
         let mut out = BytesMut::with_capacity(len);
         let mut pos = at;
         while out.len() < len {
-            let chunk = self.chunk(seg, pos / size)?;
+            let Some(chunk) = self.chunk(seg, pos / size)? else {
+                return Ok(None);
+            };
             let within = (pos % size) as usize;
             if within >= chunk.len() {
-                return None;
+                return Ok(None);
             }
             let take = (len - out.len()).min(chunk.len() - within);
             if out.is_empty() && take == len {
-                return Some(chunk.slice(within..within + take));
+                return Ok(Some(chunk.slice(within..within + take)));
             }
             out.extend_from_slice(&chunk[within..within + take]);
             pos += take as u64;
         }
-        Some(out.freeze())
+        Ok(Some(out.freeze()))
     }
 }
 
 impl ColdReader for Tier {
-    fn read_record(&self, physical_offset: u64) -> Option<Bytes> {
-        let seg = self.manifest.read().segment_for(physical_offset)?.clone();
+    fn read_record(&self, physical_offset: u64) -> Result<Option<Bytes>, String> {
+        let Some(seg) = self.manifest.read().segment_for(physical_offset).cloned() else {
+            return Ok(None);
+        };
         let at = physical_offset - seg.base;
-        let head = self.read_at(&seg, at, 8)?;
+        let Some(head) = self.read_at(&seg, at, 8)? else {
+            return Ok(None);
+        };
         let size = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
         if size < 8 || at + size as u64 > seg.len {
-            return None;
+            return Ok(None);
         }
         self.read_at(&seg, at, size)
+    }
+}
+
+/// Runs blocking store work from async code without stalling the other tasks of a
+/// multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -646,7 +1067,21 @@ async fn upload_file(
     key: &str,
     part_size: usize,
     concurrency: usize,
+    bytes_per_second: u64,
 ) -> Result<(u64, u32), TierError> {
+    let started = Instant::now();
+    // Keeps the average rate at or below the cap: after `sent` bytes, wait until the time
+    // that many bytes are allowed to take has passed.
+    let pace = |sent: u64| {
+        let due = (bytes_per_second > 0)
+            .then(|| Duration::from_secs_f64(sent as f64 / bytes_per_second as f64))
+            .and_then(|d| d.checked_sub(started.elapsed()));
+        async move {
+            if let Some(wait) = due {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
     let local = |source| TierError::Local {
         path: path.to_owned(),
         source,
@@ -659,6 +1094,7 @@ async fn upload_file(
         let mut buf = Vec::with_capacity(len as usize);
         file.read_to_end(&mut buf).await.map_err(local)?;
         crc.update(&buf);
+        pace(len).await;
         store.put(&location, PutPayload::from(buf)).await?;
         return Ok((len, crc.finalize()));
     }
@@ -672,6 +1108,7 @@ async fn upload_file(
             break;
         }
         crc.update(&buf[..n]);
+        pace(total).await;
         writer.wait_for_capacity(concurrency).await?;
         writer.write(&buf[..n]);
         total += n as u64;
@@ -742,7 +1179,7 @@ mod tests {
         {
             let store = open(&data);
             let tier = Tier::open(cfg.clone()).unwrap();
-            tier.attach(&store);
+            tier.attach(&store).unwrap();
             for i in 0..n {
                 store.put_message(&message(i)).await.unwrap();
             }
@@ -759,7 +1196,7 @@ mod tests {
         let store = open(&data);
         let tier = Tier::open(cfg).unwrap();
         assert!(tier.manifest().segments.len() >= 5);
-        tier.attach(&store);
+        tier.attach(&store).unwrap();
         let mut seen = 0;
         for q in 0..2 {
             let mut offset = 0;
@@ -801,7 +1238,7 @@ mod tests {
         {
             let store = open(&data);
             let tier = Tier::open(cfg.clone()).unwrap();
-            tier.attach(&store);
+            tier.attach(&store).unwrap();
             for i in 0..n {
                 store.put_message(&message(i)).await.unwrap();
             }
@@ -823,8 +1260,12 @@ mod tests {
         })
         .unwrap();
         assert!(store.recovery_report().empty);
-        tier.attach(&store);
-        store.rebuild_from_cold(tier.manifest().end()).unwrap();
+        tier.attach(&store).unwrap();
+        let report = tier.restore(&store).unwrap();
+        assert!(
+            report.from_entries > 0 && report.from_messages == 0,
+            "{report:?}"
+        );
         let mut restored = 0;
         for q in 0..2 {
             let mut offset = 0;
@@ -887,7 +1328,7 @@ mod tests {
         };
         let store = open(&dir.path().join("data"));
         let tier = Tier::open(cfg).unwrap();
-        tier.attach(&store);
+        tier.attach(&store).unwrap();
         for i in 0..500 {
             store.put_message(&message(i)).await.unwrap();
         }
@@ -904,5 +1345,235 @@ mod tests {
         assert_eq!(store.log_offsets().min, 0);
         let got = store.get_message("T", 0, 0, 1).unwrap();
         assert_eq!(got.status, GetStatus::Found);
+    }
+
+    fn local_tier(dir: &std::path::Path, prefix: &str) -> TierConfig {
+        TierConfig {
+            backend: TierBackend::Local {
+                path: dir.join("bucket"),
+            },
+            prefix: prefix.into(),
+            hot_window_bytes: 0,
+            read_ahead_bytes: 8 * 1024,
+            ..TierConfig::default()
+        }
+    }
+
+    /// Writes `n` messages, uploads every sealed segment and evicts them all.
+    async fn fill_and_tier(store: &MessageStore, tier: &Tier, n: u64) {
+        for i in 0..n {
+            store.put_message(&message(i)).await.unwrap();
+        }
+        settle(store).await;
+        tier.upload_sealed(store).await.unwrap();
+        tier.evict(store).unwrap();
+    }
+
+    fn objects(dir: &std::path::Path, sub: &str) -> usize {
+        std::fs::read_dir(dir.join("bucket/node-a").join(sub)).map_or(0, |d| d.count())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_retention_deletes_the_oldest_segments_in_manifest_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = local_tier(dir.path(), "node-a");
+        let data = dir.path().join("data");
+        let store = open(&data);
+        let tier = Tier::open(cfg.clone()).unwrap();
+        tier.attach(&store).unwrap();
+        fill_and_tier(&store, &tier, 2000).await;
+        let before = tier.manifest();
+        assert!(before.segments.len() >= 5);
+        // Nothing is configured: nothing expires.
+        assert_eq!(tier.expire(&store).await.unwrap(), 0);
+        assert_eq!(store.min_offset("T", 0).unwrap(), 0);
+
+        // Keep at most two segments' worth.
+        cfg.remote_max_bytes = 2 * 64 * 1024;
+        drop(tier);
+        let tier = Tier::open(cfg.clone()).unwrap();
+        tier.attach(&store).unwrap();
+        let expired = tier.expire(&store).await.unwrap();
+        let after = tier.manifest();
+        assert_eq!(expired, before.segments.len() - after.segments.len());
+        assert!(after.bytes() <= cfg.remote_max_bytes && expired > 0);
+        assert_eq!(after.expired_before, after.segments[0].base);
+        assert_eq!(objects(dir.path(), "commitlog"), after.segments.len());
+        assert_eq!(objects(dir.path(), "queues"), after.segments.len());
+        // Consumers start where the history now starts; what is left reads back.
+        let min = store.min_offset("T", 0).unwrap();
+        assert!(min > 0);
+        let got = store.get_message("T", 0, 0, 10).unwrap();
+        assert_eq!(got.status, GetStatus::OffsetTooSmall);
+        let got = store.get_message("T", 0, min, 10).unwrap();
+        assert_eq!(got.status, GetStatus::Found);
+        assert!(got.messages[0].physical_offset >= after.expired_before);
+
+        // A crash between publishing and deleting leaves objects: the next start removes them.
+        let leftover = dir
+            .path()
+            .join("bucket/node-a/commitlog/00000000000000000000");
+        std::fs::write(&leftover, b"left by a crash").unwrap();
+        assert_eq!(tier.collect_garbage().await.unwrap(), 1);
+        assert!(!leftover.exists());
+        // A restart on the same disk forgets the expired history too.
+        drop(tier);
+        store.shutdown().unwrap();
+        drop(store);
+        let store = open(&data);
+        let tier = Tier::open(cfg).unwrap();
+        tier.attach(&store).unwrap();
+        assert_eq!(store.min_offset("T", 0).unwrap(), min);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metadata_is_snapshotted_and_restored_on_an_empty_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TierConfig {
+            metadata_interval: Duration::ZERO,
+            ..local_tier(dir.path(), "node-a")
+        };
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("topics.json"), br#"[{"name":"T"}]"#).unwrap();
+        std::fs::write(config.join("consumerOffset.json"), br#"{"offsetTable":{}}"#).unwrap();
+        let tier = Tier::open(cfg.clone()).unwrap();
+        assert!(tier.snapshot_metadata(&config).await.unwrap());
+        // Unchanged: no new snapshot.
+        assert!(!tier.snapshot_metadata(&config).await.unwrap());
+        std::fs::write(
+            config.join("consumerOffset.json"),
+            br#"{"offsetTable":{"T@G":{"0":5}}}"#,
+        )
+        .unwrap();
+        assert!(tier.snapshot_metadata(&config).await.unwrap());
+        assert_eq!(tier.metrics.metadata_snapshots.get(), 2);
+        // Files present: a restore leaves them alone.
+        let tier = Tier::open(cfg).unwrap();
+        assert!(!tier.restore_metadata(&config).unwrap());
+        // An empty disk gets the newest snapshot.
+        let fresh = dir.path().join("fresh/config");
+        assert!(tier.restore_metadata(&fresh).unwrap());
+        assert_eq!(
+            std::fs::read(fresh.join("consumerOffset.json")).unwrap(),
+            br#"{"offsetTable":{"T@G":{"0":5}}}"#
+        );
+        assert_eq!(
+            std::fs::read(fresh.join("topics.json")).unwrap(),
+            br#"[{"name":"T"}]"#
+        );
+        assert!(!fresh.join("subscriptionGroup.json").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_tier_serves_another_nodes_history_and_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = local_tier(dir.path(), "node-a");
+        let n = 1500;
+        {
+            let store = open(&dir.path().join("a"));
+            let tier = Tier::open(cfg.clone()).unwrap();
+            tier.attach(&store).unwrap();
+            fill_and_tier(&store, &tier, n).await;
+            store.shutdown().unwrap();
+        }
+        let listing = |d: &std::path::Path| {
+            let mut names: Vec<_> = walk(&d.join("bucket"));
+            names.sort();
+            names
+        };
+        let before = listing(dir.path());
+        let adopted = Tier::open_read_only(cfg.clone()).unwrap();
+        let end = adopted.manifest().end();
+        let store = MessageStore::open(StoreConfig {
+            segment_size: 64 * 1024,
+            tiered: true,
+            empty_start_offset: end,
+            ..StoreConfig::at(dir.path().join("b"))
+        })
+        .unwrap();
+        adopted.attach(&store).unwrap();
+        let report = adopted.restore(&store).unwrap();
+        assert_eq!(report.from_messages, 0);
+        let mut read = 0;
+        for q in 0..2 {
+            let got = store.get_message("T", q, 0, 10_000).unwrap();
+            for m in &got.messages {
+                assert_eq!(m.body, message(seen_index(&m.body)).body);
+            }
+            read += got.messages.len();
+        }
+        assert_eq!(read, report.entries);
+        assert!(read as u64 > n / 2, "{read}");
+        // Writes to the adopting store stay local; the adopted tier uploads nothing.
+        for i in 0..300 {
+            store.put_message(&message(n + i)).await.unwrap();
+        }
+        settle(&store).await;
+        assert_eq!(adopted.upload_sealed(&store).await.unwrap(), 0);
+        assert_eq!(adopted.evict(&store).unwrap(), 0);
+        assert!(
+            !adopted
+                .snapshot_metadata(&dir.path().join("b/config"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(listing(dir.path()), before);
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_tier_stops_consumers_instead_of_skipping_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("data"));
+        let tier = Tier::open(local_tier(dir.path(), "node-a")).unwrap();
+        tier.attach(&store).unwrap();
+        fill_and_tier(&store, &tier, 1000).await;
+        let first = tier.manifest().segments[0].key.clone();
+        let object = dir.path().join("bucket").join(&first);
+        let moved = dir.path().join("moved");
+        std::fs::rename(&object, &moved).unwrap();
+        let err = store.get_message("T", 0, 0, 10).unwrap_err();
+        assert!(
+            matches!(err, crate::store::StoreError::TierUnavailable { .. }),
+            "{err}"
+        );
+        std::fs::rename(&moved, &object).unwrap();
+        let got = store.get_message("T", 0, 0, 10).unwrap();
+        assert_eq!((got.status, got.messages.len()), (GetStatus::Found, 10));
+        assert_eq!(seen_index(&got.messages[0].body), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_keep_to_the_bandwidth_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("segment");
+        std::fs::write(&file, vec![7u8; 300 * 1024]).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let started = Instant::now();
+        let (len, _) = upload_file(Arc::clone(&store), &file, "k", 64 * 1024, 2, 1 << 20)
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(len, 300 * 1024);
+        // 300 KiB at 1 MiB/s: the last part may start only after about 0.23 s.
+        assert!(secs >= 0.2, "{secs}");
+        let started = Instant::now();
+        upload_file(store, &file, "k2", 64 * 1024, 2, 0)
+            .await
+            .unwrap();
+        assert!(started.elapsed().as_secs_f64() < 0.2);
     }
 }

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 /// Topic permission bits.
+/// RocketMQ's `PermName` bits.
 pub mod perm {
     pub const INHERIT: i32 = 1;
-    pub const READ: i32 = 2;
-    pub const WRITE: i32 = 4;
+    pub const WRITE: i32 = 2;
+    pub const READ: i32 = 4;
     pub const READ_WRITE: i32 = READ | WRITE;
 }
 

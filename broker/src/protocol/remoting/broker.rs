@@ -133,6 +133,9 @@ pub struct BrokerHandler {
     started: Instant,
     /// Woken when topics change, to re-register with the name servers at once.
     pub topics_changed: Notify,
+    /// Producers' sends are refused and topics are registered readable only (a node serving
+    /// another node's tiered history).
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 fn ok(req: &RemotingCommand) -> RemotingCommand {
@@ -285,7 +288,21 @@ impl BrokerHandler {
             locks: Mutex::new(HashMap::new()),
             started: Instant::now(),
             topics_changed: Notify::new(),
+            read_only: Default::default(),
         })
+    }
+
+    /// Refuses (or accepts again) producers' sends; topics are then registered read-only, so
+    /// name servers route producers elsewhere.
+    pub fn set_read_only(&self, read_only: bool) {
+        use std::sync::atomic::Ordering;
+        if self.read_only.swap(read_only, Ordering::AcqRel) != read_only {
+            self.topics_changed.notify_one();
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn name(&self) -> &str {
@@ -299,7 +316,13 @@ impl BrokerHandler {
             .metadata
             .topics()
             .iter()
-            .map(|t| (t.name.clone(), wire_topic(t)))
+            .map(|t| {
+                let mut wire = wire_topic(t);
+                if self.is_read_only() {
+                    wire.perm = perm::READ;
+                }
+                (t.name.clone(), wire)
+            })
             .collect();
         TopicConfigSerializeWrapper {
             topic_config_table,
@@ -329,6 +352,17 @@ impl BrokerHandler {
 
     async fn dispatch(self: &Arc<Self>, conn: &Arc<Connection>, req: &RemotingCommand) -> Reply {
         match req.code {
+            rq::SEND_MESSAGE | rq::SEND_MESSAGE_V2 | rq::SEND_BATCH_MESSAGE
+                if self.is_read_only() =>
+            {
+                Err(refuse(
+                    rs::NO_PERMISSION,
+                    format!(
+                        "the broker[{}] sending message is forbidden: it serves tiered history read-only",
+                        self.name()
+                    ),
+                ))
+            }
             rq::SEND_MESSAGE | rq::SEND_MESSAGE_V2 => self.send(conn, req, false).await,
             rq::SEND_BATCH_MESSAGE => self.send(conn, req, true).await,
             rq::PULL_MESSAGE | rq::LITE_PULL_MESSAGE => self.pull(req).await,
