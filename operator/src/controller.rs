@@ -1,0 +1,496 @@
+//! The reconciler: level-triggered, idempotent. Every pass renders what the resource asks for,
+//! applies it with server-side apply, rolls roles out in order (name servers, then store
+//! nodes, then proxies), scales store nodes in only through a drain, and writes the status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::crd::{
+    RetiredStoreNode, RocketMQCluster, RocketMQClusterStatus, RoleStatus, StoreNodeState,
+    StoreNodeStatus, TierBackendKind,
+};
+use crate::metrics::Metrics;
+use crate::nodes::NodeClient;
+use crate::render::{self, Adoptions, MANAGER, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the resource cannot be rendered: {0}")]
+    Invalid(String),
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub nodes: NodeClient,
+}
+
+/// How often a settled cluster is looked at again (drift, and store node state).
+const RESYNC: Duration = Duration::from_secs(60);
+/// How soon a cluster in motion is looked at again.
+const BUSY: Duration = Duration::from_secs(3);
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().expect("rendered objects are named");
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+/// A StatefulSet has finished rolling out its current template to `replicas` ready pods.
+fn sts_rolled_out(s: &StatefulSet) -> bool {
+    let want = s.spec.replicas.unwrap_or(1);
+    let Some(st) = &s.status else {
+        return false;
+    };
+    st.observed_generation >= s.metadata.generation
+        && st.updated_replicas.unwrap_or(0) >= want
+        && st.ready_replicas.unwrap_or(0) >= want
+        && st.replicas <= want
+        && (st.update_revision.is_none() || st.current_revision == st.update_revision)
+}
+
+fn deploy_rolled_out(d: &Deployment) -> bool {
+    let want = d.spec.replicas.unwrap_or(1);
+    let Some(st) = &d.status else {
+        return false;
+    };
+    st.observed_generation >= d.metadata.generation
+        && st.updated_replicas.unwrap_or(0) >= want
+        && st.available_replicas.unwrap_or(0) >= want
+        && st.replicas.unwrap_or(0) <= want
+}
+
+fn sts_ready(s: Option<&StatefulSet>) -> i32 {
+    s.and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+}
+
+/// Where scale-in stands this pass.
+struct ScaleIn {
+    /// Replicas the store nodes' StatefulSet gets now.
+    replicas: i32,
+    /// Why the cluster is not settled, for the conditions.
+    progressing: Option<(String, String)>,
+    held: Option<(String, String)>,
+    nodes: Vec<StoreNodeStatus>,
+    retired: Option<RetiredStoreNode>,
+}
+
+/// Can a leaving node's history be handed to another node (read-only adoption)?
+fn tier_hands_over(c: &RocketMQCluster) -> bool {
+    c.spec
+        .tiered_storage
+        .as_ref()
+        .is_some_and(|t| t.enabled && t.backend != TierBackendKind::Filesystem)
+}
+
+/// Scale-in, one node at a time from the highest ordinal: drain it, and only once it is
+/// drained (its history tiered, or consumed when there is no tier) shrink the StatefulSet by
+/// one, handing its tiered history to a remaining node.
+async fn scale_in(c: &RocketMQCluster, ctx: &Ctx, current: i32, desired: i32) -> ScaleIn {
+    let n = render::names(c);
+    let leaving = current - 1;
+    let name = n.store_node(leaving);
+    let mut nodes: Vec<StoreNodeStatus> = (0..current)
+        .map(|i| StoreNodeStatus {
+            name: n.store_node(i),
+            state: StoreNodeState::Serving,
+            untiered_bytes: None,
+        })
+        .collect();
+    let mut out = ScaleIn {
+        replicas: current,
+        progressing: None,
+        held: None,
+        nodes: Vec::new(),
+        retired: None,
+    };
+    let hands_over = tier_hands_over(c);
+    if desired == 0 && hands_over {
+        out.held = Some((
+            "ScaleInHeld".into(),
+            format!(
+                "cannot remove {name}: its tiered history needs a remaining store node to serve it; keep at least one store node"
+            ),
+        ));
+        out.nodes = nodes;
+        return out;
+    }
+    match ctx.nodes.drain(c, leaving).await {
+        Ok(st) => {
+            let slot = &mut nodes[leaving as usize];
+            slot.untiered_bytes = st.tiered.then_some(st.untiered_bytes as i64);
+            if st.drained && (st.tiered || !hands_over) {
+                slot.state = StoreNodeState::Drained;
+                out.replicas = current - 1;
+                out.retired = Some(RetiredStoreNode {
+                    name: name.clone(),
+                    adopted_by: hands_over.then(|| n.store_node(leaving % desired.max(1))),
+                });
+                out.progressing = Some((
+                    "ScalingIn".into(),
+                    format!("{name} is drained and leaves the cluster"),
+                ));
+            } else {
+                slot.state = StoreNodeState::Draining;
+                let why = if st.tiered {
+                    format!(
+                        "{name} is draining: {} bytes are not in object storage yet",
+                        st.untiered_bytes
+                    )
+                } else {
+                    format!(
+                        "{name} is draining without tiered storage: waiting until consumers have read its {} remaining messages",
+                        st.unconsumed_messages
+                    )
+                };
+                out.progressing = Some(("Draining".into(), why));
+            }
+        }
+        Err(e) => {
+            nodes[leaving as usize].state = StoreNodeState::Draining;
+            out.progressing = Some((
+                "DrainPending".into(),
+                format!("cannot reach {name} to drain it ({e}); retrying"),
+            ));
+        }
+    }
+    out.nodes = nodes;
+    out
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let since = previous
+        .iter()
+        .find(|p| p.type_ == type_ && p.status == status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+fn role_status(c: &RocketMQCluster, role: Role, desired: i32, ready: i32) -> RoleStatus {
+    RoleStatus {
+        desired_replicas: desired,
+        ready_replicas: ready,
+        summary: format!("{ready}/{desired}"),
+        selector: Some(render::selector_string(c, role)),
+    }
+}
+
+pub async fn reconcile(c: Arc<RocketMQCluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&c, &ctx).await;
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    ctx.metrics.observe(started.elapsed(), &key, result.is_ok());
+    result
+}
+
+async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let ns = c.namespace().unwrap_or_else(|| "default".into());
+    let n = render::names(c);
+    let previous = c.status.clone().unwrap_or_default();
+    let generation = c.metadata.generation;
+
+    // Store nodes first in thought (scale-in decides the adoptions the config carries), last
+    // in rollout order.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let live_brokers = sts_api.get_opt(&n.of(Role::Broker)).await?;
+    let current = live_brokers.as_ref().and_then(|s| s.spec.replicas);
+    let desired = c.spec.broker.replicas;
+    let mut retired = previous.retired_store_nodes.clone();
+    let mut progressing: Vec<(String, String)> = Vec::new();
+    let mut held: Option<(String, String)> = None;
+    let (broker_replicas, store_nodes, new_retiree) = match current {
+        Some(cur) if desired < cur => {
+            let s = scale_in(c, ctx, cur, desired).await;
+            progressing.extend(s.progressing);
+            held = s.held;
+            (s.replicas, s.nodes, s.retired)
+        }
+        _ => {
+            // Scaling out (or steady): a node coming back under a retired name serves again.
+            let mut nodes = (0..desired)
+                .map(|i| StoreNodeStatus {
+                    name: n.store_node(i),
+                    state: StoreNodeState::Serving,
+                    untiered_bytes: None,
+                })
+                .collect::<Vec<_>>();
+            retired.retain(|r| !nodes.iter().any(|s| s.name == r.name));
+            // A scale-in undone before it finished: the node being drained takes writes again.
+            for (i, node) in previous.store_nodes.iter().enumerate() {
+                if node.state != StoreNodeState::Serving && (i as i32) < desired {
+                    match ctx.nodes.serve(c, i as i32).await {
+                        Ok(_) => tracing::info!(node = %node.name, "drain cancelled"),
+                        Err(e) => {
+                            nodes[i].state = StoreNodeState::Draining;
+                            progressing.push((
+                                "DrainCancelPending".into(),
+                                format!(
+                                    "cannot reach {} to cancel its drain ({e}); retrying",
+                                    node.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            (desired, nodes, None)
+        }
+    };
+    if let Some(r) = &new_retiree {
+        retired.retain(|x| x.name != r.name);
+        retired.push(r.clone());
+    }
+    let adoptions: Adoptions = retired.iter().fold(BTreeMap::new(), |mut m, r| {
+        if let Some(by) = &r.adopted_by {
+            m.entry(by.clone())
+                .or_insert_with(Vec::new)
+                .push(r.name.clone());
+        }
+        m
+    });
+
+    // Configuration: one ConfigMap; pods roll on a change of their own file or the image
+    // (adoptions restart only the adopting pod, below).
+    let cm = render::config_map(c, &adoptions).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+    let cm_for_hash =
+        render::config_map(c, &Adoptions::new()).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+    let hash = |role| render::config_hash(&cm_for_hash, role, &c.spec.image);
+    apply::<ConfigMap>(client, &ns, &cm).await?;
+    apply::<ServiceAccount>(client, &ns, &render::service_account(c)).await?;
+    for role in [Role::NameServer, Role::Broker] {
+        apply::<Service>(client, &ns, &render::headless_service(c, role)).await?;
+    }
+    for role in [Role::NameServer, Role::Proxy] {
+        apply::<Service>(client, &ns, &render::client_service(c, role)).await?;
+    }
+    for role in [Role::NameServer, Role::Broker, Role::Proxy] {
+        apply::<PodDisruptionBudget>(client, &ns, &render::pdb(c, role)).await?;
+    }
+
+    // Name servers, then store nodes once the name servers are rolled out, then proxies once
+    // the store nodes are. A role that does not exist yet is created at once.
+    let ns_replicas = c.spec.name_server.replicas;
+    let namesrv = apply::<StatefulSet>(
+        client,
+        &ns,
+        &render::stateful_set(c, Role::NameServer, ns_replicas, &hash(Role::NameServer)),
+    )
+    .await?;
+    let namesrv_done = sts_rolled_out(&namesrv);
+    if !namesrv_done {
+        progressing.push(("RollingOut".into(), "name servers are rolling out".into()));
+    }
+    let brokers = if namesrv_done || live_brokers.is_none() {
+        let sts = render::stateful_set(c, Role::Broker, broker_replicas, &hash(Role::Broker));
+        Some(apply::<StatefulSet>(client, &ns, &sts).await?)
+    } else {
+        live_brokers.clone()
+    };
+    if let Some(r) = &new_retiree {
+        ctx.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Normal,
+                    reason: "StoreNodeRemoved".into(),
+                    note: Some(match &r.adopted_by {
+                        Some(by) => format!(
+                            "{} was drained and removed; {by} serves its tiered history read-only",
+                            r.name
+                        ),
+                        None => format!("{} was drained and removed", r.name),
+                    }),
+                    action: "ScaleIn".into(),
+                    secondary: None,
+                },
+                &c.object_ref(&()),
+            )
+            .await
+            .ok();
+        // The adopting pod picks up its new configuration by restarting.
+        if let Some(by) = &r.adopted_by {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            match pods.delete(by, &DeleteParams::default()).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let brokers_done = brokers.as_ref().is_some_and(sts_rolled_out);
+    if namesrv_done && !brokers_done {
+        progressing.push(("RollingOut".into(), "store nodes are rolling out".into()));
+    }
+    let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let live_proxy = deploy_api.get_opt(&n.of(Role::Proxy)).await?;
+    let proxy = if (namesrv_done && brokers_done) || live_proxy.is_none() {
+        Some(apply::<Deployment>(client, &ns, &render::deployment(c, &hash(Role::Proxy))).await?)
+    } else {
+        live_proxy
+    };
+    let proxy_done = proxy.as_ref().is_some_and(deploy_rolled_out);
+    if namesrv_done && brokers_done && !proxy_done {
+        progressing.push(("RollingOut".into(), "proxies are rolling out".into()));
+    }
+
+    // Status.
+    let ready = namesrv_done && brokers_done && proxy_done && progressing.is_empty();
+    let proxy_ready = proxy
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let old = &previous.conditions;
+    let (p_reason, p_message) = progressing
+        .first()
+        .cloned()
+        .unwrap_or_else(|| ("Settled".into(), "every role is rolled out".into()));
+    let (d_reason, d_message) = held
+        .clone()
+        .unwrap_or_else(|| ("AsExpected".into(), String::new()));
+    let status = RocketMQClusterStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                old,
+                "Ready",
+                ready,
+                if ready { "Ready" } else { &p_reason },
+                if ready {
+                    "all name servers, store nodes and proxies are ready"
+                } else {
+                    &p_message
+                },
+                generation,
+            ),
+            condition(
+                old,
+                "Progressing",
+                !progressing.is_empty(),
+                &p_reason,
+                &p_message,
+                generation,
+            ),
+            condition(
+                old,
+                "Degraded",
+                held.is_some(),
+                &d_reason,
+                &d_message,
+                generation,
+            ),
+        ],
+        name_server: role_status(c, Role::NameServer, ns_replicas, sts_ready(Some(&namesrv))),
+        broker: role_status(c, Role::Broker, desired, sts_ready(brokers.as_ref())),
+        proxy: role_status(c, Role::Proxy, c.spec.proxy.replicas, proxy_ready),
+        endpoint: Some(format!(
+            "{}.{}.svc:{}",
+            n.proxy_service(),
+            n.namespace,
+            c.spec.proxy.grpc_port
+        )),
+        name_server_address: Some(format!(
+            "{}.{}.svc:{}",
+            n.of(Role::NameServer),
+            n.namespace,
+            render::NAMESRV_PORT
+        )),
+        store_nodes,
+        retired_store_nodes: retired,
+    };
+    if c.status.as_ref() != Some(&status) {
+        let api: Api<RocketMQCluster> = Api::namespaced(client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "rocketmq.rs/v1alpha1",
+            "kind": "RocketMQCluster",
+            "status": status,
+        });
+        api.patch_status(
+            &c.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    if let Some((reason, message)) = &held {
+        ctx.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Warning,
+                    reason: reason.clone(),
+                    note: Some(message.clone()),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                },
+                &c.object_ref(&()),
+            )
+            .await
+            .ok();
+    }
+    Ok(Action::requeue(if ready { RESYNC } else { BUSY }))
+}
+
+/// Errors requeue with a growing pause (per cluster) and show up as a Warning event.
+pub fn error_policy(c: Arc<RocketMQCluster>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    let retry = ctx.metrics.backoff(&key);
+    tracing::warn!(cluster = %key, error = %err, ?retry, "reconcile failed");
+    let recorder = ctx.recorder.clone();
+    let reference = c.object_ref(&());
+    let note = err.to_string();
+    tokio::spawn(async move {
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "ReconcileFailed".into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        recorder.publish(&ev, &reference).await.ok();
+    });
+    Action::requeue(retry)
+}

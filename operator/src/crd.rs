@@ -1,0 +1,478 @@
+//! The `RocketMQCluster` custom resource (`rocketmq.rs/v1alpha1`). The CRD in `crds/` is
+//! generated from these types (`rmq-operator crd`); a test fails when it is stale.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The image the operator deploys when the resource names none.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/rocketmq-rs/rmq-broker:0.1.0";
+
+/// A RocketMQ cluster: name servers, store nodes (brokers holding the CommitLog) and stateless
+/// gRPC proxies that the official clients connect to.
+// Several `printcolumn(...)` entries repeat `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rocketmq.rs",
+    version = "v1alpha1",
+    kind = "RocketMQCluster",
+    plural = "rocketmqclusters",
+    shortname = "rmq",
+    namespaced,
+    status = "RocketMQClusterStatus",
+    derive = "PartialEq",
+    doc = "A RocketMQ cluster: name servers, store nodes and gRPC proxies.",
+    scale(
+        spec_replicas_path = ".spec.broker.replicas",
+        status_replicas_path = ".status.broker.readyReplicas",
+        label_selector_path = ".status.broker.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Stores",
+        type_ = "string",
+        json_path = ".status.broker.summary",
+        description = "ready/desired store nodes"
+    ),
+    printcolumn(
+        name = "Proxies",
+        type_ = "string",
+        json_path = ".status.proxy.summary",
+        description = "ready/desired proxies"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "where clients connect (gRPC)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.tieredStorage) || !self.tieredStorage.enabled || self.tieredStorage.backend == 'filesystem' || (has(self.tieredStorage.bucket) && self.tieredStorage.bucket != '')").message("tieredStorage.bucket is required when tiered storage is enabled with an s3, gcs or azure backend"))]
+#[serde(rename_all = "camelCase")]
+pub struct RocketMQClusterSpec {
+    /// Container image of the broker (every role runs the same `rmq-broker` binary).
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// When to pull the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Name servers: where clients and store nodes find each other.
+    #[serde(default)]
+    pub name_server: NameServerSpec,
+    /// Store nodes: the brokers that hold the CommitLog. Scaled by `kubectl scale rmq/NAME`.
+    #[serde(default)]
+    pub broker: BrokerSpec,
+    /// Stateless gRPC proxies the official 5.x clients connect to.
+    #[serde(default)]
+    pub proxy: ProxySpec,
+    /// Moves sealed CommitLog segments to object storage; required for a scale-in that does
+    /// not wait for consumers to drain a store node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiered_storage: Option<TieredStorageSpec>,
+    /// Scheduling and metadata applied to the pods of every role.
+    #[serde(default)]
+    pub pod_template: PodOverrides,
+    /// What happens to PersistentVolumeClaims when the cluster is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_owned()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the store nodes' PersistentVolumeClaims (and tiered data) after the cluster is
+    /// deleted.
+    #[default]
+    Retain,
+    /// Delete the store nodes' PersistentVolumeClaims with the cluster (tiered data in object
+    /// storage is never deleted by the operator).
+    Delete,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NameServerSpec {
+    /// Name server replicas (1 to 5).
+    #[serde(default = "default_name_servers")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: i32,
+    /// CPU and memory of each name server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_name_servers() -> i32 {
+    2
+}
+
+impl Default for NameServerSpec {
+    fn default() -> Self {
+        NameServerSpec {
+            replicas: default_name_servers(),
+            resources: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FlushPolicy {
+    /// A send is acknowledged once the message is on disk (no acknowledged message is lost
+    /// when a node dies).
+    SyncFlush,
+    /// A send is acknowledged once the message is in the page cache (faster; a node crash can
+    /// lose the last few hundred milliseconds).
+    #[default]
+    AsyncFlush,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerSpec {
+    /// Store nodes (0 to 100). Scaling in drains a node first: see `tieredStorage`.
+    #[serde(default = "default_brokers")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// The persistent volume of each store node.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// When a send is acknowledged.
+    #[serde(default)]
+    pub flush_policy: FlushPolicy,
+    /// CommitLog segment size in bytes (4 MiB to 4 GiB; RocketMQ's default is 1 GiB).
+    #[serde(default = "default_segment_size")]
+    #[schemars(range(min = 4194304, max = 4294967296u64))]
+    pub segment_size: i64,
+    /// Create topics on first use (RocketMQ's `autoCreateTopicEnable`).
+    #[serde(default = "default_true")]
+    pub auto_create_topics: bool,
+    /// CPU and memory of each store node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra fields merged into the store node's configuration file (camelCase keys of
+    /// `rmq-broker store --config`); unknown keys make the node refuse to start, with the key
+    /// in its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub extra_config: Option<serde_json::Value>,
+}
+
+fn default_brokers() -> i32 {
+    2
+}
+
+fn default_segment_size() -> i64 {
+    1 << 30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for BrokerSpec {
+    fn default() -> Self {
+        BrokerSpec {
+            replicas: default_brokers(),
+            storage: StorageSpec::default(),
+            flush_policy: FlushPolicy::default(),
+            segment_size: default_segment_size(),
+            auto_create_topics: true,
+            resources: None,
+            extra_config: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each store node's volume, as a Kubernetes quantity (`20Gi`).
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$')").message("storage.size must be a quantity such as 20Gi"))]
+    pub size: String,
+    /// StorageClass of the volumes (the cluster's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "20Gi".to_owned()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// Proxy replicas (0 to 100); stateless, scaled freely.
+    #[serde(default = "default_proxies")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Type of the client Service.
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// gRPC port of the client Service (RocketMQ's default is 8081).
+    #[serde(default = "default_grpc_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub grpc_port: i32,
+    /// CPU and memory of each proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_proxies() -> i32 {
+    2
+}
+
+fn default_grpc_port() -> i32 {
+    8081
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        ProxySpec {
+            replicas: default_proxies(),
+            service_type: ServiceType::default(),
+            grpc_port: default_grpc_port(),
+            resources: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TierBackendKind {
+    S3,
+    Gcs,
+    Azure,
+    /// A folder on each store node's own volume (for trying things out: it does not survive
+    /// the loss of the volume and does not allow scale-in without draining).
+    #[default]
+    Filesystem,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TieredStorageSpec {
+    /// Turns tiering on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Object store kind.
+    #[serde(default)]
+    pub backend: TierBackendKind,
+    /// Bucket (S3, GCS) or container (Azure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Key prefix; each store node writes under `<prefix>/<node name>`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Endpoint of an S3-compatible store (path-style requests are used when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret whose keys become the store nodes' environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Newest CommitLog bytes kept on the store node's disk once uploaded (default 1 GiB).
+    #[serde(default = "default_hot_bytes")]
+    #[schemars(range(min = 0))]
+    pub hot_retention_bytes: i64,
+    /// Hours tiered data is kept in object storage (0: forever).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub remote_retention_hours: i64,
+}
+
+fn default_prefix() -> String {
+    "rocketmq".to_owned()
+}
+
+fn default_hot_bytes() -> i64 {
+    1 << 30
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of a Secret in the cluster's namespace.
+    pub name: String,
+}
+
+/// Scheduling and metadata for the pods of every role.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Added to each role's pods; the operator fills in each role's label selector when a
+    /// constraint has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The pods' security context (the operator's default runs as a non-root user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// The containers' security context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// What the operator observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RocketMQClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub name_server: RoleStatus,
+    #[serde(default)]
+    pub broker: RoleStatus,
+    #[serde(default)]
+    pub proxy: RoleStatus,
+    /// Where clients connect: the proxies' gRPC Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Name servers, as remoting clients take them (`a:9876;b:9876`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_server_address: Option<String>,
+    /// One entry per store node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub store_nodes: Vec<StoreNodeStatus>,
+    /// Store nodes removed by a scale-in, and which remaining node serves each one's tiered
+    /// history (read-only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_store_nodes: Vec<RetiredStoreNode>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredStoreNode {
+    /// The removed node's broker name.
+    pub name: String,
+    /// The store node serving its tiered history, if it had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleStatus {
+    #[serde(default)]
+    pub desired_replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default)]
+    pub summary: String,
+    /// Label selector of the role's pods (the scale subresource reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StoreNodeState {
+    /// Takes writes and reads.
+    #[default]
+    Serving,
+    /// Refuses new writes; its data is moving to object storage.
+    Draining,
+    /// Everything it held is in object storage (or consumed); safe to remove.
+    Drained,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreNodeStatus {
+    /// The node's broker name (`<cluster>-broker-<ordinal>`).
+    pub name: String,
+    pub state: StoreNodeState,
+    /// CommitLog bytes written but not yet in object storage (tiering lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untiered_bytes: Option<i64>,
+}
