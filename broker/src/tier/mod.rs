@@ -117,6 +117,10 @@ pub struct TierConfig {
     pub prefix: String,
     /// Newest CommitLog bytes kept locally once uploaded; older segments are evicted.
     pub hot_window_bytes: u64,
+    /// Uploaded segments older than this are evicted even inside `hotWindowBytes` (0: by
+    /// bytes only).
+    #[serde(with = "crate::store::config::millis")]
+    pub hot_window_age: Duration,
     /// How often sealed segments are looked for.
     #[serde(with = "crate::store::config::millis")]
     pub upload_interval: Duration,
@@ -150,6 +154,7 @@ impl Default for TierConfig {
             },
             prefix: "broker-a".into(),
             hot_window_bytes: 1 << 30,
+            hot_window_age: Duration::ZERO,
             upload_interval: Duration::from_secs(5),
             part_size: 16 << 20,
             upload_concurrency: 4,
@@ -221,6 +226,7 @@ pub struct TierMetrics {
     pub uploaded_segments: Counter,
     pub upload_errors: Counter,
     pub pending_segments: Gauge,
+    pub pending_bytes: Gauge,
     /// Age of the oldest sealed segment not uploaded yet.
     pub upload_lag_seconds: Gauge,
     pub remote_segments: Gauge,
@@ -242,6 +248,7 @@ impl Default for TierMetrics {
             uploaded_segments: Counter::default(),
             upload_errors: Counter::default(),
             pending_segments: Gauge::default(),
+            pending_bytes: Gauge::default(),
             upload_lag_seconds: Gauge::default(),
             remote_segments: Gauge::default(),
             remote_bytes: Gauge::default(),
@@ -273,6 +280,11 @@ impl Default for TierMetrics {
             "pending_segments",
             "Sealed segments not uploaded yet",
             m.pending_segments.clone(),
+        );
+        r.register(
+            "pending_bytes",
+            "Bytes of sealed segments not uploaded yet",
+            m.pending_bytes.clone(),
         );
         r.register(
             "upload_lag_seconds",
@@ -548,6 +560,8 @@ impl Tier {
             sealed.into_iter().filter(|s| !m.contains(s.base)).collect()
         };
         self.metrics.pending_segments.set(pending.len() as i64);
+        let mut pending_bytes: u64 = pending.iter().map(|p| p.end - p.base).sum();
+        self.metrics.pending_bytes.set(pending_bytes as i64);
         {
             let mut first_seen = self.first_seen.lock();
             first_seen.retain(|base, _| pending.iter().any(|p| p.base == *base));
@@ -607,9 +621,12 @@ impl Tier {
             );
             self.metrics.uploaded_bytes.inc_by(len);
             self.metrics.uploaded_segments.inc();
+            pending_bytes = pending_bytes.saturating_sub(seg.end - seg.base);
+            self.metrics.pending_bytes.set(pending_bytes as i64);
             uploaded += 1;
         }
         self.metrics.pending_segments.set(0);
+        self.metrics.pending_bytes.set(0);
         Ok(uploaded)
     }
 
@@ -619,7 +636,14 @@ impl Tier {
             return Ok(0);
         }
         let written = store.log_offsets().written;
-        let keep_from = written.saturating_sub(self.cfg.hot_window_bytes);
+        let mut keep_from = written.saturating_sub(self.cfg.hot_window_bytes);
+        if !self.cfg.hot_window_age.is_zero() {
+            let cutoff = now_millis() - self.cfg.hot_window_age.as_millis() as i64;
+            let m = self.manifest.read();
+            if let Some(old) = m.segments.iter().rev().find(|s| s.uploaded_ms <= cutoff) {
+                keep_from = keep_from.max(old.base + old.len);
+            }
+        }
         let report = store.evict_before(keep_from)?;
         self.metrics
             .evicted_segments
@@ -1575,5 +1599,30 @@ mod tests {
             .await
             .unwrap();
         assert!(started.elapsed().as_secs_f64() < 0.2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_older_than_the_hot_age_are_evicted_inside_the_byte_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TierConfig {
+            hot_window_bytes: 1 << 30,
+            ..local_tier(dir.path(), "node-a")
+        };
+        let store = open(&dir.path().join("data"));
+        let tier = Tier::open(cfg.clone()).unwrap();
+        tier.attach(&store).unwrap();
+        fill_and_tier(&store, &tier, 1000).await;
+        // Inside a 1 GiB window: nothing leaves.
+        assert_eq!(store.log_offsets().min, 0);
+        drop(tier);
+        let tier = Tier::open(TierConfig {
+            hot_window_age: Duration::from_millis(1),
+            ..cfg
+        })
+        .unwrap();
+        tier.attach(&store).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(tier.evict(&store).unwrap() >= 3);
+        assert_eq!(store.log_offsets().min, tier.manifest().end());
     }
 }
