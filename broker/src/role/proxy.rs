@@ -37,7 +37,7 @@ use crate::protocol::grpc::backend::{
 };
 use crate::protocol::remoting::body::{
     self, ClusterInfo, HeartbeatData, ProducerData, SubscriptionGroupWrapper, TopicConfigWire,
-    TopicRouteData,
+    TopicRouteData, perm,
 };
 use crate::protocol::remoting::broker::POP_CK;
 use crate::protocol::remoting::codec::DEFAULT_MAX_FRAME;
@@ -645,7 +645,7 @@ impl Backend for Remote {
         let writable: Vec<(&str, i32)> = route
             .sets
             .iter()
-            .filter(|s| s.perm & 4 != 0)
+            .filter(|s| s.perm & perm::WRITE != 0)
             .flat_map(|s| (0..s.queues as i32).map(move |q| (s.broker.as_str(), q)))
             .collect();
         if writable.is_empty() {
@@ -713,8 +713,11 @@ impl Backend for Remote {
             Some(b) => b,
             None => {
                 let route = self.route_of(&r.topic).await?;
-                let readable: Vec<&QueueSet> =
-                    route.sets.iter().filter(|s| s.perm & 2 != 0).collect();
+                let readable: Vec<&QueueSet> = route
+                    .sets
+                    .iter()
+                    .filter(|s| s.perm & perm::READ != 0)
+                    .collect();
                 if readable.is_empty() {
                     return Err(ServiceError::TopicNotFound(r.topic.clone()));
                 }

@@ -174,7 +174,7 @@ impl Backend for Local {
             broker: self.0.config.broker_name.clone(),
             queues: t.queues,
             message_type: t.message_type,
-            perm: 6,
+            perm: crate::protocol::remoting::body::perm::READ_WRITE,
         }])
     }
 

@@ -399,7 +399,8 @@ impl<B: Backend> GrpcService<B> {
         set: &QueueSet,
         endpoints: &pb::Endpoints,
     ) -> pb::MessageQueue {
-        let permission = match (set.perm & 2 != 0, set.perm & 4 != 0) {
+        use crate::protocol::remoting::body::perm;
+        let permission = match (set.perm & perm::READ != 0, set.perm & perm::WRITE != 0) {
             (true, true) => pb::Permission::ReadWrite,
             (true, false) => pb::Permission::Read,
             (false, true) => pb::Permission::Write,
@@ -663,7 +664,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
                     status: Some(ok()),
                     assignments: sets
                         .iter()
-                        .filter(|set| set.perm & 2 != 0)
+                        .filter(|set| set.perm & crate::protocol::remoting::body::perm::READ != 0)
                         .map(|set| pb::Assignment {
                             message_queue: Some(Self::message_queue(topic, -1, set, &endpoints)),
                         })

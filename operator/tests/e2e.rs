@@ -1,0 +1,940 @@
+//! End-to-end on a real control plane: kube-apiserver, etcd, kube-controller-manager,
+//! kube-scheduler and KWOK nodes started by `e2e/run.sh` (which sets `RMQ_E2E_KUBECONFIG`);
+//! skipped when run without it. Every assertion reads what the API server holds (`kubectl
+//! get -o json`). KWOK pods do not run containers, so the data plane is real local processes
+//! started from the configuration the operator rendered into the ConfigMap, and the operator
+//! reaches those store nodes' HTTP ports through `RMQ_OPERATOR_STORE_ENDPOINTS`.
+//!
+//! One scenario in order: helm install of the chart; the operator runs with the chart's
+//! ServiceAccount token (so its RBAC is what is tested); invalid resources are refused with
+//! their validation messages; the example cluster becomes Ready with the expected objects;
+//! the rendered configuration runs a working cluster that the official Python client produces
+//! to and consumes from; `kubectl scale` out; a scale-in held while the leaving node has
+//! unconsumed messages, then completed; a configuration change rolls name servers, then store
+//! nodes, then proxies; the operator killed mid-reconcile converges after a restart; the API
+//! server restarted; deleting the resource garbage-collects what it owned.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NS: &str = "mq";
+const OP_NS: &str = "rmq-system";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Env {
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+    /// Logs and files of this run, inside e2e/run.sh's work folder (kept on failure).
+    work: Work,
+}
+
+struct Work(PathBuf);
+
+impl Work {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Env {
+    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_as(&self.kubeconfig, args)
+    }
+
+    fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.kubectl(args)
+            .unwrap_or_else(|e| panic!("kubectl {args:?} failed: {e}"))
+    }
+
+    /// An object as JSON, or `None` when it does not exist.
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        self.kubectl(&["get", kind, name, "-n", NS, "-o", "json"])
+            .ok()
+            .map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    fn cluster(&self) -> Value {
+        self.get("rmq", "demo").expect("the RocketMQCluster exists")
+    }
+
+    fn apply(&self, yaml: &str) -> Result<String, String> {
+        let path = self.work.path().join(format!("apply-{}.yaml", free_port()));
+        std::fs::write(&path, yaml).unwrap();
+        self.kubectl(&["apply", "-n", NS, "-f", path.to_str().unwrap()])
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `secs` with `what` and the
+/// last thing `f` saw.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out after {secs} s waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn condition(c: &Value, type_: &str) -> String {
+    c["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["type"] == type_)
+        .map(|x| {
+            format!(
+                "{}: {}",
+                x["status"].as_str().unwrap_or(""),
+                x["message"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn is_ready(c: &Value) -> bool {
+    condition(c, "Ready").starts_with("True")
+        && c["status"]["observedGeneration"] == c["metadata"]["generation"]
+}
+
+/// A local process with its log in the work folder; killed when dropped.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Proc {
+    fn start(bin: &Path, args: &[String], env: &[(&str, String)], log: PathBuf) -> Proc {
+        let mut p = Proc {
+            child: None,
+            log,
+            cmd: std::iter::once(bin.display().to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(&self.cmd[0])
+                .args(&self.cmd[1..])
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start a process"),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_listening(addr: SocketAddr, p: &Proc) {
+    wait_for(
+        30,
+        &format!("{} to listen on {addr}", p.cmd.join(" ")),
+        || {
+            TcpStream::connect(addr)
+                .map(|_| ())
+                .map_err(|e| format!("{e}\n{}", p.logs()))
+        },
+    );
+}
+
+/// The Python client (installed by scripts/setup-clients.sh) against a gRPC endpoint.
+fn python(endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let home = tempfile::tempdir().unwrap();
+    let cache = std::env::var("HOME")
+        .map(PathBuf::from)
+        .unwrap()
+        .join(".cache/rocketmq-k8s");
+    let out = Command::new(cache.join("python-client-5.1.2/bin/python"))
+        .arg(repo().join("broker/tests/clients/python_client.py"))
+        .arg(args[0])
+        .arg(endpoint)
+        .args(&args[1..])
+        .env("HOME", home.path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the Python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().rev().find(|l| l.starts_with('{')) {
+        Some(l) if out.status.success() => serde_json::from_str(l).unwrap(),
+        _ => panic!(
+            "Python client {args:?} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn ids(v: &Value, key: &str) -> std::collections::BTreeSet<String> {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.get("id").unwrap_or(m).as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The data plane: local processes started from the ConfigMap the operator rendered.
+struct DataPlane {
+    dir: PathBuf,
+    broker_bin: PathBuf,
+    namesrv: Proc,
+    namesrv_addr: SocketAddr,
+    stores: BTreeMap<String, (Proc, SocketAddr, SocketAddr)>,
+    proxy: Proc,
+    proxy_addr: SocketAddr,
+}
+
+impl DataPlane {
+    fn start(e: &Env, store_http: &BTreeMap<String, SocketAddr>, nodes: usize) -> DataPlane {
+        let cm = e
+            .get("configmap", "demo-config")
+            .expect("the ConfigMap exists");
+        let dir = e.work.path().join("dataplane");
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["namesrv.yaml", "store.yaml", "proxy.yaml"] {
+            let text = cm["data"][file].as_str().expect("every role has its file");
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        let broker_bin = Path::new(env!("CARGO_BIN_EXE_rmq-operator")).with_file_name("rmq-broker");
+        assert!(
+            broker_bin.exists(),
+            "{} is missing: build it with `cargo build -p broker --bin rmq-broker`",
+            broker_bin.display()
+        );
+        let namesrv_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let s = |x: &str| x.to_owned();
+        let namesrv = Proc::start(
+            &broker_bin,
+            &[
+                s("namesrv"),
+                s("--config"),
+                dir.join("namesrv.yaml").display().to_string(),
+                s("--listen"),
+                namesrv_addr.to_string(),
+                s("--http-listen"),
+                format!("127.0.0.1:{}", free_port()),
+            ],
+            &[],
+            dir.join("namesrv.log"),
+        );
+        wait_listening(namesrv_addr, &namesrv);
+        let mut dp = DataPlane {
+            dir,
+            broker_bin,
+            namesrv,
+            namesrv_addr,
+            stores: BTreeMap::new(),
+            proxy: Proc {
+                child: None,
+                log: PathBuf::new(),
+                cmd: Vec::new(),
+                env: Vec::new(),
+            },
+            proxy_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
+        for i in 0..nodes {
+            dp.start_store(&format!("demo-broker-{i}"), store_http);
+        }
+        let proxy = Proc::start(
+            &dp.broker_bin,
+            &[
+                s("proxy"),
+                s("--config"),
+                dp.dir.join("proxy.yaml").display().to_string(),
+                s("--grpc-listen"),
+                dp.proxy_addr.to_string(),
+                s("--http-listen"),
+                format!("127.0.0.1:{}", free_port()),
+                s("--namesrv"),
+                dp.namesrv_addr.to_string(),
+            ],
+            &[],
+            dp.dir.join("proxy.log"),
+        );
+        wait_listening(dp.proxy_addr, &proxy);
+        dp.proxy = proxy;
+        dp
+    }
+
+    /// A store node named like the pod, with the rendered store.yaml (name server, listen
+    /// and data folder overridden for loopback), and the test topic.
+    fn start_store(&mut self, name: &str, store_http: &BTreeMap<String, SocketAddr>) {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = store_http[name];
+        let p = Proc::start(
+            &self.broker_bin,
+            &[
+                "store".into(),
+                "--config".into(),
+                self.dir.join("store.yaml").display().to_string(),
+                "--broker-name".into(),
+                name.into(),
+                "--listen".into(),
+                listen.to_string(),
+                "--http-listen".into(),
+                http.to_string(),
+                "--data-dir".into(),
+                self.dir.join(name).display().to_string(),
+                "--namesrv".into(),
+                self.namesrv_addr.to_string(),
+            ],
+            &[],
+            self.dir.join(format!("{name}.log")),
+        );
+        wait_listening(listen, &p);
+        ureq::put(&format!("http://{http}/admin/topics/E2E"))
+            .send_json(serde_json::json!({"queues": 4}))
+            .expect("create the test topic");
+        self.stores.insert(name.to_owned(), (p, listen, http));
+        // Clients look routes up through the name server: wait until it routes the topic to
+        // every node started so far.
+        let want = self.stores.len();
+        wait_for(
+            30,
+            "the name server to route E2E to every store node",
+            || {
+                let n = route_brokers(&self.namesrv_addr.to_string(), "E2E");
+                if n == want {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {want}"))
+                }
+            },
+        );
+    }
+
+    /// Per store node: messages stored and group G's progress on topic E2E.
+    fn progress(&self) -> String {
+        let mut out = String::new();
+        for (name, (_, _, http)) in &self.stores {
+            let p = ureq::get(&format!("http://{http}/admin/groups/G/progress?topic=E2E"))
+                .call()
+                .map(|mut r| r.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or_else(|e| e.to_string());
+            out.push_str(&format!("{name}: stored {}, progress {p}\n", stored(*http)));
+        }
+        out
+    }
+
+    fn endpoint(&self) -> String {
+        self.proxy_addr.to_string()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!(
+            "---- namesrv\n{}\n---- proxy\n{}\n",
+            self.namesrv.logs(),
+            self.proxy.logs()
+        );
+        for (name, (p, _, _)) in &self.stores {
+            out.push_str(&format!("---- {name}\n{}\n", p.logs()));
+        }
+        out
+    }
+}
+
+/// How many store nodes the name server routes `topic` to.
+fn route_brokers(namesrv: &str, topic: &str) -> usize {
+    use broker::protocol::remoting::body::from_body;
+    use broker::protocol::remoting::codes::{request, response};
+    use broker::protocol::remoting::conn::{self, NoRequests, Pool};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = Pool::new(
+            std::sync::Arc::new(NoRequests),
+            Duration::from_secs(2),
+            1 << 24,
+        );
+        let req = conn::request(
+            request::GET_ROUTEINFO_BY_TOPIC,
+            [("topic", topic.to_owned())],
+        );
+        match pool.invoke(namesrv, req, Duration::from_secs(3)).await {
+            Ok(r) if r.code == response::SUCCESS => from_body::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v["brokerDatas"].as_array().map(Vec::len))
+                .unwrap_or(0),
+            _ => 0,
+        }
+    })
+}
+
+/// Messages of topic E2E a store node holds, from its metrics.
+fn stored(http: SocketAddr) -> u64 {
+    let text = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("rocketmq_messages_sent_total{topic=\"E2E\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// The template hash each role's workload currently carries.
+fn hashes(e: &Env) -> [Option<String>; 3] {
+    let h = |kind: &str, name: &str| {
+        e.get(kind, name).and_then(|o| {
+            o["spec"]["template"]["metadata"]["annotations"]["rocketmq.rs/config-hash"]
+                .as_str()
+                .map(str::to_owned)
+        })
+    };
+    [
+        h("statefulset", "demo-namesrv"),
+        h("statefulset", "demo-broker"),
+        h("deployment", "demo-proxy"),
+    ]
+}
+
+#[test]
+fn operator_end_to_end_on_a_real_control_plane() {
+    let Ok(kubeconfig) = std::env::var("RMQ_E2E_KUBECONFIG") else {
+        eprintln!(
+            "skipped: run e2e/run.sh (it starts a control plane and sets RMQ_E2E_KUBECONFIG)"
+        );
+        return;
+    };
+    let e = Env {
+        kubeconfig: kubeconfig.into(),
+        bin: std::env::var("RMQ_E2E_K8S_BIN")
+            .expect("e2e/run.sh sets RMQ_E2E_K8S_BIN")
+            .into(),
+        work: Work(
+            PathBuf::from(
+                std::env::var("RMQ_E2E_WORKDIR").expect("e2e/run.sh sets RMQ_E2E_WORKDIR"),
+            )
+            .join("test"),
+        ),
+    };
+    std::fs::create_dir_all(e.work.path()).unwrap();
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("e2e [{:>5.1} s] {what}", t0.elapsed().as_secs_f64());
+
+    // 1. helm install of the chart: CRD, RBAC, ServiceAccount, the operator's Deployment.
+    step("helm install");
+    let out = Command::new(e.bin.join("helm"))
+        .args([
+            "install",
+            "rmq",
+            repo().join("charts/rocketmq-operator").to_str().unwrap(),
+        ])
+        .args([
+            "--namespace",
+            OP_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .arg("--kubeconfig")
+        .arg(&e.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        notes.contains("kubectl apply"),
+        "NOTES.txt tells what to do next: {notes}"
+    );
+    let crd: Value =
+        serde_json::from_str(&e.ok(&["get", "crd", "rocketmqclusters.rocketmq.rs", "-o", "json"]))
+            .unwrap();
+    assert!(
+        crd["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True"),
+        "{crd}"
+    );
+    let dep: Value = serde_json::from_str(&e.ok(&[
+        "get",
+        "deployment",
+        "rmq-rocketmq-operator",
+        "-n",
+        OP_NS,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        dep["status"]["readyReplicas"], 1,
+        "KWOK makes the operator pod ready: {dep}"
+    );
+
+    // 2. The operator runs here, as the chart's ServiceAccount (its token, not the admin's).
+    step("operator starts with the chart's ServiceAccount");
+    let token = e.ok(&[
+        "create",
+        "token",
+        "rmq-rocketmq-operator",
+        "-n",
+        OP_NS,
+        "--duration",
+        "2h",
+    ]);
+    let admin: String = std::fs::read_to_string(&e.kubeconfig).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("the kubeconfig names the server")
+        .to_owned();
+    let ca = admin
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("certificate-authority: ")
+                .or_else(|| l.trim().strip_prefix("certificate-authority-data: "))
+        })
+        .expect("the kubeconfig names the CA")
+        .to_owned();
+    let ca_line = if admin.contains("certificate-authority-data:") {
+        format!("certificate-authority-data: {ca}")
+    } else {
+        format!("certificate-authority: {ca}")
+    };
+    let sa_kubeconfig = e.work.path().join("operator.kubeconfig");
+    std::fs::write(
+        &sa_kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    {ca_line}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: operator}}\ncurrent-context: e2e\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    // Least privilege: the operator's account cannot read Secrets.
+    assert!(
+        e.kubectl_as(&sa_kubeconfig, &["get", "secrets", "-n", NS])
+            .is_err()
+    );
+    let store_http: BTreeMap<String, SocketAddr> = (0..3)
+        .map(|i| {
+            (
+                format!("demo-broker-{i}"),
+                SocketAddr::from(([127, 0, 0, 1], free_port())),
+            )
+        })
+        .collect();
+    let endpoints = store_http
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let op_http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let operator_env = vec![
+        ("KUBECONFIG", sa_kubeconfig.display().to_string()),
+        ("POD_NAMESPACE", OP_NS.to_owned()),
+        ("POD_NAME", "e2e-operator".to_owned()),
+        ("RMQ_OPERATOR_HTTP_LISTEN", op_http.to_string()),
+        ("RMQ_OPERATOR_STORE_ENDPOINTS", endpoints),
+        (
+            "RUST_LOG",
+            "info,kube_runtime=debug,kube_lease_manager=debug".to_owned(),
+        ),
+    ];
+    let op_bin = PathBuf::from(env!("CARGO_BIN_EXE_rmq-operator"));
+    let mut operator = Proc::start(
+        &op_bin,
+        &["run".into()],
+        &operator_env,
+        e.work.path().join("operator.log"),
+    );
+    wait_listening(op_http, &operator);
+
+    // 3. Invalid resources are refused by the API server with a readable message.
+    step("invalid resources are refused");
+    e.ok(&["create", "namespace", NS]);
+    let bad = e
+        .apply("apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n  tieredStorage: {enabled: true, backend: s3}\n")
+        .unwrap_err();
+    assert!(bad.contains("tieredStorage.bucket is required"), "{bad}");
+    let bad = e
+        .apply("apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n  broker: {replicas: 101}\n")
+        .unwrap_err();
+    assert!(
+        bad.contains("spec.broker.replicas") && bad.contains("100"),
+        "{bad}"
+    );
+    let bad = e
+        .apply("apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n  broker: {storage: {size: lots}}\n")
+        .unwrap_err();
+    assert!(bad.contains("storage.size must be a quantity"), "{bad}");
+    assert!(e.get("rmq", "bad").is_none());
+
+    // 4. The example cluster: the expected objects, then Ready once KWOK runs the pods.
+    step("kubectl apply of the example");
+    e.ok(&[
+        "apply",
+        "-n",
+        NS,
+        "-f",
+        repo()
+            .join("examples/rocketmqcluster.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let c = wait_for(90, "the example to become Ready", || {
+        let c = e.cluster();
+        if is_ready(&c) {
+            Ok(c)
+        } else {
+            Err(c.to_string())
+        }
+    });
+    assert_eq!(c["status"]["broker"]["readyReplicas"], 2, "{c}");
+    assert_eq!(c["status"]["proxy"]["readyReplicas"], 2, "{c}");
+    assert_eq!(c["status"]["nameServer"]["readyReplicas"], 2, "{c}");
+    assert_eq!(c["status"]["endpoint"], "demo-proxy.mq.svc:8081");
+    for (kind, name) in [
+        ("statefulset", "demo-namesrv"),
+        ("statefulset", "demo-broker"),
+        ("deployment", "demo-proxy"),
+        ("configmap", "demo-config"),
+        ("service", "demo-proxy"),
+        ("service", "demo-namesrv"),
+        ("service", "demo-namesrv-headless"),
+        ("service", "demo-broker-headless"),
+        ("poddisruptionbudget", "demo-namesrv"),
+        ("poddisruptionbudget", "demo-broker"),
+        ("poddisruptionbudget", "demo-proxy"),
+        ("serviceaccount", "demo-rocketmq"),
+    ] {
+        let o = e
+            .get(kind, name)
+            .unwrap_or_else(|| panic!("{kind}/{name} missing"));
+        assert_eq!(
+            o["metadata"]["ownerReferences"][0]["name"], "demo",
+            "{kind}/{name}"
+        );
+    }
+    let sts = e.get("statefulset", "demo-broker").unwrap();
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+    let pvcs = e.ok(&[
+        "get",
+        "pvc",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+    ]);
+    assert_eq!(
+        pvcs.split_whitespace().filter(|p| *p == "Bound").count(),
+        2,
+        "{pvcs}"
+    );
+    let table = e.ok(&["get", "rmq", "-n", NS]);
+    assert!(
+        table.contains("READY")
+            && table.contains("2/2")
+            && table.contains("demo-proxy.mq.svc:8081"),
+        "{table}"
+    );
+
+    // 5. The rendered configuration runs a working cluster.
+    step("data plane from the rendered ConfigMap");
+    let mut dp = DataPlane::start(&e, &store_http, 2);
+    let sent = python(&dp.endpoint(), &["send", "E2E", "G", "20"], &[]);
+    let got = python(&dp.endpoint(), &["receive_ack", "E2E", "G", "20"], &[]);
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{}", dp.logs());
+
+    // 6. Scale out with `kubectl scale` (the scale subresource).
+    step("kubectl scale --replicas=3");
+    e.ok(&["scale", "rmq/demo", "-n", NS, "--replicas=3"]);
+    wait_for(60, "3 ready store nodes", || {
+        let c = e.cluster();
+        if is_ready(&c) && c["status"]["broker"]["readyReplicas"] == 3 {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    assert_eq!(
+        e.get("statefulset", "demo-broker").unwrap()["spec"]["replicas"],
+        3
+    );
+    dp.start_store("demo-broker-2", &store_http);
+    // The proxy caches routes for 3 s.
+    std::thread::sleep(Duration::from_secs(4));
+    let leaving_http = dp.stores["demo-broker-2"].2;
+    // Once routes include the new node, round robin over its 12 queues reaches it; the group
+    // consumes there too (so the node knows the group's progress).
+    wait_for(60, "demo-broker-2 to take and deliver messages", || {
+        let sent = python(&dp.endpoint(), &["send", "E2E", "G", "12"], &[]);
+        let got = python(&dp.endpoint(), &["receive_ack", "E2E", "G", "12"], &[]);
+        assert_eq!(
+            ids(&got, "received"),
+            ids(&sent, "sent"),
+            "{}\n{}",
+            dp.progress(),
+            dp.logs()
+        );
+        let n = stored(leaving_http);
+        if n > 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} stored on demo-broker-2"))
+        }
+    });
+    let before = stored(leaving_http);
+    let sent = python(&dp.endpoint(), &["send", "E2E", "G", "60"], &[]);
+    assert!(
+        stored(leaving_http) > before,
+        "some of the 60 went to demo-broker-2"
+    );
+
+    // 7. Scale in: held while the leaving node has messages no consumer has read (no tiered
+    // storage here), completed once they are consumed.
+    step("scale in to 2: drain first");
+    e.ok(&[
+        "patch",
+        "rmq",
+        "demo",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"broker":{"replicas":2}}}"#,
+    ]);
+    let c = wait_for(30, "demo-broker-2 to be draining", || {
+        let c = e.cluster();
+        let draining = c["status"]["storeNodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["name"] == "demo-broker-2" && n["state"] == "Draining");
+        if draining {
+            Ok(c)
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    assert!(
+        condition(&c, "Progressing").contains("waiting until consumers have read"),
+        "{c}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        e.get("statefulset", "demo-broker").unwrap()["spec"]["replicas"],
+        3,
+        "not shrunk while draining"
+    );
+    let got = python(&dp.endpoint(), &["receive_ack", "E2E", "G", "60"], &[]);
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{}", dp.logs());
+    wait_for(60, "the StatefulSet to shrink after the drain", || {
+        let c = e.cluster();
+        let replicas = e.get("statefulset", "demo-broker").unwrap()["spec"]["replicas"].clone();
+        if replicas == 2 && is_ready(&c) {
+            Ok(())
+        } else {
+            Err(format!("replicas {replicas}; {}", c["status"]))
+        }
+    });
+    let events = e.ok(&["get", "events", "-n", NS, "-o", "json"]);
+    assert!(events.contains("StoreNodeRemoved"), "{events}");
+
+    // 8. A configuration change rolls name servers, then store nodes, then proxies.
+    step("image change rolls roles in order");
+    let before = hashes(&e);
+    e.ok(&[
+        "patch",
+        "rmq",
+        "demo",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"image":"ghcr.io/rocketmq-rs/rmq-broker:0.1.1"}}"#,
+    ]);
+    let mut changed_at: [Option<Instant>; 3] = [None; 3];
+    wait_for(120, "every role to roll", || {
+        let now = hashes(&e);
+        for i in 0..3 {
+            if changed_at[i].is_none() && now[i] != before[i] {
+                changed_at[i] = Some(Instant::now());
+            }
+        }
+        if changed_at.iter().all(Option::is_some) && is_ready(&e.cluster()) {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let [ns_t, br_t, px_t] = changed_at.map(Option::unwrap);
+    assert!(
+        ns_t < br_t && br_t < px_t,
+        "order: namesrv {ns_t:?}, broker {br_t:?}, proxy {px_t:?}"
+    );
+
+    // 9. The operator killed mid-reconcile converges after a restart.
+    step("operator killed mid-reconcile");
+    e.ok(&[
+        "patch",
+        "rmq",
+        "demo",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"proxy":{"replicas":3}}}"#,
+    ]);
+    std::thread::sleep(Duration::from_millis(150));
+    operator.kill();
+    operator.spawn();
+    wait_for(90, "3 ready proxies after the restart", || {
+        let c = e.cluster();
+        if is_ready(&c) && c["status"]["proxy"]["readyReplicas"] == 3 {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+
+    // 10. The API server restarts; the operator reconnects and keeps reconciling.
+    step("kube-apiserver restart");
+    let out = Command::new("bash")
+        .arg(repo().join("e2e/cluster.sh"))
+        .arg("restart-apiserver")
+        .arg(std::env::var("RMQ_E2E_WORKDIR").expect("e2e/run.sh sets RMQ_E2E_WORKDIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.ok(&[
+        "patch",
+        "rmq",
+        "demo",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"proxy":{"replicas":2}}}"#,
+    ]);
+    wait_for(120, "2 proxies after the API server restart", || {
+        let c = e.cluster();
+        let d = e.get("deployment", "demo-proxy").unwrap();
+        if is_ready(&c) && d["spec"]["replicas"] == 2 {
+            Ok(())
+        } else {
+            Err(format!("{}\n{}", c["status"], operator.logs()))
+        }
+    });
+
+    // 11. Deleting the resource garbage-collects everything it owned.
+    step("delete the resource");
+    e.ok(&["delete", "rmq", "demo", "-n", NS, "--wait=true"]);
+    wait_for(90, "owned objects to be garbage-collected", || {
+        let left: Vec<_> = [
+            ("statefulset", "demo-namesrv"),
+            ("statefulset", "demo-broker"),
+            ("deployment", "demo-proxy"),
+            ("configmap", "demo-config"),
+            ("service", "demo-proxy"),
+        ]
+        .into_iter()
+        .filter(|(k, n)| e.get(k, n).is_some())
+        .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    let metrics = ureq::get(&format!("http://{op_http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("rocketmq_operator_reconciles_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rocketmq_operator_leader 1"), "{metrics}");
+    step("done");
+    drop(dp);
+}
