@@ -49,7 +49,7 @@ live_pid() {
 }
 
 # Running, not a zombie (a zombie's cmdline is empty; PID 1 may not reap in a container).
-running() { [ -n "$(tr -d '\0' < "/proc/$1/cmdline" 2>/dev/null)" ]; }
+running() { [ -n "$({ tr -d '\0' < "/proc/$1/cmdline"; } 2>/dev/null)" ]; }
 
 stop() {
   local name="$1" pid i

@@ -246,16 +246,23 @@ struct DataPlane {
     namesrv: Proc,
     namesrv_addr: SocketAddr,
     stores: BTreeMap<String, (Proc, SocketAddr, SocketAddr)>,
+    store_env: Vec<(String, String)>,
     proxy: Proc,
     proxy_addr: SocketAddr,
 }
 
 impl DataPlane {
-    fn start(e: &Env, store_http: &BTreeMap<String, SocketAddr>, nodes: usize) -> DataPlane {
+    fn start(
+        e: &Env,
+        cluster: &str,
+        store_http: &BTreeMap<String, SocketAddr>,
+        nodes: usize,
+        store_env: &[(&str, String)],
+    ) -> DataPlane {
         let cm = e
-            .get("configmap", "demo-config")
+            .get("configmap", &format!("{cluster}-config"))
             .expect("the ConfigMap exists");
-        let dir = e.work.path().join("dataplane");
+        let dir = e.work.path().join(format!("dataplane-{cluster}"));
         std::fs::create_dir_all(&dir).unwrap();
         for file in ["namesrv.yaml", "store.yaml", "proxy.yaml"] {
             let text = cm["data"][file].as_str().expect("every role has its file");
@@ -290,6 +297,10 @@ impl DataPlane {
             namesrv,
             namesrv_addr,
             stores: BTreeMap::new(),
+            store_env: store_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             proxy: Proc {
                 child: None,
                 log: PathBuf::new(),
@@ -299,7 +310,7 @@ impl DataPlane {
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
         };
         for i in 0..nodes {
-            dp.start_store(&format!("demo-broker-{i}"), store_http);
+            dp.start_store(&format!("{cluster}-broker-{i}"), store_http);
         }
         let proxy = Proc::start(
             &dp.broker_bin,
@@ -326,7 +337,32 @@ impl DataPlane {
     /// and data folder overridden for loopback), and the test topic.
     fn start_store(&mut self, name: &str, store_http: &BTreeMap<String, SocketAddr>) {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = store_http[name];
+        self.run_store(name, listen, store_http[name]);
+        // Clients look routes up through the name server: wait until it routes the topic to
+        // every node started so far.
+        let want = self.stores.len();
+        wait_for(
+            30,
+            "the name server to route E2E to every store node",
+            || {
+                let n = route_brokers(&self.namesrv_addr.to_string(), "E2E");
+                if n == want {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of {want}"))
+                }
+            },
+        );
+    }
+
+    /// Starts (or restarts, after its pod was replaced) a store node with the current
+    /// store.yaml.
+    fn run_store(&mut self, name: &str, listen: SocketAddr, http: SocketAddr) {
+        let env: Vec<(&str, String)> = self
+            .store_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let p = Proc::start(
             &self.broker_bin,
             &[
@@ -344,7 +380,7 @@ impl DataPlane {
                 "--namesrv".into(),
                 self.namesrv_addr.to_string(),
             ],
-            &[],
+            &env,
             self.dir.join(format!("{name}.log")),
         );
         wait_listening(listen, &p);
@@ -352,21 +388,18 @@ impl DataPlane {
             .send_json(serde_json::json!({"queues": 4}))
             .expect("create the test topic");
         self.stores.insert(name.to_owned(), (p, listen, http));
-        // Clients look routes up through the name server: wait until it routes the topic to
-        // every node started so far.
-        let want = self.stores.len();
-        wait_for(
-            30,
-            "the name server to route E2E to every store node",
-            || {
-                let n = route_brokers(&self.namesrv_addr.to_string(), "E2E");
-                if n == want {
-                    Ok(())
-                } else {
-                    Err(format!("{n} of {want}"))
-                }
-            },
-        );
+    }
+
+    /// Re-reads the store nodes' file from the ConfigMap (a replaced pod mounts the newest).
+    fn refresh_store_config(&self, e: &Env, cluster: &str) {
+        let cm = e
+            .get("configmap", &format!("{cluster}-config"))
+            .expect("the ConfigMap exists");
+        std::fs::write(
+            self.dir.join("store.yaml"),
+            cm["data"]["store.yaml"].as_str().unwrap(),
+        )
+        .unwrap();
     }
 
     /// Per store node: messages stored and group G's progress on topic E2E.
@@ -582,13 +615,10 @@ fn operator_end_to_end_on_a_real_control_plane() {
         e.kubectl_as(&sa_kubeconfig, &["get", "secrets", "-n", NS])
             .is_err()
     );
-    let store_http: BTreeMap<String, SocketAddr> = (0..3)
-        .map(|i| {
-            (
-                format!("demo-broker-{i}"),
-                SocketAddr::from(([127, 0, 0, 1], free_port())),
-            )
-        })
+    let store_http: BTreeMap<String, SocketAddr> = ["demo", "tiered"]
+        .iter()
+        .flat_map(|c| (0..3).map(move |i| format!("{c}-broker-{i}")))
+        .map(|name| (name, SocketAddr::from(([127, 0, 0, 1], free_port()))))
         .collect();
     let endpoints = store_http
         .iter()
@@ -710,7 +740,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
 
     // 5. The rendered configuration runs a working cluster.
     step("data plane from the rendered ConfigMap");
-    let mut dp = DataPlane::start(&e, &store_http, 2);
+    let mut dp = DataPlane::start(&e, "demo", &store_http, 2, &[]);
     let sent = python(&dp.endpoint(), &["send", "E2E", "G", "20"], &[]);
     let got = python(&dp.endpoint(), &["receive_ack", "E2E", "G", "20"], &[]);
     assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{}", dp.logs());
@@ -924,6 +954,13 @@ fn operator_end_to_end_on_a_real_control_plane() {
             Err(format!("{left:?}"))
         }
     });
+    drop(dp);
+
+    // 12. Scale-in without moving data: with tiered storage the leaving node's history goes to
+    // object storage and a remaining node serves it read-only.
+    step("tiered cluster: scale in hands the history over");
+    tiered_scale_in(&e, &store_http);
+
     let metrics = ureq::get(&format!("http://{op_http}/metrics"))
         .call()
         .unwrap()
@@ -936,5 +973,142 @@ fn operator_end_to_end_on_a_real_control_plane() {
     );
     assert!(metrics.contains("rocketmq_operator_leader 1"), "{metrics}");
     step("done");
-    drop(dp);
+}
+
+/// s3s-fs (scripts/setup-s3.sh) on loopback; killed when dropped.
+/// (server, its folder, kept until the server stops, its address)
+struct S3(Child, #[allow(dead_code)] tempfile::TempDir, SocketAddr);
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_s3() -> S3 {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/setup-s3.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("tier")).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--access-key", "AK", "--secret-key", "SK"])
+        .arg(root.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(20, "s3s-fs to listen", || {
+        TcpStream::connect(addr)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    S3(child, root, addr)
+}
+
+fn tiered_scale_in(e: &Env, store_http: &BTreeMap<String, SocketAddr>) {
+    let s3 = start_s3();
+    e.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "-n",
+        NS,
+        "--from-literal=AWS_ACCESS_KEY_ID=AK",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=SK",
+    ]);
+    e.apply(&format!(
+        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {{name: tiered}}\nspec:\n  nameServer: {{replicas: 1}}\n  proxy: {{replicas: 1}}\n  broker: {{replicas: 2, segmentSize: 4194304, flushPolicy: SYNC_FLUSH, storage: {{size: 10Gi}}}}\n  tieredStorage:\n    enabled: true\n    backend: s3\n    bucket: tier\n    endpoint: http://{}\n    credentialsSecretRef: {{name: s3-creds}}\n    hotRetentionBytes: 0\n",
+        s3.2
+    ))
+    .unwrap();
+    let get = || e.get("rmq", "tiered").expect("the tiered cluster exists");
+    wait_for(90, "the tiered cluster to become Ready", || {
+        let c = get();
+        if is_ready(&c) {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    let sts = e.get("statefulset", "tiered-broker").unwrap();
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"];
+    assert_eq!(
+        env, "s3-creds",
+        "the credentials Secret reaches the store nodes"
+    );
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", "AK".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "SK".to_owned()),
+    ];
+    let mut dp = DataPlane::start(e, "tiered", store_http, 2, &creds);
+    let sent = python(&dp.endpoint(), &["send", "E2E", "P", "40"], &[]);
+    let leaving = dp.stores["tiered-broker-1"].2;
+    assert!(stored(leaving) > 0, "{}", dp.progress());
+
+    e.ok(&["scale", "rmq/tiered", "-n", NS, "--replicas=1"]);
+    let c = wait_for(90, "the scale-in to finish", || {
+        let c = get();
+        let replicas = e.get("statefulset", "tiered-broker").unwrap()["spec"]["replicas"].clone();
+        if replicas == 1 {
+            Ok(c)
+        } else {
+            Err(format!("replicas {replicas}; {}", c["status"]))
+        }
+    });
+    let retired = &c["status"]["retiredStoreNodes"][0];
+    assert_eq!(retired["name"], "tiered-broker-1", "{c}");
+    assert_eq!(retired["adoptedBy"], "tiered-broker-0", "{c}");
+    let node: Value = ureq::get(&format!("http://{leaving}/admin/node"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(node["drained"], true, "{node}");
+    assert_eq!(node["untieredBytes"], 0, "{node}");
+
+    // The leaving pod is gone with its disk; the adopting pod was replaced and starts with the
+    // new configuration (which names the adoption).
+    let (mut p, _, _) = dp.stores.remove("tiered-broker-1").unwrap();
+    p.kill();
+    std::fs::remove_dir_all(dp.dir.join("tiered-broker-1")).unwrap();
+    let (mut p, listen, http) = dp.stores.remove("tiered-broker-0").unwrap();
+    p.kill();
+    dp.refresh_store_config(e, "tiered");
+    let config = std::fs::read_to_string(dp.dir.join("store.yaml")).unwrap();
+    assert!(config.contains("brokerName: tiered-broker-1"), "{config}");
+    dp.run_store("tiered-broker-0", listen, http);
+    wait_for(30, "the adopted node to be routed", || {
+        let n = route_brokers(&dp.namesrv_addr.to_string(), "E2E");
+        if n == 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} store nodes route E2E"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    // Every message, including those the removed node held, reads back.
+    let got = python(&dp.endpoint(), &["receive_ack", "E2E", "Q", "40"], &[]);
+    assert_eq!(ids(&got, "received"), ids(&sent, "sent"), "{}", dp.logs());
+    wait_for(60, "the tiered cluster to settle", || {
+        let c = get();
+        if is_ready(&c) {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    e.ok(&["delete", "rmq", "tiered", "-n", NS, "--wait=true"]);
 }

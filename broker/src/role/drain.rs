@@ -30,6 +30,8 @@ pub struct NodeAdmin {
     pub store: Arc<MessageStore>,
     pub tier: Option<Arc<Tier>>,
     draining: AtomicBool,
+    /// The tier holds a metadata snapshot taken since the drain began.
+    metadata_handed_over: AtomicBool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -60,6 +62,7 @@ impl NodeAdmin {
             store,
             tier,
             draining: AtomicBool::new(false),
+            metadata_handed_over: AtomicBool::new(false),
         })
     }
 
@@ -71,7 +74,7 @@ impl NodeAdmin {
         let unconsumed_messages = self.unconsumed();
         let drained = draining
             && match tiered_end {
-                Some(_) => untiered_bytes == 0,
+                Some(_) => untiered_bytes == 0 && self.metadata_handed_over.load(Ordering::Acquire),
                 None => unconsumed_messages == 0,
             };
         NodeStatus {
@@ -114,6 +117,7 @@ impl NodeAdmin {
     }
 
     pub fn serve(&self) {
+        self.metadata_handed_over.store(false, Ordering::Release);
         if self.draining.swap(false, Ordering::AcqRel) {
             tracing::warn!("drain cancelled: taking writes again");
         }
@@ -121,19 +125,38 @@ impl NodeAdmin {
     }
 
     /// While draining with a tier: seals the segment being written whenever it holds bytes the
-    /// tier does not, so that the upload loop takes them.
+    /// tier does not, so that the upload loop takes them, and hands the latest metadata
+    /// (topics, groups, consumer offsets) to the tier every few seconds.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_snapshot: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
-            if !self.draining.load(Ordering::Acquire) || self.tier.is_none() {
+            let Some(tier) = self
+                .tier
+                .clone()
+                .filter(|_| self.draining.load(Ordering::Acquire))
+            else {
+                last_snapshot = None;
                 continue;
-            }
+            };
             let store = Arc::clone(&self.store);
             match tokio::task::spawn_blocking(move || store.seal_active_segment()).await {
                 Ok(Err(e)) => tracing::error!(error = %e, "sealing the last segment failed"),
                 Err(e) => tracing::error!(error = %e, "sealing task failed"),
                 Ok(Ok(_)) => {}
+            }
+            if last_snapshot.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                let dir = self.store.config().config_dir();
+                match tier.snapshot_metadata_now(&dir).await {
+                    Ok(_) => {
+                        last_snapshot = Some(std::time::Instant::now());
+                        self.metadata_handed_over.store(true, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metadata snapshot for the drain failed; retrying")
+                    }
+                }
             }
         }
     }

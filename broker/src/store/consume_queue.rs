@@ -119,6 +119,16 @@ impl ConsumeQueue {
             break;
         }
         state.min = state.files.first_key_value().map_or(state.max, |(f, _)| *f);
+        // Leading empty entries (a queue that starts inside its first file) are not readable.
+        if let Some((&first, file)) = state.files.first_key_value() {
+            let path = dir.join(file_name(first * ENTRY_SIZE));
+            while state.min < state.max && state.min < first + entries_per_file {
+                if !read_entry(file, state.min - first, &path)?.is_empty() {
+                    break;
+                }
+                state.min += 1;
+            }
+        }
         Ok(ConsumeQueue {
             dir,
             entries_per_file,
@@ -562,9 +572,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
         let q = store.queue("T", 0).unwrap();
-        q.append(2, &[e(20)]).unwrap();
-        assert_eq!(q.max_offset(), 3);
-        assert_eq!(q.entry(0).unwrap(), None);
-        assert_eq!(q.entry(2).unwrap(), Some(e(20)));
+        q.append(0, &[e(0)]).unwrap();
+        q.append(3, &[e(30)]).unwrap();
+        assert_eq!(q.max_offset(), 4);
+        assert_eq!(q.entry(1).unwrap(), None);
+        assert_eq!(q.entry(3).unwrap(), Some(e(30)));
+    }
+
+    #[test]
+    fn an_empty_queue_starts_where_its_first_entry_is() {
+        // A queue rebuilt from a tier whose oldest segments expired.
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let q = store.queue("T", 0).unwrap();
+        q.append(250, &[e(20)]).unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (250, 251));
+        assert_eq!(q.entry(250).unwrap(), Some(e(20)));
+        q.sync().unwrap();
+        drop(store);
+        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let q = store.queue("T", 0).unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (250, 251));
+        assert_eq!(q.get(q.min_offset(), 100).unwrap(), vec![e(20)]);
     }
 }

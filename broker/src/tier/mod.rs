@@ -392,6 +392,9 @@ pub struct Tier {
     read_only: bool,
     /// When metadata was last snapshotted.
     last_snapshot: Mutex<Option<Instant>>,
+    /// Held by whatever publishes a manifest version (uploads, retention, metadata), so that
+    /// this process never races itself to the next version.
+    writer: tokio::sync::Mutex<()>,
 }
 
 /// The metadata files a snapshot holds (in the store's config folder).
@@ -448,6 +451,7 @@ impl Tier {
             first_seen: Mutex::default(),
             read_only,
             last_snapshot: Mutex::default(),
+            writer: tokio::sync::Mutex::new(()),
             cfg,
         });
         let m = tier.block_on({
@@ -554,6 +558,7 @@ impl Tier {
         if self.read_only {
             return Ok(0);
         }
+        let _writer = self.writer.lock().await;
         let sealed = store.sealed_segments();
         let pending: Vec<SegmentInfo> = {
             let m = self.manifest.read();
@@ -661,6 +666,7 @@ impl Tier {
         if self.read_only || (age.is_zero() && max_bytes == 0) {
             return Ok(0);
         }
+        let _writer = self.writer.lock().await;
         let m = self.manifest();
         let local_min = store.log_offsets().min;
         let now = now_millis();
@@ -745,9 +751,6 @@ impl Tier {
     /// Uploads a snapshot of the metadata files in `config_dir` when they changed since the
     /// last one (at most once per `metadataInterval`). Returns whether one was taken.
     pub async fn snapshot_metadata(&self, config_dir: &std::path::Path) -> Result<bool, TierError> {
-        if self.read_only {
-            return Ok(false);
-        }
         if self
             .last_snapshot
             .lock()
@@ -755,6 +758,19 @@ impl Tier {
         {
             return Ok(false);
         }
+        self.snapshot_metadata_now(config_dir).await
+    }
+
+    /// Like [`Self::snapshot_metadata`], without waiting for `metadataInterval` (a node being
+    /// drained hands over its latest metadata).
+    pub async fn snapshot_metadata_now(
+        &self,
+        config_dir: &std::path::Path,
+    ) -> Result<bool, TierError> {
+        if self.read_only {
+            return Ok(false);
+        }
+        let _writer = self.writer.lock().await;
         let mut files = std::collections::BTreeMap::new();
         for name in METADATA_FILES {
             let path = config_dir.join(name);
