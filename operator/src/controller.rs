@@ -115,7 +115,13 @@ fn tier_hands_over(c: &RocketMQCluster) -> bool {
 /// Scale-in, one node at a time from the highest ordinal: drain it, and only once it is
 /// drained (its history tiered, or consumed when there is no tier) shrink the StatefulSet by
 /// one, handing its tiered history to a remaining node.
-async fn scale_in(c: &RocketMQCluster, ctx: &Ctx, current: i32, desired: i32) -> ScaleIn {
+async fn scale_in(
+    c: &RocketMQCluster,
+    ctx: &Ctx,
+    current: i32,
+    desired: i32,
+    retired_before: &[RetiredStoreNode],
+) -> ScaleIn {
     let n = render::names(c);
     let leaving = current - 1;
     let name = n.store_node(leaving);
@@ -148,17 +154,53 @@ async fn scale_in(c: &RocketMQCluster, ctx: &Ctx, current: i32, desired: i32) ->
         Ok(st) => {
             let slot = &mut nodes[leaving as usize];
             slot.untiered_bytes = st.tiered.then_some(st.untiered_bytes as i64);
-            if st.drained && (st.tiered || !hands_over) {
+            if st.drained && !hands_over {
                 slot.state = StoreNodeState::Drained;
                 out.replicas = current - 1;
                 out.retired = Some(RetiredStoreNode {
                     name: name.clone(),
-                    adopted_by: hands_over.then(|| n.store_node(leaving % desired.max(1))),
+                    adopted_by: None,
+                    retired_at: Some(Time(jiff::Timestamp::now())),
                 });
                 out.progressing = Some((
                     "ScalingIn".into(),
                     format!("{name} is drained and leaves the cluster"),
                 ));
+            } else if st.drained && st.tiered {
+                // Hand over first: the adopting node restarts with the adoption in its
+                // configuration; the StatefulSet shrinks once it is ready again.
+                slot.state = StoreNodeState::Drained;
+                let adopter = n.store_node(leaving % desired.max(1));
+                match retired_before.iter().find(|r| r.name == name) {
+                    None => {
+                        out.retired = Some(RetiredStoreNode {
+                            name: name.clone(),
+                            adopted_by: Some(adopter.clone()),
+                            retired_at: Some(Time(jiff::Timestamp::now())),
+                        });
+                        out.progressing = Some((
+                            "HandingOver".into(),
+                            format!("{name} is drained; {adopter} restarts to serve its history"),
+                        ));
+                    }
+                    Some(r)
+                        if adopter_ready_since(c, ctx, &adopter, r.retired_at.as_ref()).await =>
+                    {
+                        out.replicas = current - 1;
+                        out.progressing = Some((
+                            "ScalingIn".into(),
+                            format!("{adopter} serves {name}'s history; {name} leaves the cluster"),
+                        ));
+                    }
+                    Some(_) => {
+                        out.progressing = Some((
+                            "HandingOver".into(),
+                            format!(
+                                "{name} is drained; waiting for {adopter} to be ready with its history"
+                            ),
+                        ));
+                    }
+                }
             } else {
                 slot.state = StoreNodeState::Draining;
                 let why = if st.tiered {
@@ -185,6 +227,31 @@ async fn scale_in(c: &RocketMQCluster, ctx: &Ctx, current: i32, desired: i32) ->
     }
     out.nodes = nodes;
     out
+}
+
+/// The adopting pod was recreated after the hand-over began and is Ready.
+async fn adopter_ready_since(
+    c: &RocketMQCluster,
+    ctx: &Ctx,
+    pod: &str,
+    since: Option<&Time>,
+) -> bool {
+    let ns = c.namespace().unwrap_or_else(|| "default".into());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let Ok(Some(p)) = pods.get_opt(pod).await else {
+        return false;
+    };
+    let fresh = match (since, p.metadata.creation_timestamp.as_ref()) {
+        (Some(since), Some(created)) => created.0 >= since.0 - jiff::SignedDuration::from_secs(1),
+        _ => true,
+    };
+    let ready = p
+        .status
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    fresh && ready && p.metadata.deletion_timestamp.is_none()
 }
 
 fn condition(
@@ -246,7 +313,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let mut held: Option<(String, String)> = None;
     let (broker_replicas, store_nodes, new_retiree) = match current {
         Some(cur) if desired < cur => {
-            let s = scale_in(c, ctx, cur, desired).await;
+            let s = scale_in(c, ctx, cur, desired, &previous.retired_store_nodes).await;
             progressing.extend(s.progressing);
             held = s.held;
             (s.replicas, s.nodes, s.retired)
@@ -340,8 +407,8 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
                     reason: "StoreNodeRemoved".into(),
                     note: Some(match &r.adopted_by {
                         Some(by) => format!(
-                            "{} was drained and removed; {by} serves its tiered history read-only",
-                            r.name
+                            "{} was drained; {by} restarts to serve its tiered history read-only, then {} is removed",
+                            r.name, r.name
                         ),
                         None => format!("{} was drained and removed", r.name),
                     }),

@@ -438,6 +438,9 @@ pub struct RetiredStoreNode {
     /// The store node serving its tiered history, if it had any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_by: Option<String>,
+    /// When it was drained and handed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

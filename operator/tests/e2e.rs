@@ -645,6 +645,40 @@ fn operator_end_to_end_on_a_real_control_plane() {
         e.work.path().join("operator.log"),
     );
     wait_listening(op_http, &operator);
+    // A second replica waits on the Lease as a standby.
+    let op2_http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut standby_env = operator_env.clone();
+    for (k, v) in standby_env.iter_mut() {
+        match *k {
+            "POD_NAME" => *v = "e2e-operator-2".to_owned(),
+            "RMQ_OPERATOR_HTTP_LISTEN" => *v = op2_http.to_string(),
+            _ => {}
+        }
+    }
+    let _standby = Proc::start(
+        &op_bin,
+        &["run".into()],
+        &standby_env,
+        e.work.path().join("operator-2.log"),
+    );
+    wait_listening(op2_http, &_standby);
+    let leader = |http: SocketAddr| -> Option<f64> {
+        let text = ureq::get(&format!("http://{http}/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("rocketmq_operator_leader "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    wait_for(20, "one leader among the two replicas", || {
+        match (leader(op_http), leader(op2_http)) {
+            (Some(1.0), Some(0.0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 
     // 3. Invalid resources are refused by the API server with a readable message.
     step("invalid resources are refused");
@@ -875,7 +909,8 @@ fn operator_end_to_end_on_a_real_control_plane() {
         "order: namesrv {ns_t:?}, broker {br_t:?}, proxy {px_t:?}"
     );
 
-    // 9. The operator killed mid-reconcile converges after a restart.
+    // 9. The leading replica killed mid-reconcile: the standby takes the Lease over (within
+    // its 15 s duration) and the cluster converges; the killed one restarts as a standby.
     step("operator killed mid-reconcile");
     e.ok(&[
         "patch",
@@ -971,7 +1006,12 @@ fn operator_end_to_end_on_a_real_control_plane() {
         metrics.contains("rocketmq_operator_reconciles_total"),
         "{metrics}"
     );
-    assert!(metrics.contains("rocketmq_operator_leader 1"), "{metrics}");
+    // The first replica was killed and restarted: the standby took over the Lease.
+    assert_eq!(
+        leader(op_http).unwrap_or(0.0) + leader(op2_http).unwrap_or(0.0),
+        1.0,
+        "exactly one replica leads"
+    );
     step("done");
 }
 
