@@ -337,3 +337,44 @@ fn hostile_frames_never_take_a_store_node_down() {
     assert_eq!(v["sent"], 5, "{v}");
     assert!(answered > 0, "no well-formed frame was answered");
 }
+
+/// A store node's `/readyz` says 503 until a name server has its registration (what a rolling
+/// restart waits for), then 200.
+#[test]
+fn a_store_node_is_ready_once_a_name_server_has_it() {
+    use common::process::BrokerProcess;
+    let dir = tempfile::tempdir().unwrap();
+    // A name server's address, with nothing listening there yet.
+    let mut namesrv = BrokerProcess::start_role("namesrv", &dir.path().join("namesrv"), &[]);
+    let namesrv_addr = namesrv.endpoint();
+    namesrv.kill();
+    let store = BrokerProcess::start_role(
+        "store",
+        &dir.path().join("store"),
+        &["--broker-name", "ready-a", "--namesrv", &namesrv_addr],
+    );
+    let readyz = || {
+        let mut r = ureq::get(&format!("http://{}/readyz", store.http))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, body) = readyz();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not registered"), "{body}");
+    namesrv.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while readyz().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not ready: {:?}\n{}",
+            readyz(),
+            store.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

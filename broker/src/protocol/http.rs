@@ -21,11 +21,31 @@ use serde::{Deserialize, Serialize};
 use crate::service::Broker;
 use crate::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
 
+/// Whether a process is ready for traffic: `Err` says why not (served as 503 on `/readyz`).
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 pub fn router(broker: Arc<Broker>) -> Router {
+    router_with_readiness(broker, Arc::new(|| Ok(())))
+}
+
+/// The router with `/readyz` answering from `ready` (a store node is ready once a name server
+/// has its registration, which is what a rolling restart waits for).
+pub fn router_with_readiness(broker: Arc<Broker>, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = Arc::clone(&ready);
+                async move {
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                }
+            }),
+        )
         .route("/admin/topics", get(list_topics))
         .route("/admin/topics/{name}", get(get_topic).put(put_topic))
         .route("/admin/groups", get(list_groups))

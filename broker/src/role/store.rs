@@ -172,6 +172,9 @@ fn spawn_registration(
         loop {
             let version = handler.broker.metadata.version();
             let accepted = register_all(&pool, &handler, &reg).await;
+            handler
+                .registered
+                .store(accepted > 0, std::sync::atomic::Ordering::Release);
             if last_version != Some(version) && accepted > 0 {
                 tracing::info!(
                     accepted,
@@ -397,7 +400,19 @@ pub async fn run(
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
     let http = {
-        let router = crate::protocol::http::router(Arc::clone(&broker)).merge(node.router());
+        let registered = Arc::clone(&handler);
+        let ready: crate::protocol::http::Readiness = Arc::new(move || {
+            if registered
+                .registered
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                Ok(())
+            } else {
+                Err("not registered with any name server yet".to_owned())
+            }
+        });
+        let router = crate::protocol::http::router_with_readiness(Arc::clone(&broker), ready)
+            .merge(node.router());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
                 tracing::error!(error = %e, "HTTP server failed");

@@ -136,6 +136,8 @@ pub struct BrokerHandler {
     /// Producers' sends are refused and topics are registered readable only (a node serving
     /// another node's tiered history).
     read_only: std::sync::atomic::AtomicBool,
+    /// A name server accepted the latest registration (readiness).
+    pub registered: std::sync::atomic::AtomicBool,
 }
 
 fn ok(req: &RemotingCommand) -> RemotingCommand {
@@ -289,6 +291,7 @@ impl BrokerHandler {
             started: Instant::now(),
             topics_changed: Notify::new(),
             read_only: Default::default(),
+            registered: Default::default(),
         })
     }
 
