@@ -1150,5 +1150,24 @@ fn tiered_scale_in(e: &Env, store_http: &BTreeMap<String, SocketAddr>) {
             Err(c["status"].to_string())
         }
     });
+    // An impossible request is held, not executed: the last store node serves the removed
+    // node's history, so it cannot go.
+    e.ok(&["scale", "rmq/tiered", "-n", NS, "--replicas=0"]);
+    wait_for(30, "the scale to 0 to be held", || {
+        let c = get();
+        let degraded = condition(&c, "Degraded");
+        if degraded.starts_with("True") && degraded.contains("keep at least one store node") {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        e.get("statefulset", "tiered-broker").unwrap()["spec"]["replicas"],
+        1
+    );
+    let events = e.ok(&["get", "events", "-n", NS, "-o", "json"]);
+    assert!(events.contains("ScaleInHeld"), "{events}");
     e.ok(&["delete", "rmq", "tiered", "-n", NS, "--wait=true"]);
 }
