@@ -232,17 +232,7 @@ fn parse_group(s: &str) -> Result<GroupConfig, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // `RMQ_LOG_FORMAT=json`: one JSON object per line (what log collectors in Kubernetes read).
-    if std::env::var("RMQ_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    broker::logs::init();
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
         Role::Namesrv(args) => run_namesrv(args),

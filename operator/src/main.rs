@@ -73,16 +73,7 @@ pub fn crd_yaml() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if std::env::var("RMQ_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    broker::logs::init();
     match Cli::parse().command {
         Some(Command::Crd) => {
             print!("{}", crd_yaml());

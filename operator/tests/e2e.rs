@@ -88,6 +88,13 @@ impl Env {
         self.get("rmq", "demo").expect("the RocketMQCluster exists")
     }
 
+    /// A merge patch of a RocketMQCluster's spec.
+    fn patch(&self, name: &str, patch: &str) {
+        self.ok(&[
+            "patch", "rmq", name, "-n", NS, "--type", "merge", "-p", patch,
+        ]);
+    }
+
     fn apply(&self, yaml: &str) -> Result<String, String> {
         let path = self.work.path().join(format!("apply-{}.yaml", free_port()));
         std::fs::write(&path, yaml).unwrap();
@@ -827,17 +834,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
     // 7. Scale in: held while the leaving node has messages no consumer has read (no tiered
     // storage here), completed once they are consumed.
     step("scale in to 2: drain first");
-    e.ok(&[
-        "patch",
-        "rmq",
-        "demo",
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"broker":{"replicas":2}}}"#,
-    ]);
+    e.patch("demo", r#"{"spec":{"broker":{"replicas":2}}}"#);
     let c = wait_for(30, "demo-broker-2 to be draining", || {
         let c = e.cluster();
         let draining = c["status"]["storeNodes"]
@@ -878,17 +875,10 @@ fn operator_end_to_end_on_a_real_control_plane() {
     // 8. A configuration change rolls name servers, then store nodes, then proxies.
     step("image change rolls roles in order");
     let before = hashes(&e);
-    e.ok(&[
-        "patch",
-        "rmq",
+    e.patch(
         "demo",
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"image":"ghcr.io/rocketmq-rs/rmq-broker:0.1.1"}}"#,
-    ]);
+    );
     let mut changed_at: [Option<Instant>; 3] = [None; 3];
     wait_for(120, "every role to roll", || {
         let now = hashes(&e);
@@ -912,17 +902,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
     // 9. The leading replica killed mid-reconcile: the standby takes the Lease over (within
     // its 15 s duration) and the cluster converges; the killed one restarts as a standby.
     step("operator killed mid-reconcile");
-    e.ok(&[
-        "patch",
-        "rmq",
-        "demo",
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"proxy":{"replicas":3}}}"#,
-    ]);
+    e.patch("demo", r#"{"spec":{"proxy":{"replicas":3}}}"#);
     std::thread::sleep(Duration::from_millis(150));
     operator.kill();
     operator.spawn();
@@ -948,17 +928,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    e.ok(&[
-        "patch",
-        "rmq",
-        "demo",
-        "-n",
-        NS,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"proxy":{"replicas":2}}}"#,
-    ]);
+    e.patch("demo", r#"{"spec":{"proxy":{"replicas":2}}}"#);
     wait_for(120, "2 proxies after the API server restart", || {
         let c = e.cluster();
         let d = e.get("deployment", "demo-proxy").unwrap();
