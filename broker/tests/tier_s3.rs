@@ -242,8 +242,10 @@ fn an_empty_data_folder_restores_the_tiered_history() {
     let env = [("RMQ_RECEIVE_DEADLINE_SECS", "15")];
     let got = receive(&broker, "G1", "400", &env);
     assert!(got.is_subset(&sent));
+    // At least the 4 evicted segments (56 messages of about 1.1 KiB in each 64 KiB segment)
+    // come back; segments uploaded but not yet evicted at the kill come back too.
     assert!(
-        got.len() >= 250,
+        got.len() >= 4 * 50,
         "only {} of 400 restored\n{}",
         got.len(),
         broker.logs()
