@@ -85,8 +85,26 @@ alive_or_die() {
   exit 1
 }
 
+# A loopback port below the kernel's ephemeral range: a port from bind(":0") can be taken
+# by an outgoing connection before the component that should listen on it starts.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+lo, hi = (10000, lo) if lo >= 12000 else (hi + 1, 65536)
+for port in random.sample(range(lo, hi), 200):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free loopback port")
+PY
 }
 
 kctl() { "$bin/kubectl" --kubeconfig "$wd/kubeconfig" "$@"; }

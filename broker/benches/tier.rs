@@ -18,7 +18,7 @@
 //!
 //! Results also go to `target/bench-results/tier.md`. Everything started is stopped at the end.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -46,13 +46,9 @@ fn message(i: u64) -> Message {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// Reads every message of the topic in order; returns (messages, bytes, first-read latency).
 fn read_all(store: &MessageStore) -> (u64, u64, Duration) {

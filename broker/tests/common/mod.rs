@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod ports;
 pub mod process;
 pub mod remoting;
 

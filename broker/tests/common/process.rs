@@ -1,6 +1,6 @@
 //! Runs the real `rmq-broker` binary on loopback for black-box tests.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +18,7 @@ pub struct BrokerProcess {
     log: PathBuf,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::ports::free_port;
 
 impl BrokerProcess {
     /// Starts `rmq-broker standalone` with data in `dir` and the extra arguments, and waits
