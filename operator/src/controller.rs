@@ -38,7 +38,16 @@ pub struct Ctx {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub nodes: NodeClient,
+    /// When each cluster's store nodes were last asked for their tiering lag
+    /// (`namespace/name`). Status writes wake the controller, so a lag that changes on every
+    /// read would otherwise keep it busy; it is read at most once per [`LAG_EVERY`].
+    pub lag_read_at: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How often a settled tiered cluster's store nodes are asked for their tiering lag.
+const LAG_EVERY: Duration = Duration::from_secs(30);
+/// How soon a settled cluster is looked at again while some store node's lag is unknown.
+const LAG_RETRY: Duration = Duration::from_secs(5);
 
 /// How often a settled cluster is looked at again (drift, and store node state).
 const RESYNC: Duration = Duration::from_secs(60);
@@ -110,6 +119,58 @@ fn tier_hands_over(c: &RocketMQCluster) -> bool {
         .tiered_storage
         .as_ref()
         .is_some_and(|t| t.enabled && t.backend != TierBackendKind::Filesystem)
+}
+
+/// Fills in the store nodes' tiering lag: read from the nodes at most every [`LAG_EVERY`],
+/// carried over from the last status in between. Nodes that cannot be reached (starting, or
+/// gone) are left unknown and asked again on the next pass; this never holds up a reconcile
+/// for more than one short timeout. Returns false while some node's lag is unknown.
+async fn refresh_lag(
+    c: &RocketMQCluster,
+    ctx: &Ctx,
+    previous: &[StoreNodeStatus],
+    nodes: &mut [StoreNodeStatus],
+) -> bool {
+    if !c.spec.tiered_storage.as_ref().is_some_and(|t| t.enabled) {
+        return true;
+    }
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    let read_at = |at: Option<Instant>| {
+        let mut m = ctx.lag_read_at.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(t) => m.insert(key.clone(), t),
+            None => m.get(&key).copied(),
+        }
+    };
+    if read_at(None).is_some_and(|t| t.elapsed() < LAG_EVERY) {
+        for node in nodes.iter_mut() {
+            node.untiered_bytes = previous
+                .iter()
+                .find(|p| p.name == node.name)
+                .and_then(|p| p.untiered_bytes);
+        }
+        return true;
+    }
+    let reads = (0..nodes.len() as i32).map(|i| ctx.nodes.status(c, i));
+    let mut complete = true;
+    for (node, read) in nodes
+        .iter_mut()
+        .zip(futures_util::future::join_all(reads).await)
+    {
+        node.untiered_bytes = match read {
+            Ok(st) if st.tiered => Some(st.untiered_bytes as i64),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(node = %node.name, error = %e, "tiering lag unknown");
+                complete = false;
+                None
+            }
+        };
+    }
+    if complete {
+        read_at(Some(Instant::now()));
+    }
+    complete
 }
 
 /// Scale-in, one node at a time from the highest ordinal: drain it, and only once it is
@@ -311,6 +372,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let mut retired = previous.retired_store_nodes.clone();
     let mut progressing: Vec<(String, String)> = Vec::new();
     let mut held: Option<(String, String)> = None;
+    let mut lag_known = true;
     let (broker_replicas, store_nodes, new_retiree) = match current {
         Some(cur) if desired < cur => {
             let s = scale_in(c, ctx, cur, desired, &previous.retired_store_nodes).await;
@@ -346,6 +408,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
                     }
                 }
             }
+            lag_known = refresh_lag(c, ctx, &previous.store_nodes, &mut nodes).await;
             (desired, nodes, None)
         }
     };
@@ -538,7 +601,12 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
             .await
             .ok();
     }
-    Ok(Action::requeue(if ready { RESYNC } else { BUSY }))
+    let settled = match c.spec.tiered_storage.as_ref().is_some_and(|t| t.enabled) {
+        true if lag_known => LAG_EVERY,
+        true => LAG_RETRY,
+        false => RESYNC,
+    };
+    Ok(Action::requeue(if ready { settled } else { BUSY }))
 }
 
 /// Errors requeue with a growing pause (per cluster) and show up as a Warning event.

@@ -475,7 +475,9 @@ pub struct StoreNodeStatus {
     /// The node's broker name (`<cluster>-broker-<ordinal>`).
     pub name: String,
     pub state: StoreNodeState,
-    /// CommitLog bytes written but not yet in object storage (tiering lag).
+    /// CommitLog bytes written but not yet in object storage (tiering lag), as the node last
+    /// reported it: read about every 30 s, and on every pass while the node drains; absent
+    /// while the node cannot be reached or does not tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untiered_bytes: Option<i64>,
 }

@@ -152,6 +152,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         ),
         metrics: metrics.clone(),
         nodes: nodes::NodeClient::new(&args.store_endpoints),
+        lag_read_at: Default::default(),
     });
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
     where

@@ -1,5 +1,6 @@
 //! The operator's calls to store nodes' HTTP admin API (`/admin/node`, see the broker's
-//! `role::drain`): drain before removal, serve again when a scale-in is undone.
+//! `role::drain`): drain before removal, serve again when a scale-in is undone, and read
+//! each node's tiering lag for the status.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,6 +53,27 @@ impl NodeClient {
                 .body_mut()
                 .read_json::<NodeStatus>()
                 .map_err(|e| format!("POST {url}: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Where a store node stands, without changing anything. A short timeout: this runs for
+    /// every node on a resync, and an unreachable node only leaves its lag unknown.
+    pub async fn status(&self, c: &RocketMQCluster, ordinal: i32) -> Result<NodeStatus, String> {
+        let url = self.url(c, ordinal, "/admin/node");
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            agent
+                .get(&url)
+                .config()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .call()
+                .map_err(|e| format!("GET {url}: {e}"))?
+                .body_mut()
+                .read_json::<NodeStatus>()
+                .map_err(|e| format!("GET {url}: {e}"))
         })
         .await
         .map_err(|e| e.to_string())?

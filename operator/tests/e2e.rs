@@ -1062,6 +1062,20 @@ fn tiered_scale_in(e: &Env, store_http: &BTreeMap<String, SocketAddr>) {
     let sent = python(&dp.endpoint(), &["send", "E2E", "P", "40"], &[]);
     let leaving = dp.stores["tiered-broker-1"].2;
     assert!(stored(leaving) > 0, "{}", dp.progress());
+    // A settled tiered cluster reports each node's tiering lag, read from the node: the
+    // messages just sent are in the active segment, which is not tiered yet.
+    wait_for(50, "the status to show the tiering lag", || {
+        let c = get();
+        let lag = c["status"]["storeNodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == "tiered-broker-1"))
+            .map(|n| n["untieredBytes"].clone())
+            .unwrap_or_default();
+        match lag.as_i64() {
+            Some(b) if b > 0 => Ok(()),
+            _ => Err(c["status"]["storeNodes"].to_string()),
+        }
+    });
 
     e.ok(&["scale", "rmq/tiered", "-n", NS, "--replicas=1"]);
     let c = wait_for(90, "the scale-in to finish", || {
