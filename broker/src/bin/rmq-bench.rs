@@ -1,12 +1,18 @@
 //! `rmq-bench`: a gRPC load generator for any RocketMQ 5 endpoint (this broker or Apache's
 //! proxy). Producers send fixed-size messages carrying their send time; consumers receive and
-//! ack them. Prints send throughput and latency, end-to-end latency (send to receive), and,
-//! with `--broker-pid`, the broker's RSS and CPU seconds per million messages.
+//! ack them. Prints send throughput and latency, end-to-end latency (send to receive), consumer
+//! throughput, and, with `--broker-pid` (repeatable: a proxy and its store nodes), the peak RSS
+//! and CPU seconds per million messages of those processes. `--json` writes the same as JSON.
 //!
 //! ```text
 //! rmq-bench --endpoint 127.0.0.1:8081 --topic BenchTopic --producers 8 --consumers 2 --duration 20
+//! rmq-bench --topic Cold --producers 0 --consumers 4 --expect 100000   # read what is stored
 //! ```
+//!
+//! Each producer and consumer announces itself over a Telemetry stream first, as the official
+//! clients do (Apache's proxy refuses receives from a client whose settings it has not seen).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +21,8 @@ use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
 use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use broker::protocol::grpc::client::{receive_request, request, resource as res};
@@ -26,10 +34,15 @@ struct Args {
     /// host:port of the gRPC endpoint (plaintext).
     #[arg(long, default_value = "127.0.0.1:8081")]
     endpoint: String,
-    /// Topic to use; it must exist, with at least `--queues` queues.
+    /// Topic to use; it must exist, with at least `--queues` queues. With `--topics N` above 1,
+    /// the topics are `<topic>-0` .. `<topic>-<N-1>`.
     #[arg(long, default_value = "BenchTopic")]
     topic: String,
-    /// Queues of the topic to spread sends over.
+    /// Number of topics; producers spread their sends over all of them, and each topic gets at
+    /// least one consumer.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Queues of each topic to spread sends over.
     #[arg(long, default_value_t = 8)]
     queues: i32,
     #[arg(long, default_value = "BenchGroup")]
@@ -37,22 +50,44 @@ struct Args {
     /// Body size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Concurrent producers (each sends synchronously, one message at a time).
+    /// Concurrent producers (each sends synchronously, one message at a time). 0: consume only.
     #[arg(long, default_value_t = 8)]
     producers: usize,
     /// Concurrent consumers (receive up to 32, then ack them in one call).
     #[arg(long, default_value_t = 2)]
     consumers: usize,
     /// Seconds to send for; consumers keep going until they caught up (at most 10 s more).
+    /// With `--producers 0`, the longest to wait for `--expect` messages.
     #[arg(long, default_value_t = 20)]
     duration: u64,
     /// Total messages per second over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Process id of the broker, to report its memory and CPU.
+    /// With `--producers 0`: stop once this many messages were received.
+    #[arg(long, default_value_t = 0)]
+    expect: u64,
+    /// Process ids whose peak RSS and CPU time to report (the broker, or a proxy and its
+    /// store nodes); repeat the flag for several.
     #[arg(long)]
-    broker_pid: Option<u32>,
+    broker_pid: Vec<u32>,
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
+
+impl Args {
+    fn topic_name(&self, i: usize) -> String {
+        if self.topics <= 1 {
+            self.topic.clone()
+        } else {
+            format!("{}-{}", self.topic, i % self.topics)
+        }
+    }
+}
+
+/// Long polling of a receive: Apache's proxy refuses less than 5 s
+/// (`grpcClientConsumerMinLongPollingTimeoutMillis`).
+const LONG_POLLING: Duration = Duration::from_secs(5);
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -65,15 +100,29 @@ fn now_nanos() -> u64 {
 struct Recorder {
     latencies_us: Mutex<Vec<u64>>,
     count: AtomicU64,
+    /// Nanoseconds since the run's start of the last record.
+    last_ns: AtomicU64,
+}
+
+struct Summary {
+    count: usize,
+    per_sec: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
 }
 
 impl Recorder {
-    fn record(&self, us: u64) {
+    fn record(&self, us: u64, since_start: Duration) {
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.last_ns
+            .fetch_max(since_start.as_nanos() as u64, Ordering::Relaxed);
         self.latencies_us.lock().push(us);
     }
 
-    fn summary(&self, what: &str, secs: f64) -> String {
+    /// Percentiles in milliseconds; the rate over `secs`.
+    fn summary(&self, secs: f64) -> Summary {
         let mut l = std::mem::take(&mut *self.latencies_us.lock());
         l.sort_unstable();
         let p = |q: f64| -> f64 {
@@ -83,15 +132,30 @@ impl Recorder {
             let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
             l[i] as f64 / 1000.0
         };
+        Summary {
+            count: l.len(),
+            per_sec: l.len() as f64 / secs.max(1e-9),
+            p50: p(0.5),
+            p99: p(0.99),
+            p999: p(0.999),
+            max: l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        }
+    }
+}
+
+impl Summary {
+    fn line(&self, what: &str) -> String {
         format!(
             "{what}: {} msgs, {:.0} msg/s, latency ms p50 {:.2} p99 {:.2} p999 {:.2} max {:.2}",
-            l.len(),
-            l.len() as f64 / secs,
-            p(0.5),
-            p(0.99),
-            p(0.999),
-            l.last().copied().unwrap_or(0) as f64 / 1000.0
+            self.count, self.per_sec, self.p50, self.p99, self.p999, self.max
         )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "count": self.count, "perSec": self.per_sec,
+            "p50Ms": self.p50, "p99Ms": self.p99, "p999Ms": self.p999, "maxMs": self.max,
+        })
     }
 }
 
@@ -113,21 +177,102 @@ fn proc_stats(pid: u32) -> Option<(u64, u64, f64)> {
     Some((field("VmRSS:"), field("RssAnon:"), ticks / 100.0))
 }
 
+/// The summed (RSS KiB, anonymous KiB, CPU s) of the watched processes.
+fn procs_stats(pids: &[u32]) -> (u64, u64, f64) {
+    pids.iter()
+        .filter_map(|p| proc_stats(*p))
+        .fold((0, 0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+}
+
+/// Samples the watched processes' RSS every 100 ms and keeps the peak (RSS, anonymous) KiB.
+fn watch_peak(pids: Vec<u32>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let mut peak = (0, 0);
+        while !stop.load(Ordering::Relaxed) && !pids.is_empty() {
+            let (rss, anon, _) = procs_stats(&pids);
+            peak = (peak.0.max(rss), peak.1.max(anon));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    })
+}
+
+/// Opens the client's Telemetry stream and announces its settings; the returned sender keeps
+/// the stream open. Commands the server sends back are read and dropped.
+async fn announce(
+    mut c: MessagingServiceClient<Channel>,
+    client_id: &str,
+    pub_sub: pb::settings::PubSub,
+    client_type: pb::ClientType,
+) -> anyhow::Result<mpsc::Sender<pb::TelemetryCommand>> {
+    let (tx, rx) = mpsc::channel(4);
+    let settings = pb::Settings {
+        client_type: Some(client_type as i32),
+        request_timeout: Some(prost_types::Duration {
+            seconds: 3,
+            nanos: 0,
+        }),
+        user_agent: Some(pb::Ua {
+            language: pb::Language::Rust as i32,
+            version: env!("CARGO_PKG_VERSION").into(),
+            platform: std::env::consts::OS.into(),
+            hostname: "rmq-bench".into(),
+        }),
+        pub_sub: Some(pub_sub),
+        ..Default::default()
+    };
+    tx.send(pb::TelemetryCommand {
+        status: None,
+        command: Some(pb::telemetry_command::Command::Settings(settings)),
+    })
+    .await?;
+    let mut replies = c
+        .telemetry(request(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            client_id,
+        ))
+        .await
+        .context("opening the Telemetry stream")?
+        .into_inner();
+    // The server answers with its merged settings.
+    tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .context("no settings back over Telemetry in 5 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+    Ok(tx)
+}
+
+struct Run {
+    started: Instant,
+    /// The first error a server answered with, to print.
+    first_error: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    rec: Arc<Recorder>,
+    errors: Arc<AtomicU64>,
+}
+
 async fn produce(
     mut c: MessagingServiceClient<Channel>,
     args: Args,
     id: usize,
-    stop: Arc<AtomicBool>,
-    rec: Arc<Recorder>,
-    errors: Arc<AtomicU64>,
-) {
-    let client_id = format!("bench-producer-{id}");
+    run: Run,
+) -> anyhow::Result<()> {
+    let client_id = format!("bench-producer-{id}-{}", std::process::id());
+    let topics: Vec<String> = (0..args.topics.max(1))
+        .map(|i| args.topic_name(i))
+        .collect();
+    let publishing = pb::settings::PubSub::Publishing(pb::Publishing {
+        topics: topics.iter().map(|t| res(t).expect("named")).collect(),
+        max_body_size: 0,
+        validate_message_type: false,
+    });
+    let _telemetry = announce(c.clone(), &client_id, publishing, pb::ClientType::Producer).await?;
     let padding = vec![b'x'; args.size.saturating_sub(8)];
     let interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.producers as f64 / args.rate as f64));
     let mut next = Instant::now();
     let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !run.stop.load(Ordering::Relaxed) {
         if let Some(i) = interval {
             next += i;
             tokio::time::sleep_until(next.into()).await;
@@ -135,8 +280,9 @@ async fn produce(
         let mut body = BytesMut::with_capacity(args.size.max(8));
         body.put_u64(now_nanos());
         body.put_slice(&padding);
+        let topic = &topics[(id + seq as usize) % topics.len()];
         let m = pb::Message {
-            topic: res(&args.topic),
+            topic: res(topic),
             user_properties: Default::default(),
             system_properties: Some(pb::SystemProperties {
                 message_id: format!("BENCH{id:04X}{seq:016X}"),
@@ -149,56 +295,93 @@ async fn produce(
         };
         seq += 1;
         let t = Instant::now();
-        match c
-            .send_message(request(
-                pb::SendMessageRequest { messages: vec![m] },
-                &client_id,
-            ))
-            .await
-        {
+        let mut r = request(pb::SendMessageRequest { messages: vec![m] }, &client_id);
+        r.set_timeout(Duration::from_secs(3));
+        match c.send_message(r).await {
             Ok(r)
                 if r.get_ref()
                     .status
                     .as_ref()
                     .is_some_and(|s| s.code == Code::Ok as i32) =>
             {
-                rec.record(t.elapsed().as_micros() as u64);
+                run.rec
+                    .record(t.elapsed().as_micros() as u64, run.started.elapsed());
             }
-            _ => {
-                errors.fetch_add(1, Ordering::Relaxed);
+            other => {
+                run.errors.fetch_add(1, Ordering::Relaxed);
+                run.first_error.lock().get_or_insert_with(|| match other {
+                    Ok(r) => format!("send: {:?}", r.get_ref().status),
+                    Err(e) => format!("send: {e}"),
+                });
             }
         }
     }
+    Ok(())
 }
 
 async fn consume(
     mut c: MessagingServiceClient<Channel>,
     args: Args,
     id: usize,
-    stop: Arc<AtomicBool>,
-    rec: Arc<Recorder>,
-) {
-    let client_id = format!("bench-consumer-{id}");
-    while !stop.load(Ordering::Relaxed) {
+    run: Run,
+) -> anyhow::Result<()> {
+    let client_id = format!("bench-consumer-{id}-{}", std::process::id());
+    let topic = args.topic_name(id);
+    let subscription = pb::settings::PubSub::Subscription(pb::Subscription {
+        group: res(&args.group),
+        subscriptions: vec![pb::SubscriptionEntry {
+            topic: res(&topic),
+            expression: Some(pb::FilterExpression {
+                r#type: pb::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
+        }],
+        ..Default::default()
+    });
+    let _telemetry = announce(
+        c.clone(),
+        &client_id,
+        subscription,
+        pb::ClientType::SimpleConsumer,
+    )
+    .await?;
+    while !run.stop.load(Ordering::Relaxed) {
         let r = receive_request(
-            &args.topic,
+            &topic,
             &args.group,
             32,
             Duration::from_secs(30),
-            Duration::from_secs(1),
+            LONG_POLLING,
         );
-        let Ok(resp) = c.receive_message(request(r, &client_id)).await else {
+        // A deadline, as the official clients set: long polling plus the request timeout
+        // (Apache's proxy derives its polling time from it).
+        let mut r = request(r, &client_id);
+        r.set_timeout(LONG_POLLING + Duration::from_secs(3));
+        let Ok(resp) = c.receive_message(r).await else {
+            run.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let mut stream = resp.into_inner();
         let mut entries = Vec::new();
         while let Ok(Some(item)) = stream.message().await {
+            if let Some(pb::receive_message_response::Content::Status(st)) = &item.content
+                && st.code != Code::Ok as i32
+                && st.code != Code::MessageNotFound as i32
+            {
+                run.errors.fetch_add(1, Ordering::Relaxed);
+                run.first_error
+                    .lock()
+                    .get_or_insert_with(|| format!("receive: {} {}", st.code, st.message));
+            }
             if let Some(pb::receive_message_response::Content::Message(m)) = item.content {
                 let body: Bytes = m.body;
                 if body.len() >= 8 {
                     let sent = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
-                    rec.record(now_nanos().saturating_sub(sent) / 1000);
+                    run.rec.record(
+                        now_nanos().saturating_sub(sent) / 1000,
+                        run.started.elapsed(),
+                    );
                 }
                 let sp = m.system_properties.unwrap_or_default();
                 entries.push(pb::AckMessageEntry {
@@ -211,19 +394,25 @@ async fn consume(
         if !entries.is_empty() {
             let ack = pb::AckMessageRequest {
                 group: res(&args.group),
-                topic: res(&args.topic),
+                topic: res(&topic),
                 entries,
             };
-            let _ = c.ack_message(request(ack, &client_id)).await;
+            if c.ack_message(request(ack, &client_id)).await.is_err() {
+                run.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.queues < 1 || args.producers == 0 {
-        bail!("--queues and --producers must be positive");
+    if args.queues < 1 || (args.producers == 0 && args.consumers == 0) {
+        bail!("--queues must be positive, and there must be producers or consumers");
+    }
+    if args.producers == 0 && args.expect == 0 {
+        bail!("--producers 0 (consume only) needs --expect N");
     }
     let channel = Channel::from_shared(format!("http://{}", args.endpoint))?
         .connect()
@@ -234,41 +423,62 @@ async fn main() -> anyhow::Result<()> {
         .max_encoding_message_size(64 << 20);
     let stop_send = Arc::new(AtomicBool::new(false));
     let stop_recv = Arc::new(AtomicBool::new(false));
+    let stop_watch = Arc::new(AtomicBool::new(false));
     let sends = Arc::new(Recorder::default());
     let e2e = Arc::new(Recorder::default());
-    let errors = Arc::new(AtomicU64::new(0));
-    let before = args.broker_pid.and_then(proc_stats);
+    let send_errors = Arc::new(AtomicU64::new(0));
+    let recv_errors = Arc::new(AtomicU64::new(0));
+    let before = procs_stats(&args.broker_pid);
+    let peak = watch_peak(args.broker_pid.clone(), Arc::clone(&stop_watch));
     let started = Instant::now();
-    let mut producers = Vec::new();
-    for id in 0..args.producers {
-        producers.push(tokio::spawn(produce(
-            client.clone(),
-            args.clone(),
-            id,
-            Arc::clone(&stop_send),
-            Arc::clone(&sends),
-            Arc::clone(&errors),
-        )));
+    let first_error = Arc::new(Mutex::new(None));
+    let run = |stop: &Arc<AtomicBool>, rec: &Arc<Recorder>, errors: &Arc<AtomicU64>| Run {
+        started,
+        first_error: Arc::clone(&first_error),
+        stop: Arc::clone(stop),
+        rec: Arc::clone(rec),
+        errors: Arc::clone(errors),
+    };
+    let consumers: Vec<_> =
+        (0..args
+            .consumers
+            .max(if args.consumers > 0 { args.topics } else { 0 }))
+            .map(|id| {
+                tokio::spawn(consume(
+                    client.clone(),
+                    args.clone(),
+                    id,
+                    run(&stop_recv, &e2e, &recv_errors),
+                ))
+            })
+            .collect();
+    let producers: Vec<_> = (0..args.producers)
+        .map(|id| {
+            tokio::spawn(produce(
+                client.clone(),
+                args.clone(),
+                id,
+                run(&stop_send, &sends, &send_errors),
+            ))
+        })
+        .collect();
+    let deadline = started + Duration::from_secs(args.duration);
+    if args.producers > 0 {
+        tokio::time::sleep_until(deadline.into()).await;
+    } else {
+        while e2e.count.load(Ordering::Relaxed) < args.expect && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    let mut consumers = Vec::new();
-    for id in 0..args.consumers {
-        consumers.push(tokio::spawn(consume(
-            client.clone(),
-            args.clone(),
-            id,
-            Arc::clone(&stop_recv),
-            Arc::clone(&e2e),
-        )));
-    }
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
     stop_send.store(true, Ordering::Relaxed);
     for p in producers {
-        p.await?;
+        p.await??;
     }
     let send_secs = started.elapsed().as_secs_f64();
     let sent = sends.count.load(Ordering::Relaxed);
     let catch_up = Instant::now() + Duration::from_secs(10);
-    while args.consumers > 0
+    while args.producers > 0
+        && args.consumers > 0
         && e2e.count.load(Ordering::Relaxed) < sent
         && Instant::now() < catch_up
     {
@@ -276,31 +486,83 @@ async fn main() -> anyhow::Result<()> {
     }
     stop_recv.store(true, Ordering::Relaxed);
     for c in consumers {
-        c.await?;
+        c.await??;
     }
-    let after = args.broker_pid.and_then(proc_stats);
+    stop_watch.store(true, Ordering::Relaxed);
+    let (peak_rss, peak_anon) = peak.await?;
+    let after = procs_stats(&args.broker_pid);
+
     println!(
-        "rmq-bench: {} B bodies, {} producers, {} consumers, {} s, endpoint {}",
-        args.size, args.producers, args.consumers, args.duration, args.endpoint
-    );
-    println!("{}", sends.summary("send", send_secs));
-    println!("send errors: {}", errors.load(Ordering::Relaxed));
-    if args.consumers > 0 {
-        println!("{}", e2e.summary("end-to-end (send to receive)", send_secs));
-    }
-    if let (Some((_, _, cpu0)), Some((rss, anon, cpu1))) = (before, after) {
-        let per_million = if sent > 0 {
-            (cpu1 - cpu0) / sent as f64 * 1e6
+        "rmq-bench: {} B bodies, {} topic(s) x {} queues, {} producers, {} consumers, {} s{}, endpoint {}",
+        args.size,
+        args.topics.max(1),
+        args.queues,
+        args.producers,
+        args.consumers,
+        args.duration,
+        if args.rate > 0 {
+            format!(", {} msg/s fixed", args.rate)
         } else {
-            0.0
-        };
+            String::new()
+        },
+        args.endpoint
+    );
+    let send = sends.summary(send_secs);
+    // Consumers are measured until their last message: they may finish before or after the
+    // producers.
+    let received_secs = Duration::from_nanos(e2e.last_ns.load(Ordering::Relaxed)).as_secs_f64();
+    let received = e2e.summary(received_secs);
+    if args.producers > 0 {
+        println!("{}", send.line("send"));
+        println!("send errors: {}", send_errors.load(Ordering::Relaxed));
+    }
+    if args.consumers > 0 {
+        println!("{}", received.line("end-to-end (send to receive)"));
         println!(
-            "broker: RSS {} MiB (anonymous {} MiB), CPU {:.1} s, {:.1} CPU s per million messages sent",
-            rss / 1024,
-            anon / 1024,
-            cpu1 - cpu0,
+            "consume: {} msgs, {:.0} msg/s; receive/ack errors: {}",
+            received.count,
+            received.per_sec,
+            recv_errors.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(e) = first_error.lock().as_ref() {
+        println!("first error: {e}");
+    }
+    let messages = if args.producers > 0 {
+        sent
+    } else {
+        received.count as u64
+    };
+    let cpu = after.2 - before.2;
+    let per_million = if messages > 0 {
+        cpu / messages as f64 * 1e6
+    } else {
+        0.0
+    };
+    if !args.broker_pid.is_empty() {
+        println!(
+            "broker: peak RSS {} MiB (anonymous {} MiB), CPU {:.1} s, {:.1} CPU s per million messages",
+            peak_rss / 1024,
+            peak_anon / 1024,
+            cpu,
             per_million
         );
+    }
+    if let Some(path) = &args.json {
+        let out = json!({
+            "endpoint": args.endpoint, "size": args.size, "topics": args.topics.max(1),
+            "queues": args.queues, "producers": args.producers, "consumers": args.consumers,
+            "durationSecs": args.duration, "rate": args.rate,
+            "send": send.json(), "sendErrors": send_errors.load(Ordering::Relaxed),
+            "endToEnd": received.json(), "receiveErrors": recv_errors.load(Ordering::Relaxed),
+            "firstError": first_error.lock().clone(),
+            "broker": (!args.broker_pid.is_empty()).then(|| json!({
+                "peakRssMiB": peak_rss / 1024, "peakAnonMiB": peak_anon / 1024,
+                "cpuSecs": cpu, "cpuSecsPerMillion": per_million,
+            })),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

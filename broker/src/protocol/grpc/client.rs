@@ -13,12 +13,26 @@ pub fn resource(name: &str) -> Option<pb::Resource> {
     })
 }
 
-/// A request carrying the `x-mq-client-id` header every RPC needs.
+/// A request carrying the headers the official clients send: `x-mq-client-id` (every RPC
+/// needs it), and the language, protocol and client version that Apache's proxy reads.
 pub fn request<T>(message: T, client_id: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
+    let md = r.metadata_mut();
     if let Ok(v) = client_id.parse() {
-        r.metadata_mut().insert("x-mq-client-id", v);
+        md.insert("x-mq-client-id", v);
     }
+    md.insert(
+        "x-mq-language",
+        tonic::metadata::MetadataValue::from_static("RUST"),
+    );
+    md.insert(
+        "x-mq-protocol",
+        tonic::metadata::MetadataValue::from_static("v2"),
+    );
+    md.insert(
+        "x-mq-client-version",
+        tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
     r
 }
 
