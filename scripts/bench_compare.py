@@ -197,8 +197,9 @@ class Ours:
     name = "ours"
     remoting = False
 
-    def __init__(self, cfg, work, flush, tier_yaml=None, env=None):
+    def __init__(self, cfg, work, flush, tier_yaml=None, env=None, segment_bytes=None):
         self.cfg, self.flush = cfg, flush
+        self.segment_bytes = segment_bytes or cfg.segment_bytes
         self.work = work / f"ours-{flush}-{random.randrange(1 << 30)}"
         self.work.mkdir(parents=True)
         self.procs = Procs(self.work)
@@ -216,7 +217,7 @@ class Ours:
             "--http-listen", f"127.0.0.1:{self.http}",
             "--no-tls",
             "--flush-policy", self.flush,
-            "--segment-size", str(self.cfg.segment_bytes),
+            "--segment-size", str(self.segment_bytes),
         ]
         if self.tier_yaml:
             path = self.work / "broker.yaml"
@@ -368,6 +369,8 @@ def main():
     ap.add_argument("--remoting-lib", required=True, help="rocketmq-client 4.9.8 jars")
     ap.add_argument("--secs", type=int, default=15, help="seconds per run")
     ap.add_argument("--producers", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=20,
+                    help="seconds of load each system gets after it starts, before any measured run (JIT, caches)")
     ap.add_argument("--segment-bytes", type=int, default=1 << 30)
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "bench-results")
     ap.add_argument("--only", default="", help="comma-separated workload keys to run (default all)")
@@ -383,16 +386,19 @@ def main():
     )
     secs, P = cfg.secs, cfg.producers
     multi = [(f"Multi-{i}", 8) for i in range(64)]
-    topics = [("Warm", 8), ("Bench", 8), ("Bench16K", 8), ("BenchRate", 8), ("BenchRemoting", 8), *multi]
+    topics = [("Warm", 8), ("Bench", 8), ("Bench16K", 8), ("BenchRate", 8), ("BenchSendOnly", 8), ("BenchRemoting", 8), *multi]
     rows = []
     started = time.time()
 
+    partial = cfg.out / "compare-partial.json"
+
     def row(key, workload, system, r):
         rows.append({"key": key, "workload": workload, "system": system.name, **r})
+        partial.write_text(json.dumps(rows, indent=2))
 
     apache_max = None
     try:
-        async_keys = {"async", "topics64", "16k", "rate", "remoting"}
+        async_keys = {"async", "sendonly", "topics64", "16k", "rate", "remoting"}
         for flush in ("ASYNC_FLUSH", "SYNC_FLUSH"):
             if not any(map(want, async_keys if flush == "ASYNC_FLUSH" else {"sync"})):
                 continue
@@ -400,7 +406,7 @@ def main():
                 s = make(cfg, cfg.work, flush)
                 s.start(topics)
                 try:
-                    rmq_bench(cfg, s, "warm-up", topic="Warm", producers=P, consumers=2, duration=max(5, secs // 2))
+                    rmq_bench(cfg, s, "warm-up", topic="Warm", producers=P, consumers=2, duration=cfg.warmup)
                     if flush == "SYNC_FLUSH":
                         if want("sync"):
                             r = rmq_bench(cfg, s, "sync", topic="Bench", producers=P, consumers=2, duration=secs)
@@ -411,6 +417,9 @@ def main():
                         row("async", "1 KiB, ASYNC_FLUSH, 1 topic x 8 queues", s, r)
                         if s.name == "apache":
                             apache_max = r["sendTps"]
+                    if want("sendonly"):
+                        r = rmq_bench(cfg, s, "sendonly", topic="BenchSendOnly", producers=P, consumers=0, duration=secs)
+                        row("sendonly", "1 KiB, ASYNC_FLUSH, 1 topic x 8 queues, no consumers", s, r)
                     if want("topics64"):
                         r = rmq_bench(cfg, s, "64topics", topic="Multi", topics=64, producers=P, consumers=64, duration=secs)
                         row("topics64", "1 KiB, ASYNC_FLUSH, 64 topics x 8 queues", s, r)
@@ -427,7 +436,10 @@ def main():
                 finally:
                     s.stop()
         if want("cold"):
-            cold_read(cfg, rows, secs, P)
+            try:
+                cold_read(cfg, rows, secs, P)
+            except (Exception, SystemExit) as e:
+                log(f"the cold-read run failed: {e}")
         disk = raw_disk_mb_s(cfg.work)
     finally:
         shutil.rmtree(cfg.work, ignore_errors=True)
@@ -453,10 +465,8 @@ def cold_read(cfg, rows, secs, producers):
             "pathStyle: true, allowHttp: true}\n  prefix: bench\n  hotWindowBytes: 0\n  uploadInterval: 200\n"
         )
         for label, tier_yaml in (("hot", None), ("cold", tier)):
-            saved = cfg.segment_bytes
-            cfg.segment_bytes = segment
-            s = Ours(cfg, cfg.work, "ASYNC_FLUSH", tier_yaml, {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"})
-            cfg.segment_bytes = saved
+            s = Ours(cfg, cfg.work, "ASYNC_FLUSH", tier_yaml,
+                     {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}, segment)
             s.start([("Cold", 8)])
             try:
                 w = rmq_bench(cfg, s, f"{label}-fill", topic="Cold", producers=producers, consumers=0, duration=secs)
@@ -526,6 +536,7 @@ def report(cfg, rows, disk, elapsed):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     (cfg.out / f"compare-{stamp}.md").write_text(text + "\n")
     (cfg.out / f"compare-{stamp}.json").write_text(json.dumps({"rawDiskMBs": disk, "rows": rows}, indent=2))
+    (cfg.out / "compare-partial.json").unlink(missing_ok=True)
     log(f"written to {cfg.out}/compare-{stamp}.md and .json")
 
 

@@ -353,3 +353,62 @@ async fn rocketmq_sized_one_gib_segments_work() {
     let store = MessageStore::open(cfg).unwrap();
     assert_eq!(read_all(&store, 1000), (0..40).collect::<Vec<_>>());
 }
+
+/// Resident bytes of this process's mappings of files under `dir` (from /proc/self/smaps).
+fn mapped_rss_under(dir: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some(path) = line
+            .split_whitespace()
+            .nth(5)
+            .filter(|_| line.contains('-'))
+        {
+            inside = path.starts_with(dir.to_str().unwrap());
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            total += kb
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_pages_far_behind_the_head_leave_the_resident_set_and_still_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 1 << 30,
+        ..small_config(dir.path(), FlushPolicy::SyncFlush, 1 << 30)
+    };
+    let store = MessageStore::open(cfg.clone()).unwrap();
+    fill(&store, 0, 100, 1000).await;
+    // A reader holds the first messages (zero-copy slices of the mapping) across the release.
+    let held = store.get_message(TOPIC, 0, 0, 8).unwrap().messages;
+    assert_eq!(held.len(), 8);
+    // About 190 MiB more (bodies of up to 64 KiB).
+    let end = fill(&store, 100, 6_100, 64 << 10).await;
+    assert!(end > 150 << 20, "{end}");
+    let rss = mapped_rss_under(dir.path());
+    assert!(
+        rss < 100 << 20,
+        "{} MiB of the CommitLog stay resident after writing {} MiB",
+        rss >> 20,
+        end >> 20
+    );
+    // The held slices still read what they read, and a fresh read faults the pages back in.
+    for m in &held {
+        let seq = seq_of(&m.body).unwrap();
+        assert_eq!(m.body, common::body_for(seq, 1000));
+    }
+    let again = store.get_message(TOPIC, 0, 0, 8).unwrap().messages;
+    assert_eq!(
+        again.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        held.iter().map(|m| m.body.clone()).collect::<Vec<_>>()
+    );
+}

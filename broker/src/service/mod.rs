@@ -378,9 +378,9 @@ impl Broker {
         }
     }
 
-    pub fn ack(&self, group: &str, handles: &[ReceiptHandle]) -> Result<Vec<AckOutcome>> {
+    pub async fn ack(&self, group: &str, handles: &[ReceiptHandle]) -> Result<Vec<AckOutcome>> {
         let group = self.group(group)?;
-        let outcomes = self.pop.ack(&group.name, handles)?;
+        let outcomes = self.pop.ack(&group.name, handles).await?;
         for (h, o) in handles.iter().zip(&outcomes) {
             if *o == AckOutcome::Acked {
                 self.metrics
@@ -467,7 +467,7 @@ impl Broker {
             properties: props,
         };
         self.store.put_message(&copy).await?;
-        self.pop.ack(group, std::slice::from_ref(&d.handle))?;
+        self.pop.ack(group, std::slice::from_ref(&d.handle)).await?;
         self.metrics
             .messages_dead_lettered
             .get_or_create(&metrics::group(&m.topic, group))

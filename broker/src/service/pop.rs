@@ -23,6 +23,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use parking_lot::Mutex;
@@ -137,6 +139,27 @@ pub struct PopService {
     state: Mutex<HashMap<Key, QueueState>>,
     /// Acks recorded but not yet folded into the consumer offsets.
     journal: Mutex<File>,
+    /// Group commit of the journal under SYNC_FLUSH (see [`PopService::journal_durable`]).
+    sync: JournalSync,
+}
+
+/// Appends are numbered; `synced` is the highest number known durable. One waiter at a time
+/// syncs (the leader) and covers every append written before it started; the others wait for
+/// its result, so concurrent acks share one `fdatasync` instead of queueing one each behind
+/// the journal lock.
+struct JournalSync {
+    written: AtomicU64,
+    syncing: AtomicBool,
+    synced: tokio::sync::watch::Sender<u64>,
+}
+
+/// Leadership of a journal sync, released on drop.
+struct Leading<'a>(&'a AtomicBool);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 fn key(group: &str, topic: &str, queue_id: i32) -> Key {
@@ -186,6 +209,11 @@ impl PopService {
             dir,
             state: Mutex::new(state),
             journal: Mutex::new(journal),
+            sync: JournalSync {
+                written: AtomicU64::new(0),
+                syncing: AtomicBool::new(false),
+                synced: tokio::sync::watch::Sender::new(0),
+            },
         };
         service.compact()?;
         Ok(service)
@@ -355,8 +383,9 @@ impl PopService {
             .filter(|m| m.queue_offset == offset))
     }
 
-    /// Acknowledges deliveries of one group. The acks are durable when this returns.
-    pub fn ack(
+    /// Acknowledges deliveries of one group. The acks are durable when this returns (under
+    /// SYNC_FLUSH, synced to disk; under ASYNC_FLUSH, in the page cache).
+    pub async fn ack(
         &self,
         group: &str,
         handles: &[ReceiptHandle],
@@ -385,26 +414,83 @@ impl PopService {
                 outcomes.push(outcome);
             }
         }
-        self.append_journal(&lines)?;
+        if let Some(seq) = self.append_journal(&lines)? {
+            self.journal_durable(seq).await?;
+        }
         Ok(outcomes)
     }
 
-    /// Appends ack lines to the journal and syncs it.
-    fn append_journal(&self, lines: &str) -> Result<(), StoreError> {
+    /// Appends ack lines to the journal (page cache); returns the append's number, or `None`
+    /// when there was nothing to write.
+    fn append_journal(&self, lines: &str) -> Result<Option<u64>, StoreError> {
         if lines.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut journal = self.journal.lock();
-        let path = self.dir.join(JOURNAL);
         journal
             .write_all(lines.as_bytes())
-            .map_err(|e| StoreError::io(&path, e))?;
-        // Acks are as durable as messages: synced under SYNC_FLUSH; under ASYNC_FLUSH the page
-        // cache holds them (a killed process loses nothing) until the next compaction syncs.
-        if self.store.config().flush_policy == crate::store::FlushPolicy::SyncFlush {
-            journal.sync_data().map_err(|e| StoreError::io(&path, e))?;
+            .map_err(|e| StoreError::io(self.dir.join(JOURNAL), e))?;
+        Ok(Some(self.sync.written.fetch_add(1, Ordering::AcqRel) + 1))
+    }
+
+    fn sync_journal_now(&self) -> Result<(), StoreError> {
+        let file = self.journal.lock().try_clone();
+        file.and_then(|f| f.sync_data())
+            .map_err(|e| StoreError::io(self.dir.join(JOURNAL), e))
+    }
+
+    /// Waits until journal append `seq` is durable. Acks are as durable as messages: synced
+    /// under SYNC_FLUSH; under ASYNC_FLUSH the page cache holds them (a killed process loses
+    /// nothing) until the next compaction syncs.
+    async fn journal_durable(&self, seq: u64) -> Result<(), StoreError> {
+        if self.store.config().flush_policy != crate::store::FlushPolicy::SyncFlush {
+            return Ok(());
         }
-        Ok(())
+        let sync = &self.sync;
+        let mut rx = sync.synced.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if sync
+                .syncing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // The leader: everything written so far is in the file this syncs. The guard
+                // hands leadership back even if this task is cancelled mid-sync.
+                let leading = Leading(&sync.syncing);
+                let target = sync.written.load(Ordering::Acquire);
+                let file = self.journal.lock().try_clone();
+                let path = self.dir.join(JOURNAL);
+                let synced = match file {
+                    Ok(f) => tokio::task::spawn_blocking(move || f.sync_data())
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                    Err(e) => Err(e),
+                };
+                // Cleared before the result is published: a waiter that subscribed after this
+                // either sees the new value or becomes the next leader.
+                drop(leading);
+                match synced {
+                    Ok(()) => {
+                        sync.synced.send_if_modified(|v| {
+                            let newer = target > *v;
+                            *v = (*v).max(target);
+                            newer
+                        });
+                    }
+                    Err(e) => {
+                        // Wake the others so that one of them tries again.
+                        sync.synced.send_modify(|_| {});
+                        return Err(StoreError::io(&path, e));
+                    }
+                }
+            } else {
+                // Bounded, in case a leader's task is cancelled before publishing.
+                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+            }
+        }
     }
 
     /// Marks an offset done for a system group that consumes without deliveries (the timer),
@@ -427,7 +513,11 @@ impl PopService {
                 .consumer_offsets()
                 .commit(group, topic, queue_id, st.commit);
         }
-        self.append_journal(&format!("{group} {topic} {queue_id} {offset}\n"))
+        self.append_journal(&format!("{group} {topic} {queue_id} {offset}\n"))?;
+        if self.store.config().flush_policy == crate::store::FlushPolicy::SyncFlush {
+            self.sync_journal_now()?;
+        }
+        Ok(())
     }
 
     /// A group's progress on a queue: its commit offset and the offsets done above it.
@@ -579,6 +669,64 @@ mod tests {
         // A dead client's deliveries are not renewed.
         assert_eq!(pop.renew(61_000, 20_000, 60_000, |_| false), 0);
         assert_eq!(p(10, 62_000, None).deliveries[0].handle.offset, 0);
+    }
+
+    #[test]
+    fn concurrent_acks_under_sync_flush_are_all_journaled_and_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::store::StoreConfig::at(dir.path());
+        cfg.flush_policy = crate::store::FlushPolicy::SyncFlush;
+        let store = Arc::new(MessageStore::open(cfg).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let msg = crate::store::Message {
+            topic: "T".into(),
+            queue_id: 0,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: bytes::Bytes::from_static(b"x"),
+            properties: bytes::Bytes::new(),
+        };
+        const N: usize = 200;
+        let r = rt.block_on(store.put_messages(&vec![msg; N])).unwrap();
+        let last = &r[N - 1];
+        rt.block_on(store.wait_dispatched(last.physical_offset + u64::from(last.size)))
+            .unwrap();
+        let pop = Arc::new(PopService::open(Arc::clone(&store)).unwrap());
+        let got = pop
+            .pop("G", 16, false, "T", 0, N, 60_000, &TagFilter::All, 0, None)
+            .unwrap();
+        assert_eq!(got.deliveries.len(), N);
+        let acks = got.deliveries.into_iter().map(|d| {
+            let pop = Arc::clone(&pop);
+            rt.spawn(async move { pop.ack("G", &[d.handle]).await })
+        });
+        let outcomes: Vec<_> = rt.block_on(async {
+            let mut out = Vec::new();
+            for a in acks.collect::<Vec<_>>() {
+                out.push(a.await.unwrap().unwrap());
+            }
+            out
+        });
+        assert!(outcomes.iter().all(|o| o == &[AckOutcome::Acked]));
+        let written = pop.sync.written.load(Ordering::Acquire);
+        assert_eq!(written, N as u64);
+        assert_eq!(*pop.sync.synced.borrow(), written, "every ack is synced");
+        // What was synced is the journal: one line per ack, each offset once.
+        let text = std::fs::read_to_string(store.config().config_dir().join(JOURNAL)).unwrap();
+        let offsets: BTreeSet<u64> = text
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(text.lines().count(), N);
+        assert_eq!(offsets, (0..N as u64).collect());
     }
 
     #[test]

@@ -90,7 +90,17 @@ pub struct CommitLog {
     written: AtomicU64,
     flushed: AtomicU64,
     flushes: AtomicU64,
+    /// Below this offset, flushed pages have been unmapped from this process (see
+    /// [`RESIDENT_BYTES`]).
+    released: AtomicU64,
 }
+
+/// Flushed CommitLog bytes more than this far behind the write head are dropped from the
+/// process's mapping after each flush (`MADV_DONTNEED`). They stay in the page cache and the
+/// file, and a read faults them back in, so nothing changes for readers; but the broker's
+/// resident memory stays bounded instead of growing with every mapped byte written, and the
+/// kernel is free to evict those pages like any other cached file data.
+const RESIDENT_BYTES: u64 = 64 << 20;
 
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -157,6 +167,7 @@ impl CommitLog {
             written: AtomicU64::new(end),
             flushed: AtomicU64::new(start),
             flushes: AtomicU64::new(0),
+            released: AtomicU64::new(0),
         };
         Ok(log)
     }
@@ -407,7 +418,30 @@ impl CommitLog {
         }
         self.flushed.store(target, Ordering::Release);
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.release_behind(target, &segments);
         Ok(target)
+    }
+
+    /// Unmaps flushed pages more than [`RESIDENT_BYTES`] behind `flushed` (under the flush
+    /// lock). Best effort: a failing `madvise` only leaves the pages resident.
+    fn release_behind(&self, flushed: u64, segments: &[Arc<Segment>]) {
+        const PAGE: u64 = 4096;
+        let until = flushed.saturating_sub(RESIDENT_BYTES) / PAGE * PAGE;
+        let from = self.released.load(Ordering::Relaxed);
+        if until <= from {
+            return;
+        }
+        for seg in segments
+            .iter()
+            .filter(|s| s.end() > from && s.base() < until)
+        {
+            let a = from.max(seg.base()) - seg.base();
+            let b = until.min(seg.end()) - seg.base();
+            if let Err(e) = seg.release(a as usize, b as usize) {
+                tracing::debug!(error = %e, "releasing flushed CommitLog pages failed");
+            }
+        }
+        self.released.store(until, Ordering::Relaxed);
     }
 
     /// How many flushes made new bytes durable (group commit: appends per flush = appends /

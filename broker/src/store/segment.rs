@@ -189,6 +189,23 @@ impl Segment {
         Ok(())
     }
 
+    /// Drops `[from, to)` (relative, page-aligned `from`) from this process's resident set.
+    /// The range must be flushed; readers may still hold slices into it.
+    pub fn release(&self, from: usize, to: usize) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        // SAFETY: this is a shared mapping of a regular file, and the range is flushed: after
+        // MADV_DONTNEED a read faults the same bytes back in from the page cache (the file), so
+        // slices handed to readers keep reading what they read before. Nothing writes the
+        // range again (bytes below the write offset are never rewritten).
+        unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+        }
+        .at(&self.path)
+    }
+
     /// Discards everything from `pos` on: the file is cut there and extended again, so the tail
     /// reads as zeros. Only for recovery, before any reader or writer uses the segment.
     pub fn zero_tail(&self, pos: u64) -> Result<()> {

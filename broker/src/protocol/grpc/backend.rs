@@ -240,7 +240,7 @@ impl Backend for Local {
         let decoded: Vec<Option<ReceiptHandle>> =
             handles.iter().map(|h| ReceiptHandle::decode(h)).collect();
         let valid: Vec<ReceiptHandle> = decoded.iter().flatten().cloned().collect();
-        let mut outcomes = self.0.ack(group, &valid)?.into_iter();
+        let mut outcomes = self.0.ack(group, &valid).await?.into_iter();
         Ok(decoded
             .iter()
             .map(|h| {

@@ -487,7 +487,12 @@ impl BrokerHandler {
                 let f = Fields(&req.ext_fields);
                 let h = ReceiptHandle::decode(f.str("extraInfo")?)
                     .ok_or_else(|| refuse(rs::SYSTEM_ERROR, "invalid receipt handle"))?;
-                match self.broker.ack(f.str("consumerGroup")?, &[h])?.first() {
+                match self
+                    .broker
+                    .ack(f.str("consumerGroup")?, &[h])
+                    .await?
+                    .first()
+                {
                     Some(AckOutcome::Acked | AckOutcome::AlreadyAcked) => Ok(ok(req)),
                     _ => Err(refuse(rs::SYSTEM_ERROR, "invalid receipt handle")),
                 }
