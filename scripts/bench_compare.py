@@ -349,18 +349,24 @@ def remoting_bench(cfg, system, threads, secs, size):
 
 
 def raw_disk_mb_s(folder, mb=1024):
-    """Sequential write of `mb` MiB in 1 MiB writes and one fsync, like an ASYNC_FLUSH log."""
+    """Sequential write of `mb` MiB in 1 MiB writes with an fdatasync every 64 MiB (a log
+    made durable as it goes), in the folder the brokers used; the best of three runs (the
+    first touch of fresh memory in a VM is slow)."""
     path = folder / "raw-disk-test"
     block = os.urandom(1 << 20)
-    t = time.time()
-    with open(path, "wb") as f:
-        for _ in range(mb):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-    secs = time.time() - t
-    path.unlink()
-    return mb * 1.048576 / secs
+    best = 0.0
+    for _ in range(3):
+        t = time.time()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        for i in range(mb):
+            os.write(fd, block)
+            if (i + 1) % 64 == 0:
+                os.fdatasync(fd)
+        os.fsync(fd)
+        os.close(fd)
+        best = max(best, mb * 1.048576 / (time.time() - t))
+        path.unlink()
+    return best
 
 
 def main():
@@ -386,7 +392,7 @@ def main():
     )
     secs, P = cfg.secs, cfg.producers
     multi = [(f"Multi-{i}", 8) for i in range(64)]
-    topics = [("Warm", 8), ("Bench", 8), ("Bench16K", 8), ("BenchRate", 8), ("BenchSendOnly", 8), ("BenchRemoting", 8), *multi]
+    topics = [("Warm", 8), ("Bench", 8), ("Bench16K", 8), ("BenchRate", 8), ("BenchSendOnly", 8), ("BenchCeiling", 8), ("BenchRemoting", 8), *multi]
     rows = []
     started = time.time()
 
@@ -398,7 +404,7 @@ def main():
 
     apache_max = None
     try:
-        async_keys = {"async", "sendonly", "topics64", "16k", "rate", "remoting"}
+        async_keys = {"async", "sendonly", "ceiling", "topics64", "16k", "rate", "remoting"}
         for flush in ("ASYNC_FLUSH", "SYNC_FLUSH"):
             if not any(map(want, async_keys if flush == "ASYNC_FLUSH" else {"sync"})):
                 continue
@@ -420,6 +426,10 @@ def main():
                     if want("sendonly"):
                         r = rmq_bench(cfg, s, "sendonly", topic="BenchSendOnly", producers=P, consumers=0, duration=secs)
                         row("sendonly", "1 KiB, ASYNC_FLUSH, 1 topic x 8 queues, no consumers", s, r)
+                    if want("ceiling"):
+                        r = rmq_bench(cfg, s, "ceiling", topic="BenchCeiling", size=64 * KIB, batch=8,
+                                      producers=8, consumers=0, duration=secs)
+                        row("ceiling", "64 KiB in batches of 8, ASYNC_FLUSH, 8 producers, no consumers", s, r)
                     if want("topics64"):
                         r = rmq_bench(cfg, s, "64topics", topic="Multi", topics=64, producers=P, consumers=64, duration=secs)
                         row("topics64", "1 KiB, ASYNC_FLUSH, 64 topics x 8 queues", s, r)
@@ -505,7 +515,8 @@ def report(cfg, rows, disk, elapsed):
     lines = [
         f"Run of {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {cfg.secs} s per run, "
         f"{cfg.producers} producers, segments {cfg.segment_bytes >> 20} MiB, {os.cpu_count()} cores; "
-        f"raw disk write {disk:.0f} MB/s (1 GiB, 1 MiB writes, one fsync); whole run {elapsed / 60:.1f} min.",
+        f"raw disk write {disk:.0f} MB/s (1 GiB in 1 MiB writes, fdatasync every 64 MiB, best of 3); "
+        f"whole run {elapsed / 60:.1f} min.",
         "",
         "| workload | system | send msg/s | send MB/s | send p99 ms | end-to-end p50 / p99 / p999 ms | consume msg/s | peak RSS MiB (anon) | CPU s per M msgs | ours/Apache: send, p99 e2e, RSS, CPU |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -60,6 +60,9 @@ struct Args {
     /// With `--producers 0`, the longest to wait for `--expect` messages.
     #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// Messages per send call (one `SendMessageRequest` carrying a batch; same topic and queue).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Total messages per second over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -268,8 +271,8 @@ async fn produce(
     });
     let _telemetry = announce(c.clone(), &client_id, publishing, pb::ClientType::Producer).await?;
     let padding = vec![b'x'; args.size.saturating_sub(8)];
-    let interval =
-        (args.rate > 0).then(|| Duration::from_secs_f64(args.producers as f64 / args.rate as f64));
+    let per_call = (args.producers * args.batch.max(1)) as f64;
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(per_call / args.rate as f64));
     let mut next = Instant::now();
     let mut seq = 0u64;
     while !run.stop.load(Ordering::Relaxed) {
@@ -277,26 +280,33 @@ async fn produce(
             next += i;
             tokio::time::sleep_until(next.into()).await;
         }
-        let mut body = BytesMut::with_capacity(args.size.max(8));
-        body.put_u64(now_nanos());
-        body.put_slice(&padding);
         let topic = &topics[(id + seq as usize) % topics.len()];
-        let m = pb::Message {
-            topic: res(topic),
-            user_properties: Default::default(),
-            system_properties: Some(pb::SystemProperties {
-                message_id: format!("BENCH{id:04X}{seq:016X}"),
-                queue_id: ((id as u64 + seq) % args.queues as u64) as i32,
-                body_encoding: pb::Encoding::Identity as i32,
-                message_type: pb::MessageType::Normal as i32,
-                ..Default::default()
-            }),
-            body: body.freeze(),
-        };
-        seq += 1;
-        let t = Instant::now();
-        let mut r = request(pb::SendMessageRequest { messages: vec![m] }, &client_id);
+        let queue_id = ((id as u64 + seq) % args.queues as u64) as i32;
+        let messages: Vec<pb::Message> = (0..args.batch.max(1))
+            .map(|_| {
+                let mut body = BytesMut::with_capacity(args.size.max(8));
+                body.put_u64(now_nanos());
+                body.put_slice(&padding);
+                let m = pb::Message {
+                    topic: res(topic),
+                    user_properties: Default::default(),
+                    system_properties: Some(pb::SystemProperties {
+                        message_id: format!("BENCH{id:04X}{seq:016X}"),
+                        queue_id,
+                        body_encoding: pb::Encoding::Identity as i32,
+                        message_type: pb::MessageType::Normal as i32,
+                        ..Default::default()
+                    }),
+                    body: body.freeze(),
+                };
+                seq += 1;
+                m
+            })
+            .collect();
+        let n = messages.len();
+        let mut r = request(pb::SendMessageRequest { messages }, &client_id);
         r.set_timeout(Duration::from_secs(3));
+        let t = Instant::now();
         match c.send_message(r).await {
             Ok(r)
                 if r.get_ref()
@@ -304,8 +314,10 @@ async fn produce(
                     .as_ref()
                     .is_some_and(|s| s.code == Code::Ok as i32) =>
             {
-                run.rec
-                    .record(t.elapsed().as_micros() as u64, run.started.elapsed());
+                let us = t.elapsed().as_micros() as u64;
+                for _ in 0..n {
+                    run.rec.record(us, run.started.elapsed());
+                }
             }
             other => {
                 run.errors.fetch_add(1, Ordering::Relaxed);
