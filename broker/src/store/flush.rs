@@ -3,7 +3,7 @@
 //! appends land, and the next flush covers all of them, so many appends share one `msync`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -13,28 +13,34 @@ use super::message_store::Inner;
 
 /// A wake-up flag between threads: `notify` sets it, `wait` sleeps until it is set (or a
 /// timeout) and clears it. Notifications while nobody waits are not lost.
+///
+/// `notify` runs on every append, from many producers at once: while the flag is already
+/// set (the thread has not taken the last notification yet), it returns after one atomic swap,
+/// without the lock or a futex wake.
 #[derive(Default)]
 pub struct Signal {
-    pending: Mutex<bool>,
+    pending: AtomicBool,
+    lock: Mutex<()>,
     cv: Condvar,
 }
 
 impl Signal {
     pub fn notify(&self) {
-        let mut p = self.pending.lock();
-        if !*p {
-            *p = true;
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            // The waiter checks the flag under the lock before it sleeps: taking the lock here
+            // means it is either not yet checking (and will see the flag) or already asleep.
+            let _guard = self.lock.lock();
             self.cv.notify_one();
         }
     }
 
     /// Returns whether a notification arrived.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut p = self.pending.lock();
-        if !*p {
-            self.cv.wait_for(&mut p, timeout);
+        let mut guard = self.lock.lock();
+        if !self.pending.load(Ordering::Acquire) {
+            self.cv.wait_for(&mut guard, timeout);
         }
-        std::mem::replace(&mut *p, false)
+        self.pending.swap(false, Ordering::AcqRel)
     }
 }
 
