@@ -411,4 +411,38 @@ async fn flushed_pages_far_behind_the_head_leave_the_resident_set_and_still_read
         again.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
         held.iter().map(|m| m.body.clone()).collect::<Vec<_>>()
     );
+    // A consumer reading everything from the start faults every page back in; a later flush
+    // sweeps them out again.
+    drop((held, again));
+    assert_eq!(touch_all(&store), 6_100);
+    assert!(
+        mapped_rss_under(dir.path()) > 150 << 20,
+        "the read faulted pages in"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    fill(&store, 6_100, 6_110, 1000).await;
+    let rss = mapped_rss_under(dir.path());
+    assert!(
+        rss < 100 << 20,
+        "{} MiB stay resident after a reader went over the history",
+        rss >> 20
+    );
+}
+
+/// Reads every message of every queue once, touching its body; returns how many.
+fn touch_all(store: &MessageStore) -> usize {
+    let mut n = 0;
+    for q in 0..QUEUES {
+        let mut offset = store.min_offset(TOPIC, q).unwrap();
+        let max = store.max_offset(TOPIC, q).unwrap();
+        while offset < max {
+            let r = store.get_message(TOPIC, q, offset, 32).unwrap();
+            for m in &r.messages {
+                assert!(seq_of(&m.body).is_some());
+                n += 1;
+            }
+            offset = r.next_offset;
+        }
+    }
+    n
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -93,7 +93,15 @@ pub struct CommitLog {
     /// Below this offset, flushed pages have been unmapped from this process (see
     /// [`RESIDENT_BYTES`]).
     released: AtomicU64,
+    /// When the last wide sweep ran (pages that readers faulted back in), for
+    /// [`CommitLog::release_behind`].
+    swept_at: Mutex<Instant>,
 }
+
+/// How far behind the resident window a sweep looks for pages that readers faulted back in.
+const SWEEP_BYTES: u64 = 1 << 30;
+/// How often such a sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Flushed CommitLog bytes more than this far behind the write head are dropped from the
 /// process's mapping after each flush (`MADV_DONTNEED`). They stay in the page cache and the
@@ -168,6 +176,7 @@ impl CommitLog {
             flushed: AtomicU64::new(start),
             flushes: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            swept_at: Mutex::new(Instant::now()),
         };
         Ok(log)
     }
@@ -427,7 +436,16 @@ impl CommitLog {
     fn release_behind(&self, flushed: u64, segments: &[Arc<Segment>]) {
         const PAGE: u64 = 4096;
         let until = flushed.saturating_sub(RESIDENT_BYTES) / PAGE * PAGE;
-        let from = self.released.load(Ordering::Relaxed);
+        let mut from = self.released.load(Ordering::Relaxed);
+        // Consumers reading far behind fault pages back in; once a second, go back over the
+        // last SWEEP_BYTES below the window too (cheap where nothing is resident).
+        {
+            let mut at = self.swept_at.lock();
+            if at.elapsed() >= SWEEP_EVERY {
+                *at = Instant::now();
+                from = from.min(until.saturating_sub(SWEEP_BYTES) / PAGE * PAGE);
+            }
+        }
         if until <= from {
             return;
         }
