@@ -621,15 +621,8 @@ mod tests {
         assert_eq!(ReceiptHandle::decode(""), None);
     }
 
-    #[test]
-    fn auto_renewed_deliveries_stay_invisible_while_the_client_lives() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    /// Stores `n` one-byte messages in queue 0 of topic `T` and waits until they are dispatched.
+    fn put_dispatched(rt: &tokio::runtime::Runtime, store: &MessageStore, n: usize) {
         let msg = crate::store::Message {
             topic: "T".into(),
             queue_id: 0,
@@ -642,11 +635,22 @@ mod tests {
             body: bytes::Bytes::from_static(b"x"),
             properties: bytes::Bytes::new(),
         };
-        let r = rt
-            .block_on(store.put_messages(&[msg.clone(), msg]))
+        let r = rt.block_on(store.put_messages(&vec![msg; n])).unwrap();
+        let last = &r[n - 1];
+        rt.block_on(store.wait_dispatched(last.physical_offset + u64::from(last.size)))
             .unwrap();
-        rt.block_on(store.wait_dispatched(r[1].physical_offset + u64::from(r[1].size)))
+    }
+
+    #[test]
+    fn auto_renewed_deliveries_stay_invisible_while_the_client_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
+        put_dispatched(&rt, &store, 2);
         let pop = PopService::open(Arc::clone(&store)).unwrap();
         let all = TagFilter::All;
         let client: Arc<str> = Arc::from("c1");
@@ -682,23 +686,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let msg = crate::store::Message {
-            topic: "T".into(),
-            queue_id: 0,
-            flag: 0,
-            sys_flag: 0,
-            born_timestamp: 0,
-            born_host: "127.0.0.1:1".parse().unwrap(),
-            reconsume_times: 0,
-            prepared_transaction_offset: 0,
-            body: bytes::Bytes::from_static(b"x"),
-            properties: bytes::Bytes::new(),
-        };
         const N: usize = 200;
-        let r = rt.block_on(store.put_messages(&vec![msg; N])).unwrap();
-        let last = &r[N - 1];
-        rt.block_on(store.wait_dispatched(last.physical_offset + u64::from(last.size)))
-            .unwrap();
+        put_dispatched(&rt, &store, N);
         let pop = Arc::new(PopService::open(Arc::clone(&store)).unwrap());
         let got = pop
             .pop("G", 16, false, "T", 0, N, 60_000, &TagFilter::All, 0, None)
