@@ -43,49 +43,46 @@ impl NodeClient {
         format!("http://{host}{path}")
     }
 
-    async fn post(&self, url: String) -> Result<NodeStatus, String> {
+    /// One call to a node's admin API, off the async runtime (ureq blocks): `POST` when
+    /// `post`, else `GET` with a short timeout (a resync asks every node, and an unreachable
+    /// node only leaves its lag unknown).
+    async fn call(&self, post: bool, url: String) -> Result<NodeStatus, String> {
         let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
-            agent
-                .post(&url)
-                .send_empty()
-                .map_err(|e| format!("POST {url}: {e}"))?
+            let method = if post { "POST" } else { "GET" };
+            let sent = if post {
+                agent.post(&url).send_empty()
+            } else {
+                agent
+                    .get(&url)
+                    .config()
+                    .timeout_global(Some(Duration::from_secs(2)))
+                    .build()
+                    .call()
+            };
+            sent.map_err(|e| format!("{method} {url}: {e}"))?
                 .body_mut()
                 .read_json::<NodeStatus>()
-                .map_err(|e| format!("POST {url}: {e}"))
+                .map_err(|e| format!("{method} {url}: {e}"))
         })
         .await
         .map_err(|e| e.to_string())?
     }
 
-    /// Where a store node stands, without changing anything. A short timeout: this runs for
-    /// every node on a resync, and an unreachable node only leaves its lag unknown.
+    /// Where a store node stands, without changing anything.
     pub async fn status(&self, c: &RocketMQCluster, ordinal: i32) -> Result<NodeStatus, String> {
-        let url = self.url(c, ordinal, "/admin/node");
-        let agent = self.agent.clone();
-        tokio::task::spawn_blocking(move || {
-            agent
-                .get(&url)
-                .config()
-                .timeout_global(Some(Duration::from_secs(2)))
-                .build()
-                .call()
-                .map_err(|e| format!("GET {url}: {e}"))?
-                .body_mut()
-                .read_json::<NodeStatus>()
-                .map_err(|e| format!("GET {url}: {e}"))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        self.call(false, self.url(c, ordinal, "/admin/node")).await
     }
 
     /// Asks a store node to drain (idempotent) and returns where it stands.
     pub async fn drain(&self, c: &RocketMQCluster, ordinal: i32) -> Result<NodeStatus, String> {
-        self.post(self.url(c, ordinal, "/admin/node/drain")).await
+        self.call(true, self.url(c, ordinal, "/admin/node/drain"))
+            .await
     }
 
     /// Tells a store node to take writes again.
     pub async fn serve(&self, c: &RocketMQCluster, ordinal: i32) -> Result<NodeStatus, String> {
-        self.post(self.url(c, ordinal, "/admin/node/serve")).await
+        self.call(true, self.url(c, ordinal, "/admin/node/serve"))
+            .await
     }
 }
