@@ -78,7 +78,15 @@ struct WriteState {
     /// The last segment (the one being written), if any.
     current: Option<Arc<Segment>>,
     queue_offsets: QueueOffsetTable,
+    /// Records encoded but not written yet: they start at `staged_at` in `current` and are
+    /// written with one `pwrite` before anything is published.
+    staged: Vec<u8>,
+    staged_at: u64,
 }
+
+/// Staged bytes are written out once they reach this size, so that a batch of large messages
+/// does not grow the staging buffer without bound.
+const STAGE_LIMIT: usize = 1 << 20;
 
 pub struct CommitLog {
     dir: PathBuf,
@@ -170,6 +178,8 @@ impl CommitLog {
                 offset: end,
                 current,
                 queue_offsets: QueueOffsetTable::default(),
+                staged: Vec::new(),
+                staged_at: end,
             }),
             flush_lock: Mutex::new(()),
             written: AtomicU64::new(end),
@@ -239,6 +249,7 @@ impl CommitLog {
             segment::sync_dir(&self.dir)?;
         }
         writer.offset = end;
+        writer.staged_at = end;
         writer.current = segments.last().cloned();
         self.written.store(end, Ordering::Release);
         self.flushed.store(end, Ordering::Release);
@@ -264,71 +275,151 @@ impl CommitLog {
             }
         }
         let mut writer = self.writer.lock();
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut result = Ok(());
         for p in batch {
-            on_appended(self.append_locked(&mut writer, p, next_queue_offset)?);
+            if !self.fits(&writer, p.encoded_len as u64)
+                && let Err(e) = self.write_staged(&mut writer, batch, &mut appended)
+            {
+                result = Err(e);
+                break;
+            }
+            match self.stage(&mut writer, p, next_queue_offset) {
+                Ok(a) => appended.push(a),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if writer.staged.len() >= STAGE_LIMIT
+                && let Err(e) = self.write_staged(&mut writer, batch, &mut appended)
+            {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        if let Err(e) = self.write_staged(&mut writer, batch, &mut appended) {
+            result = result.and(Err(e));
+        }
+        drop(writer);
+        for a in appended {
+            on_appended(a);
+        }
+        result
     }
 
-    fn append_locked(
+    /// Encodes one record into the staging buffer and assigns its offsets.
+    fn stage(
         &self,
         writer: &mut WriteState,
         p: &Prepared<'_>,
         next_queue_offset: &dyn Fn(&str, i32) -> Result<u64>,
     ) -> Result<Appended> {
         let len = p.encoded_len as u64;
-        let segment = self.segment_for_write(writer, len)?;
+        self.segment_for_write(writer, len)?;
         let queue_offset =
             writer
                 .queue_offsets
                 .slot(&p.message.topic, p.message.queue_id, next_queue_offset)?;
-        let physical_offset = writer.offset;
         let stamp = StoreStamp {
-            physical_offset,
+            physical_offset: writer.offset,
             queue_offset: *queue_offset,
             store_timestamp: now_millis(),
             store_host: self.store_host,
         };
-        let pos = (physical_offset - segment.base()) as usize;
-        // SAFETY: we hold the append lock (sole writer) and write at `writer.offset`, which is
-        // not published until the store below.
-        let buf = unsafe { segment.write_slice(pos, p.encoded_len) };
-        record::encode(buf, p.message, p.body_crc, &stamp);
         *queue_offset += 1;
+        let at = writer.staged.len();
+        writer.staged.resize(at + p.encoded_len, 0);
+        record::encode(&mut writer.staged[at..], p.message, p.body_crc, &stamp);
         writer.offset += len;
-        self.written.store(writer.offset, Ordering::Release);
         Ok(Appended {
-            physical_offset,
+            physical_offset: stamp.physical_offset,
             queue_offset: stamp.queue_offset,
             size: p.encoded_len as u32,
             store_timestamp: stamp.store_timestamp,
         })
     }
 
-    /// The segment the next `len` bytes go into, rolling (blank marker + new segment) when the
-    /// current one cannot hold them plus a blank marker.
-    fn segment_for_write(&self, writer: &mut WriteState, len: u64) -> Result<Arc<Segment>> {
-        if let Some(seg) = &writer.current {
-            let pos = writer.offset - seg.base();
-            if writer.offset < seg.end() && pos + len + BLANK_MARKER_LEN as u64 <= seg.size() {
-                return Ok(Arc::clone(seg));
+    /// Writes the staged records to the current segment and publishes them. If the write
+    /// fails, the staged records are taken back (offsets and queue offsets as before them, and
+    /// dropped from `appended`, whose tail they are) and the error is returned.
+    fn write_staged(
+        &self,
+        writer: &mut WriteState,
+        batch: &[Prepared<'_>],
+        appended: &mut Vec<Appended>,
+    ) -> Result<()> {
+        if writer.staged.is_empty() {
+            writer.staged_at = writer.offset;
+            return Ok(());
+        }
+        let seg = writer
+            .current
+            .clone()
+            .expect("staged records have a segment");
+        let pos = (writer.staged_at - seg.base()) as usize;
+        // SAFETY: we hold the append lock (sole writer) and write at the unpublished end.
+        let written = unsafe { seg.write_at(pos, &writer.staged) };
+        writer.staged.clear();
+        if let Err(e) = written {
+            let first = writer.staged_at;
+            while let Some(a) = appended.last().filter(|a| a.physical_offset >= first) {
+                let msg = batch[appended.len() - 1].message;
+                if let Some(q) = writer
+                    .queue_offsets
+                    .topics
+                    .get_mut(&msg.topic)
+                    .and_then(|t| t.get_mut(&msg.queue_id))
+                {
+                    *q = a.queue_offset;
+                }
+                appended.pop();
             }
-            if writer.offset < seg.end() {
-                let blank = seg.end() - writer.offset;
-                // SAFETY: sole writer; the blank region is beyond the published offset.
-                let buf = unsafe { seg.write_slice(pos as usize, BLANK_MARKER_LEN) };
-                record::encode_blank(buf, blank as u32);
-                writer.offset = seg.end();
-                // The blank is published together with the next record.
-            }
+            writer.offset = first;
+            return Err(e);
+        }
+        writer.staged_at = writer.offset;
+        self.written.store(writer.offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the current segment can take `len` more bytes and still end with a blank marker.
+    fn fits(&self, writer: &WriteState, len: u64) -> bool {
+        writer.current.as_ref().is_some_and(|seg| {
+            writer.offset < seg.end()
+                && writer.offset - seg.base() + len + BLANK_MARKER_LEN as u64 <= seg.size()
+        })
+    }
+
+    /// The segment the next `len` bytes go into, rolling (staged records written, blank marker,
+    /// new segment) when the current one cannot hold them plus a blank marker.
+    fn segment_for_write(&self, writer: &mut WriteState, len: u64) -> Result<()> {
+        if self.fits(writer, len) {
+            return Ok(());
+        }
+        assert!(
+            writer.staged.is_empty(),
+            "staged records are written before a roll"
+        );
+        if let Some(seg) = writer.current.clone()
+            && writer.offset < seg.end()
+        {
+            let blank = seg.end() - writer.offset;
+            let mut marker = [0u8; BLANK_MARKER_LEN];
+            record::encode_blank(&mut marker, blank as u32);
+            // SAFETY: sole writer; the blank region is beyond the published offset.
+            unsafe { seg.write_at((writer.offset - seg.base()) as usize, &marker) }?;
+            writer.offset = seg.end();
+            // The blank is published together with the next record.
         }
         let base = writer.offset;
         debug_assert_eq!(base % self.segment_size, 0);
         let seg = Arc::new(Segment::create(&self.dir, base, self.segment_size)?);
         tracing::debug!(base, path = ?seg.path(), "rolled to a new CommitLog segment");
         self.segments.write().push(Arc::clone(&seg));
-        writer.current = Some(Arc::clone(&seg));
-        Ok(seg)
+        writer.current = Some(seg);
+        writer.staged_at = base;
+        Ok(())
     }
 
     /// Fills the rest of the segment being written with a blank record, so that it is sealed
@@ -345,11 +436,13 @@ impl CommitLog {
         let pos = writer.offset - seg.base();
         let blank = seg.end() - writer.offset;
         if blank >= BLANK_MARKER_LEN as u64 {
+            let mut marker = [0u8; BLANK_MARKER_LEN];
+            record::encode_blank(&mut marker, blank as u32);
             // SAFETY: sole writer; the blank region is beyond the published offset.
-            let buf = unsafe { seg.write_slice(pos as usize, BLANK_MARKER_LEN) };
-            record::encode_blank(buf, blank as u32);
+            unsafe { seg.write_at(pos as usize, &marker) }?;
         }
         writer.offset = seg.end();
+        writer.staged_at = writer.offset;
         self.written.store(writer.offset, Ordering::Release);
         tracing::info!(base = seg.base(), blank, "CommitLog segment sealed early");
         Ok(true)
