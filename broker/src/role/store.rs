@@ -53,6 +53,8 @@ pub struct StoreNodeConfig {
     /// Other nodes' tiered history this node serves, read-only (a scale-in without moving
     /// data): each is registered under its own broker name, on its own port.
     pub adopt: Vec<AdoptConfig>,
+    /// Replication in the broker group (`brokerName`): absent for a node without replicas.
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 /// One adopted node: another store node's tier, served for reads under that node's name.
@@ -94,6 +96,7 @@ impl Default for StoreNodeConfig {
             heartbeat_timeout: super::namesrv::DEFAULT_BROKER_TIMEOUT,
             tier: None,
             adopt: Vec::new(),
+            ha: None,
         }
     }
 }
@@ -319,6 +322,84 @@ async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted
     })
 }
 
+/// What a replica takes from its primary besides the CommitLog: topics, groups and consumer
+/// offsets.
+struct BrokerMeta(Arc<Broker>);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MetaSnapshot {
+    topics: Vec<TopicConfig>,
+    groups: Vec<GroupConfig>,
+    offsets: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, u64>>,
+}
+
+impl crate::ha::MetaSync for BrokerMeta {
+    fn snapshot(&self) -> bytes::Bytes {
+        let snapshot = MetaSnapshot {
+            topics: self.0.metadata.topics(),
+            groups: self.0.metadata.groups(),
+            offsets: self.0.store.consumer_offsets().export().1,
+        };
+        bytes::Bytes::from(serde_json::to_vec(&snapshot).expect("plain data"))
+    }
+
+    fn apply(&self, snapshot: &[u8]) -> Result<(), String> {
+        let s: MetaSnapshot = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        let m = &self.0.metadata;
+        for t in s.topics {
+            if m.topic(&t.name).as_ref() != Some(&t) {
+                m.put_topic(t).map_err(|e| e.to_string())?;
+            }
+        }
+        for g in s.groups {
+            if m.group(&g.name).as_ref() != Some(&g) {
+                m.put_group(g).map_err(|e| e.to_string())?;
+            }
+        }
+        self.0.store.consumer_offsets().import(s.offsets);
+        Ok(())
+    }
+}
+
+/// Starts replication for a node in a broker group: the HA port of a primary, or the link of
+/// a replica to its primary.
+async fn start_ha(
+    ha: &crate::ha::HaConfig,
+    broker: &Arc<Broker>,
+    store: &Arc<MessageStore>,
+    root: &std::path::Path,
+    broker_id: i64,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    ha.validate()
+        .map_err(|e| anyhow::anyhow!("invalid ha configuration: {e}"))?;
+    let epochs = Arc::new(crate::ha::epoch::EpochFile::open(root)?);
+    let meta = Arc::new(BrokerMeta(Arc::clone(broker)));
+    let group = broker.config.broker_name.clone();
+    Ok(match &ha.primary {
+        None => {
+            let listener = tokio::net::TcpListener::bind(ha.listen)
+                .await
+                .with_context(|| format!("binding the HA port {}", ha.listen))?;
+            tracing::info!(ha = %listener.local_addr()?, replication = ?ha.replication, "HA port listening (primary)");
+            let primary =
+                crate::ha::Primary::new(Arc::clone(store), epochs, ha.clone(), &group, 0, meta)?;
+            tokio::spawn(primary.serve(listener, stopped))
+        }
+        Some(addr) => {
+            let replica = crate::ha::Replica {
+                store: Arc::clone(store),
+                epochs,
+                group,
+                broker_id,
+                primary: addr.clone(),
+                meta,
+            };
+            tokio::spawn(replica.run(stopped))
+        }
+    })
+}
+
 /// Runs a store node until `shutdown` resolves.
 pub async fn run(
     mut cfg: StoreNodeConfig,
@@ -339,6 +420,9 @@ pub async fn run(
     }
     cfg.adopt
         .retain(|a| a.node.as_ref().is_none_or(|n| *n == name) && a.broker_name != name);
+    if cfg.ha.as_ref().is_some_and(|h| h.primary.is_some()) && cfg.tier.take().is_some() {
+        tracing::warn!("tiered storage is off on a replica: only a group's primary uploads");
+    }
     let tier = super::standalone::open_tier(cfg.tier.clone(), &mut cfg.store)?;
     let store = Arc::new(
         MessageStore::open(cfg.store.clone())
@@ -440,6 +524,19 @@ pub async fn run(
     tasks.push(spawn_client_scan(Arc::clone(&handler)));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(ha) = &cfg.ha {
+        tasks.push(
+            start_ha(
+                ha,
+                &broker,
+                &store,
+                &cfg.store.root_dir,
+                cfg.broker_id,
+                stopped.clone(),
+            )
+            .await?,
+        );
+    }
     let mut adopted = Vec::new();
     for a in &cfg.adopt {
         let mut node = adopt(a, &cfg).await?;

@@ -422,6 +422,225 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Where whole records end in `[offset, limit)`, going no further than `max_bytes` past
+    /// `offset` (but always over at least one record): a replication chunk. A blank record
+    /// ends the chunk at its segment's end. Returns the chunk's end, `offset` when nothing is
+    /// there yet, an error for a record that cannot be stepped over.
+    pub fn chunk_end(&self, offset: u64, limit: u64, max_bytes: u64) -> Result<u64> {
+        let limit = limit.min(self.written());
+        let Some(seg) = self.segment_for(offset) else {
+            return Ok(offset);
+        };
+        let mut at = offset;
+        while at < limit.min(seg.end()) {
+            let pos = (at - seg.base()) as usize;
+            let avail = (limit.min(seg.end()) - at) as usize;
+            // SAFETY: below `written`, hence published.
+            let head = unsafe { seg.read_slice(pos, avail.min(BLANK_MARKER_LEN)) };
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: seg.path().to_owned(),
+                position: at - seg.base(),
+                reason,
+            };
+            match record::peek_size(head).map_err(|e| corrupt(e.to_string()))? {
+                None => break,
+                Some((_, record::MAGIC_BLANK)) => return Ok(seg.end()),
+                Some((size, _)) => {
+                    let next = at + u64::from(size);
+                    if size < BLANK_MARKER_LEN as u32 || next > seg.end() {
+                        return Err(corrupt(format!("record size {size} out of bounds")));
+                    }
+                    if next > limit || (at > offset && next - offset > max_bytes) {
+                        break;
+                    }
+                    at = next;
+                }
+            }
+        }
+        Ok(at)
+    }
+
+    /// The bytes a replica needs for `[offset, end)` (a chunk from [`CommitLog::chunk_end`]):
+    /// the records, where a trailing blank is sent as its 8-byte marker only.
+    pub fn chunk_bytes(&self, offset: u64, end: u64) -> Option<Bytes> {
+        let seg = self.segment_for(offset)?;
+        if end == seg.end() && end > offset {
+            // Up to the last record, then the blank marker (if the segment ends in one).
+            let mut at = offset;
+            let mut last = offset;
+            while let Some(len) = self.record_len_at(&seg, at) {
+                last = at;
+                at += len;
+                if at >= end {
+                    break;
+                }
+            }
+            let marker_at = if at >= end { last } else { at };
+            let bytes_end = (marker_at + BLANK_MARKER_LEN as u64).min(end);
+            // SAFETY: below `written`, hence published.
+            return Some(unsafe {
+                seg.bytes(
+                    (offset - seg.base()) as usize,
+                    (bytes_end - offset) as usize,
+                )
+            });
+        }
+        self.read(offset, (end - offset) as u32)
+    }
+
+    /// The length of the record at `at` within `seg`, a blank counting to the segment's end.
+    fn record_len_at(&self, seg: &Segment, at: u64) -> Option<u64> {
+        if at + BLANK_MARKER_LEN as u64 > seg.end().min(self.written()) {
+            return None;
+        }
+        // SAFETY: below `written`, hence published.
+        let head = unsafe { seg.read_slice((at - seg.base()) as usize, BLANK_MARKER_LEN) };
+        match record::peek_size(head) {
+            Ok(Some((_, record::MAGIC_BLANK))) => Some(seg.end() - at),
+            Ok(Some((size, _))) if size as usize >= BLANK_MARKER_LEN => Some(u64::from(size)),
+            _ => None,
+        }
+    }
+
+    /// Appends records copied from a primary's log, which start at `offset` (this log's
+    /// written offset, or a segment start when this log holds nothing). `bytes` are whole
+    /// message records, optionally ended by a blank marker, which fills the segment. Each
+    /// record's stored physical offset must match where it lands. Returns the new written
+    /// offset.
+    pub fn append_raw(&self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let mut writer = self.writer.lock();
+        let empty = self.segments.read().is_empty();
+        if offset != writer.offset && !(empty && offset.is_multiple_of(self.segment_size)) {
+            return Err(StoreError::Replication(format!(
+                "replicated bytes start at {offset}, but this log ends at {}",
+                writer.offset
+            )));
+        }
+        // Validate the chunk before writing anything.
+        let seg_base = offset / self.segment_size * self.segment_size;
+        let seg_end = seg_base + self.segment_size;
+        let mut at = 0usize;
+        let mut end = offset;
+        while at < bytes.len() {
+            let bad = |reason: String| {
+                StoreError::Replication(format!(
+                    "replicated record at {}: {reason}",
+                    offset + at as u64
+                ))
+            };
+            let (size, magic) = record::peek_size(&bytes[at..])
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad("zeros where a record was expected".into()))?;
+            let here = offset + at as u64;
+            if magic == record::MAGIC_BLANK {
+                if here + u64::from(size) != seg_end || at + BLANK_MARKER_LEN != bytes.len() {
+                    return Err(bad(format!(
+                        "blank of {size} bytes does not end the segment"
+                    )));
+                }
+                end = seg_end;
+                at = bytes.len();
+                continue;
+            }
+            let size = size as usize;
+            if size < BLANK_MARKER_LEN || at + size > bytes.len() {
+                return Err(bad(format!("size {size} does not fit the chunk")));
+            }
+            if record::physical_offset_of(&bytes[at..at + size]) != Some(here) {
+                return Err(bad("its stored physical offset differs".into()));
+            }
+            if here + size as u64 + BLANK_MARKER_LEN as u64 > seg_end {
+                return Err(bad("it crosses a segment end".into()));
+            }
+            at += size;
+            end = here + size as u64;
+        }
+        if bytes.is_empty() {
+            return Ok(writer.offset);
+        }
+        let seg = match writer.current.clone() {
+            Some(seg) if seg.contains(offset) => seg,
+            _ => {
+                let seg = Arc::new(Segment::create(&self.dir, seg_base, self.segment_size)?);
+                self.segments.write().push(Arc::clone(&seg));
+                writer.current = Some(Arc::clone(&seg));
+                seg
+            }
+        };
+        // SAFETY: append lock held (sole writer); the range is beyond the published offset.
+        unsafe { seg.write_at((offset - seg_base) as usize, bytes) }?;
+        // Queue offsets come from the primary: what this log assigned before is stale.
+        writer.queue_offsets = QueueOffsetTable::default();
+        writer.offset = end;
+        writer.staged_at = end;
+        if empty {
+            self.flushed.store(offset, Ordering::Release);
+            self.released.store(offset, Ordering::Relaxed);
+        }
+        self.written.store(end, Ordering::Release);
+        Ok(end)
+    }
+
+    /// Seeds the next queue offsets (a promoted replica: records not dispatched yet assigned
+    /// offsets the ConsumeQueues do not show).
+    pub fn seed_queue_offsets(&self, next: &HashMap<(String, i32), u64>) {
+        let mut writer = self.writer.lock();
+        writer.queue_offsets = QueueOffsetTable::default();
+        for ((topic, queue), offset) in next {
+            writer
+                .queue_offsets
+                .topics
+                .entry(topic.clone())
+                .or_default()
+                .insert(*queue, *offset);
+        }
+    }
+
+    /// Cuts the log at `end` (a record boundary at or below the written offset) while it is
+    /// in use: a replica discarding what diverged from its primary. Bytes beyond `end` are
+    /// zeroed in place (the file keeps its size, so mappings stay valid) and later segments
+    /// are deleted. Nothing beyond `end` may have been handed to readers (it was never
+    /// confirmed).
+    pub fn truncate(&self, end: u64) -> Result<Vec<PathBuf>> {
+        let mut writer = self.writer.lock();
+        let _flush = self.flush_lock.lock();
+        if end >= writer.offset {
+            return Ok(Vec::new());
+        }
+        let mut removed = Vec::new();
+        {
+            let mut segments = self.segments.write();
+            while let Some(last) = segments.last() {
+                if last.base() < end || (last.base() == end && segments.len() == 1) {
+                    break;
+                }
+                let last = segments.pop().expect("checked");
+                std::fs::remove_file(last.path()).at(last.path())?;
+                removed.push(last.path().to_owned());
+            }
+            if let Some(last) = segments.last()
+                && last.contains(end)
+            {
+                last.zero_range(end - last.base())?;
+            }
+            writer.current = segments.last().cloned();
+        }
+        if !removed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        writer.offset = end;
+        writer.staged_at = end;
+        writer.queue_offsets = QueueOffsetTable::default();
+        self.written.store(end, Ordering::Release);
+        if self.flushed() > end {
+            self.flushed.store(end, Ordering::Release);
+        }
+        if self.released.load(Ordering::Relaxed) > end {
+            self.released.store(end / 4096 * 4096, Ordering::Relaxed);
+        }
+        Ok(removed)
+    }
+
     /// Fills the rest of the segment being written with a blank record, so that it is sealed
     /// now rather than when it fills up (a node being drained hands its last bytes to a tier).
     /// The next append starts a new segment. Returns whether anything was sealed.

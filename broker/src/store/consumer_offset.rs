@@ -109,6 +109,31 @@ impl ConsumerOffsetStore {
             .and_then(|q| q.get(&queue_id).copied())
     }
 
+    /// The whole table ("topic@group" -> queue id -> offset) and its version: what a
+    /// primary sends its replicas.
+    pub fn export(&self) -> (u64, BTreeMap<String, BTreeMap<i32, u64>>) {
+        let t = self.table.lock();
+        let table = t
+            .offsets
+            .iter()
+            .map(|(k, q)| (k.clone(), q.iter().map(|(i, o)| (*i, *o)).collect()))
+            .collect();
+        (t.version, table)
+    }
+
+    /// Replaces the table with a primary's (a replica follows its primary's progress).
+    pub fn import(&self, table: BTreeMap<String, BTreeMap<i32, u64>>) {
+        let mut t = self.table.lock();
+        let offsets: HashMap<String, HashMap<i32, u64>> = table
+            .into_iter()
+            .map(|(k, q)| (k, q.into_iter().collect()))
+            .collect();
+        if offsets != t.offsets {
+            t.offsets = offsets;
+            t.version += 1;
+        }
+    }
+
     /// Every (topic, queue id, offset) the group has committed.
     pub fn group_offsets(&self, group: &str) -> Vec<(String, i32, u64)> {
         let suffix = format!("@{group}");

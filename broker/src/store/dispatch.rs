@@ -210,24 +210,31 @@ pub fn dispatch_all(inner: &Inner, mut from: u64, limit: u64) -> Result<u64> {
 pub fn run(inner: Arc<Inner>) {
     loop {
         let stopping = inner.shutdown.load(Ordering::Acquire);
+        let guard = inner.dispatch_lock.lock();
         let from = inner.dispatched.load(Ordering::Acquire);
         let limit = inner.confirmed();
         if from >= limit {
+            drop(guard);
             if stopping && inner.flusher_done.load(Ordering::Acquire) {
                 return;
             }
             inner.dispatch_signal.wait(Duration::from_millis(50));
             continue;
         }
-        match dispatch_batch(&inner, from, limit) {
+        let result = dispatch_batch(&inner, from, limit);
+        if let Ok(next) = result
+            && next > from
+        {
+            inner.dispatched.store(next, Ordering::Release);
+            inner.dispatched_tx.send_replace(next);
+        }
+        drop(guard);
+        match result {
             Ok(next) if next == from => {
                 // A segment boundary whose next segment is not there yet: wait for it.
                 inner.dispatch_signal.wait(Duration::from_millis(10));
             }
-            Ok(next) => {
-                inner.dispatched.store(next, Ordering::Release);
-                inner.dispatched_tx.send_replace(next);
-            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(error = %e, offset = from, "dispatch failed; retrying");
                 std::thread::sleep(Duration::from_millis(200));

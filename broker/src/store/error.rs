@@ -42,6 +42,18 @@ pub enum StoreError {
         physical_offset: u64,
         reason: String,
     },
+    #[error("this node is a replica in its broker group; writes go to the group's primary")]
+    NotPrimary,
+    #[error(
+        "only {in_sync} of the broker group's nodes are in sync, fewer than minInSyncReplicas = {min}; writes are refused until replicas catch up"
+    )]
+    NotEnoughInSyncReplicas { in_sync: usize, min: usize },
+    #[error(
+        "the in-sync replicas did not confirm the message within {0:?}; it is written on the primary but not yet replicated"
+    )]
+    ReplicationTimeout(std::time::Duration),
+    #[error("replication: {0}")]
+    Replication(String),
     #[error("invalid store configuration: {field}: {reason}")]
     Config { field: &'static str, reason: String },
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
@@ -107,6 +107,43 @@ pub struct Inner {
     pub(crate) flusher_done: AtomicBool,
     pub(crate) retention_hook: RwLock<Option<RetentionHook>>,
     pub(crate) cold_reader: RwLock<Option<Arc<dyn ColdReader>>>,
+    pub(crate) replication: Replication,
+    /// Held by the dispatcher while it dispatches a batch, and by a truncation.
+    pub(crate) dispatch_lock: Mutex<()>,
+}
+
+/// The store's side of replication in a broker group (driven by `crate::ha`).
+pub(crate) struct Replication {
+    /// Dispatch (so consumers) never goes past this: the offset every in-sync replica holds
+    /// (`u64::MAX`: no such limit).
+    confirm_limit: AtomicU64,
+    /// A replica refuses client writes; its log grows only from its primary.
+    replica: AtomicBool,
+    /// SYNC replication: a put is acknowledged once `acked` reaches its end.
+    sync: AtomicBool,
+    timeout: Mutex<std::time::Duration>,
+    acked_tx: watch::Sender<u64>,
+    /// Puts are refused while fewer than `min_in_sync` nodes (the primary included) are in
+    /// sync.
+    in_sync: AtomicUsize,
+    min_in_sync: AtomicUsize,
+    /// Woken whenever the written offset moves (replication senders wait on it).
+    written: tokio::sync::Notify,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            confirm_limit: AtomicU64::new(u64::MAX),
+            replica: AtomicBool::new(false),
+            sync: AtomicBool::new(false),
+            timeout: Mutex::new(std::time::Duration::from_secs(3)),
+            acked_tx: watch::Sender::new(0),
+            in_sync: AtomicUsize::new(1),
+            min_in_sync: AtomicUsize::new(1),
+            written: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// Reads CommitLog bytes that are no longer held locally (tiered storage).
@@ -124,10 +161,11 @@ impl Inner {
     /// What the dispatcher may hand to consumers: durable bytes under SYNC_FLUSH, written ones
     /// under ASYNC_FLUSH.
     pub(crate) fn confirmed(&self) -> u64 {
-        match self.config.flush_policy {
+        let local = match self.config.flush_policy {
             FlushPolicy::SyncFlush => self.commitlog.flushed(),
             FlushPolicy::AsyncFlush => self.commitlog.written(),
-        }
+        };
+        local.min(self.replication.confirm_limit.load(Ordering::Acquire))
     }
 
     /// Makes ConsumeQueues, indexes and consumer offsets durable, then records how far.
@@ -235,6 +273,8 @@ impl MessageStore {
             flusher_done: AtomicBool::new(false),
             retention_hook: RwLock::new(None),
             cold_reader: RwLock::new(None),
+            replication: Replication::default(),
+            dispatch_lock: Mutex::new(()),
             config,
         });
         if !inner.config.tiered {
@@ -322,13 +362,26 @@ impl MessageStore {
         if inner.shutdown.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);
         }
+        let r = &inner.replication;
+        if r.replica.load(Ordering::Acquire) {
+            return Err(StoreError::NotPrimary);
+        }
+        let (in_sync, min) = (
+            r.in_sync.load(Ordering::Acquire),
+            r.min_in_sync.load(Ordering::Acquire),
+        );
+        if in_sync < min {
+            return Err(StoreError::NotEnoughInSyncReplicas { in_sync, min });
+        }
         let load = |topic: &str, queue_id: i32| -> Result<u64> {
             Ok(inner
                 .queues
                 .existing(topic, queue_id)?
                 .map_or(0, |q| q.max_offset()))
         };
-        inner.commitlog.append(prepared, &load, on_appended)
+        let result = inner.commitlog.append(prepared, &load, on_appended);
+        r.written.notify_waiters();
+        result
     }
 
     /// Waits until bytes up to `end` may be acknowledged under the flush policy.
@@ -349,7 +402,165 @@ impl MessageStore {
                 inner.dispatch_signal.notify();
                 Ok(())
             }
+        }?;
+        let r = &inner.replication;
+        if r.sync.load(Ordering::Acquire) {
+            let timeout = *r.timeout.lock();
+            let mut rx = r.acked_tx.subscribe();
+            let wait = rx.wait_for(|acked| *acked >= end);
+            match tokio::time::timeout(timeout, wait).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(StoreError::ShutDown),
+                Err(_) => return Err(StoreError::ReplicationTimeout(timeout)),
+            }
         }
+        Ok(())
+    }
+
+    /// Makes this store a replica (client writes refused, the log grows from the primary
+    /// only) or a primary.
+    pub fn set_replica(&self, replica: bool) {
+        self.inner
+            .replication
+            .replica
+            .store(replica, Ordering::Release);
+    }
+
+    /// Whether the CommitLog holds no segment at all (a fresh store).
+    pub fn log_is_empty(&self) -> bool {
+        self.inner.commitlog.segments().is_empty()
+    }
+
+    pub fn is_replica(&self) -> bool {
+        self.inner.replication.replica.load(Ordering::Acquire)
+    }
+
+    /// Consumers see nothing past `limit` (`u64::MAX`: no limit): what every in-sync replica
+    /// holds, on a primary; the primary's confirm offset, on a replica.
+    pub fn set_confirm_limit(&self, limit: u64) {
+        let r = &self.inner.replication;
+        let old = r.confirm_limit.swap(limit, Ordering::AcqRel);
+        if limit > old {
+            self.inner.dispatch_signal.notify();
+        }
+    }
+
+    /// SYNC replication (a put waits for the in-sync replicas, see
+    /// [`MessageStore::set_replicated`]) or not, and how long a put waits.
+    pub fn set_sync_replication(&self, sync: bool, timeout: std::time::Duration) {
+        let r = &self.inner.replication;
+        *r.timeout.lock() = timeout;
+        r.sync.store(sync, Ordering::Release);
+    }
+
+    /// How far the replicas that a SYNC put waits for hold the log.
+    pub fn set_replicated(&self, offset: u64) {
+        self.inner.replication.acked_tx.send_if_modified(|v| {
+            let changed = *v != offset;
+            *v = offset;
+            changed
+        });
+    }
+
+    /// How many nodes (the primary included) are in sync, and the fewest that accept writes.
+    pub fn set_in_sync(&self, in_sync: usize, min: usize) {
+        let r = &self.inner.replication;
+        r.in_sync.store(in_sync, Ordering::Release);
+        r.min_in_sync.store(min, Ordering::Release);
+    }
+
+    /// Resolves once the written offset may have moved past what the caller saw.
+    pub fn written_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.replication.written.notified()
+    }
+
+    /// A replication chunk from `offset`: whole records up to about `max_bytes` (see
+    /// [`CommitLog::chunk_end`]), below `limit`. `Ok(None)`: nothing new yet.
+    pub fn read_chunk(&self, offset: u64, max_bytes: u64) -> Result<Option<(u64, bytes::Bytes)>> {
+        let log = &self.inner.commitlog;
+        let end = log.chunk_end(offset, u64::MAX, max_bytes)?;
+        if end <= offset {
+            return Ok(None);
+        }
+        Ok(log.chunk_bytes(offset, end).map(|b| (end, b)))
+    }
+
+    /// Appends records replicated from the primary at `offset` (see
+    /// [`CommitLog::append_raw`]); returns the new written offset.
+    pub fn append_replicated(&self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let inner = &self.inner;
+        if inner.shutdown.load(Ordering::Acquire) {
+            return Err(StoreError::ShutDown);
+        }
+        let was_empty = inner.commitlog.segments().is_empty();
+        if was_empty {
+            let _d = inner.dispatch_lock.lock();
+            let end = inner.commitlog.append_raw(offset, bytes)?;
+            inner.dispatched.store(offset, Ordering::Release);
+            inner.dispatched_tx.send_replace(offset);
+            inner.flushed_tx.send_replace(offset);
+            drop(_d);
+            inner.flush_signal.notify();
+            inner.dispatch_signal.notify();
+            return Ok(end);
+        }
+        let end = inner.commitlog.append_raw(offset, bytes)?;
+        inner.replication.written.notify_waiters();
+        inner.flush_signal.notify();
+        inner.dispatch_signal.notify();
+        Ok(end)
+    }
+
+    /// Cuts the log at `end` (a record boundary), with the queue entries beyond it: what a
+    /// replica does when its log diverged from its primary's after a failover.
+    pub fn truncate_to(&self, end: u64) -> Result<()> {
+        let inner = &self.inner;
+        let _d = inner.dispatch_lock.lock();
+        let removed = inner.commitlog.truncate(end)?;
+        let mut dropped = 0;
+        if inner.dispatched.load(Ordering::Acquire) > end {
+            for (_, _, q) in inner.queues.all() {
+                dropped += q.truncate_beyond(end)?;
+            }
+            inner.dispatched.store(end, Ordering::Release);
+            inner.dispatched_tx.send_replace(end);
+        }
+        inner.flushed_tx.send_if_modified(|f| {
+            let changed = *f > end;
+            *f = (*f).min(end);
+            changed
+        });
+        tracing::warn!(
+            end,
+            segments_removed = removed.len(),
+            queue_entries_dropped = dropped,
+            "CommitLog truncated (diverged from the primary)"
+        );
+        Ok(())
+    }
+
+    /// Turns a replica into the primary: the next queue offsets are taken from everything it
+    /// holds (records past the dispatched offset included), then client writes are accepted.
+    pub fn promote(&self) -> Result<()> {
+        let inner = &self.inner;
+        let from = inner.dispatched.load(Ordering::Acquire);
+        let written = inner.commitlog.written();
+        let mut next: std::collections::HashMap<(String, i32), u64> = Default::default();
+        let mut at = from;
+        while at < written {
+            let (entries, reached) = dispatch::scan(inner, at, written, 4096)?;
+            for e in entries {
+                let slot = next.entry((e.topic, e.queue_id)).or_insert(0);
+                *slot = (*slot).max(e.queue_offset + 1);
+            }
+            if reached == at {
+                break;
+            }
+            at = reached;
+        }
+        inner.commitlog.seed_queue_offsets(&next);
+        self.set_replica(false);
+        Ok(())
     }
 
     /// Up to `max` messages of a queue from logical offset `offset`.

@@ -310,6 +310,12 @@ pub fn encode_blank(buf: &mut [u8], len: u32) {
     buf[4..8].copy_from_slice(&MAGIC_BLANK.to_be_bytes());
 }
 
+/// The PHYSICALOFFSET field of an encoded message record (`None` when too short).
+pub fn physical_offset_of(record: &[u8]) -> Option<u64> {
+    let field = record.get(PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8)?;
+    Some(u64::from_be_bytes(field.try_into().expect("8 bytes")))
+}
+
 /// Rewrites the queue offset and physical offset of an encoded record in place.
 pub fn patch_offsets(record: &mut [u8], queue_offset: u64, physical_offset: u64) {
     record[QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8].copy_from_slice(&queue_offset.to_be_bytes());

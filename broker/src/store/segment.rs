@@ -222,6 +222,37 @@ impl Segment {
         self.file.sync_all().at(&self.path)
     }
 
+    /// Zeroes everything from `pos` on while the segment is mapped: the range is punched out
+    /// (reads as zeros; the file keeps its size, so a mapping never faults past its end) and
+    /// its blocks are reserved again. For a log cut while in use: no reader may hold the range.
+    pub fn zero_range(&self, pos: u64) -> Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        if pos >= self.size {
+            return Ok(());
+        }
+        let len = self.size - pos;
+        match fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            pos,
+            len,
+        ) {
+            Ok(()) => preallocate(&self.file, &self.path, pos, len)?,
+            // Without hole punching, write the zeros.
+            Err(_) => {
+                use std::os::unix::fs::FileExt;
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = pos;
+                while at < self.size {
+                    let n = (self.size - at).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], at).at(&self.path)?;
+                    at += n as u64;
+                }
+            }
+        }
+        self.file.sync_all().at(&self.path)
+    }
+
     /// Last-modified time of the file (retention's age).
     pub fn modified(&self) -> Result<std::time::SystemTime> {
         self.file

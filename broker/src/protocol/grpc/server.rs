@@ -86,6 +86,9 @@ fn code_of(e: &ServiceError) -> Code {
         ServiceError::Store(StoreError::InvalidQueueId(_)) => Code::BadRequest,
         ServiceError::Store(StoreError::MalformedProperties) => Code::IllegalMessagePropertyKey,
         ServiceError::Store(StoreError::FlushTimeout(_)) => Code::MasterPersistenceTimeout,
+        ServiceError::Store(StoreError::NotPrimary)
+        | ServiceError::Store(StoreError::NotEnoughInSyncReplicas { .. }) => Code::HaNotAvailable,
+        ServiceError::Store(StoreError::ReplicationTimeout(_)) => Code::SlavePersistenceTimeout,
         ServiceError::Store(_) => Code::InternalServerError,
     }
 }

@@ -104,6 +104,12 @@ impl From<ServiceError> for Refusal {
             | ServiceError::IllegalDeliveryTime(_) => rs::MESSAGE_ILLEGAL,
             ServiceError::Filter(_) => rs::SUBSCRIPTION_PARSE_FAILED,
             ServiceError::Metadata(_) => rs::SYSTEM_ERROR,
+            // A replica, or a primary short of in-sync replicas (RocketMQ answers a put on a
+            // slave with SERVICE_NOT_AVAILABLE): the client retries, elsewhere or later.
+            ServiceError::Store(
+                crate::store::StoreError::NotPrimary
+                | crate::store::StoreError::NotEnoughInSyncReplicas { .. },
+            ) => rs::SERVICE_NOT_AVAILABLE,
             _ => rs::SYSTEM_ERROR,
         };
         Refusal(code, e.to_string())

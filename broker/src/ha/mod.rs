@@ -1,0 +1,663 @@
+//! Replication inside a broker group: one primary, any number of replicas, each with its own
+//! store. A replica connects to its primary's HA port and receives CommitLog records from its
+//! own written offset on; its dispatcher builds ConsumeQueues and indexes from them exactly as
+//! the primary's did. Consumer offsets and topic/group metadata follow every second (timers and
+//! transactions keep their progress as consumer offsets of system groups and their messages in
+//! the CommitLog, so they follow too).
+//!
+//! The primary keeps the in-sync set (RocketMQ's SyncStateSet): a replica joins once it acked
+//! everything the primary had when a chunk was cut at the head of the log, and leaves when it
+//! has not been at the head for `maxLag`, or disconnects. Consumers never see past what every
+//! in-sync replica holds (the confirm offset). With SYNC replication a put is acknowledged once
+//! the in-sync replicas hold it (all of them with `allAckInSyncStateSet`, else
+//! `inSyncReplicas - 1` of them); with fewer than `minInSyncReplicas` nodes in sync the primary
+//! refuses puts rather than acknowledge what it could not replicate.
+//!
+//! Each primary term has an epoch; a replica cuts its log at the end of the last epoch it
+//! shares with its primary before catching up (see [`epoch`]).
+
+pub mod epoch;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::store::{MessageStore, StoreError};
+use epoch::EpochFile;
+use wire::{Frame, Hello, Welcome, WireError};
+
+/// Records per Data frame: about this many bytes (at least one whole record).
+const CHUNK_BYTES: u64 = 1 << 20;
+/// How often an idle link carries a heartbeat (and the confirm offset).
+const BEAT_EVERY: Duration = Duration::from_millis(500);
+/// How soon a changed confirm offset reaches replicas when no data flows.
+const CONFIRM_EVERY: Duration = Duration::from_millis(20);
+/// How often metadata and consumer offsets are sent when they changed.
+const META_EVERY: Duration = Duration::from_secs(1);
+/// A replica receiving a continuous stream acks at least this often.
+const ACK_EVERY: Duration = Duration::from_millis(2);
+/// A link that carried nothing for this long is dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicationMode {
+    /// Acknowledge after the primary's own write/flush; replicas follow.
+    #[default]
+    Async,
+    /// Acknowledge once the in-sync replicas hold the message.
+    Sync,
+}
+
+/// A store node's replication settings (`ha` in its configuration).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// Where the HA port listens (a primary serves its replicas there).
+    pub listen: SocketAddr,
+    /// `host:port` of the primary's HA port; set on a replica.
+    pub primary: Option<String>,
+    pub replication: ReplicationMode,
+    /// Fewest nodes in sync, the primary included, for the primary to accept puts.
+    pub min_in_sync_replicas: usize,
+    /// SYNC: wait for every in-sync replica (else for `inSyncReplicas - 1` of them).
+    pub all_ack_in_sync_state_set: bool,
+    /// SYNC without `allAckInSyncStateSet`: nodes, the primary included, that must hold a
+    /// message before it is acknowledged.
+    pub in_sync_replicas: usize,
+    /// A replica that has not been at the head of the log for this long leaves the in-sync
+    /// set (RocketMQ's `haMaxTimeSlaveNotCatchup`).
+    #[serde(with = "crate::store::config::millis")]
+    pub max_lag: Duration,
+    /// How long a SYNC put waits for the replicas before failing.
+    #[serde(with = "crate::store::config::millis")]
+    pub sync_timeout: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10913)),
+            primary: None,
+            replication: ReplicationMode::Async,
+            min_in_sync_replicas: 1,
+            all_ack_in_sync_state_set: false,
+            in_sync_replicas: 1,
+            max_lag: Duration::from_secs(15),
+            sync_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl HaConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_in_sync_replicas == 0 || self.in_sync_replicas == 0 {
+            return Err("minInSyncReplicas and inSyncReplicas must be at least 1".into());
+        }
+        if self.max_lag < Duration::from_millis(100) {
+            return Err("maxLag must be at least 100 ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// What besides the CommitLog a replica takes from its primary (metadata, consumer offsets).
+/// The primary sends a snapshot every second when its bytes changed.
+pub trait MetaSync: Send + Sync {
+    fn snapshot(&self) -> Bytes;
+    fn apply(&self, snapshot: &[u8]) -> Result<(), String>;
+}
+
+/// Consumer offsets only (what a bare store replicates).
+pub struct OffsetSync(pub Arc<MessageStore>);
+
+impl MetaSync for OffsetSync {
+    fn snapshot(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(&self.0.consumer_offsets().export().1).expect("plain data"))
+    }
+    fn apply(&self, snapshot: &[u8]) -> Result<(), String> {
+        let table = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        self.0.consumer_offsets().import(table);
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the primary refused this replica: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl From<std::io::Error> for HaError {
+    fn from(e: std::io::Error) -> Self {
+        HaError::Wire(WireError::Io(e))
+    }
+}
+
+/// One replica as the primary sees it.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Its written offset, from its last ack.
+    acked: u64,
+    in_sync: bool,
+    /// Last time it acked everything the primary had when a chunk was cut.
+    caught_up_at: Instant,
+    /// The end of the last chunk that reached the head of the primary's log.
+    head_end: u64,
+    /// Which connection owns this entry (a reconnect replaces it).
+    link: u64,
+}
+
+/// What the primary reports about one replica.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    pub broker_id: i64,
+    pub acked: u64,
+    pub in_sync: bool,
+}
+
+/// The primary side: serves replicas and keeps the in-sync set.
+pub struct Primary {
+    store: Arc<MessageStore>,
+    epochs: Arc<EpochFile>,
+    cfg: HaConfig,
+    group: String,
+    meta: Arc<dyn MetaSync>,
+    members: Mutex<HashMap<i64, Member>>,
+    links: std::sync::atomic::AtomicU64,
+}
+
+impl Primary {
+    /// Makes `store` the primary of `group` for `epoch` (0: keep the last epoch, or begin
+    /// epoch 1 on a log without history).
+    pub fn new(
+        store: Arc<MessageStore>,
+        epochs: Arc<EpochFile>,
+        cfg: HaConfig,
+        group: &str,
+        epoch: u64,
+        meta: Arc<dyn MetaSync>,
+    ) -> Result<Arc<Primary>, HaError> {
+        let written = store.log_offsets().written;
+        if epoch > epochs.last_epoch() || epochs.last_epoch() == 0 {
+            epochs.begin(epoch.max(1), written)?;
+        }
+        store.promote()?;
+        store.set_sync_replication(cfg.replication == ReplicationMode::Sync, cfg.sync_timeout);
+        let primary = Arc::new(Primary {
+            store,
+            epochs,
+            cfg,
+            group: group.to_owned(),
+            meta,
+            members: Mutex::new(HashMap::new()),
+            links: Default::default(),
+        });
+        primary.recompute(&primary.members.lock());
+        tracing::info!(
+            group,
+            epoch = primary.epochs.last_epoch(),
+            written,
+            "serving as the primary"
+        );
+        Ok(primary)
+    }
+
+    /// The in-sync replicas and their acks.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let mut out: Vec<_> = self
+            .members
+            .lock()
+            .iter()
+            .map(|(id, m)| ReplicaStatus {
+                broker_id: *id,
+                acked: m.acked,
+                in_sync: m.in_sync,
+            })
+            .collect();
+        out.sort_by_key(|r| r.broker_id);
+        out
+    }
+
+    /// Pushes the in-sync set's consequences into the store: the count (puts refused below
+    /// the minimum), the confirm offset, and what SYNC puts wait for.
+    fn recompute(&self, members: &HashMap<i64, Member>) {
+        let mut acked: Vec<u64> = members
+            .values()
+            .filter(|m| m.in_sync)
+            .map(|m| m.acked)
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let in_sync = acked.len() + 1;
+        self.store
+            .set_in_sync(in_sync, self.cfg.min_in_sync_replicas);
+        let min_acked = acked.last().copied().unwrap_or(u64::MAX);
+        self.store.set_confirm_limit(min_acked);
+        let replicated = if self.cfg.all_ack_in_sync_state_set {
+            min_acked
+        } else {
+            match self.cfg.in_sync_replicas - 1 {
+                0 => u64::MAX,
+                k => acked.get(k - 1).copied().unwrap_or(0),
+            }
+        };
+        self.store.set_replicated(replicated);
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<i64, Member>)) {
+        let mut members = self.members.lock();
+        let before: Vec<_> = members.iter().map(|(id, m)| (*id, m.in_sync)).collect();
+        f(&mut members);
+        for (id, m) in members.iter() {
+            if let Some((_, was)) = before.iter().find(|(i, _)| i == id)
+                && *was != m.in_sync
+            {
+                tracing::info!(group = %self.group, replica = id, in_sync = m.in_sync, acked = m.acked, "in-sync set changed");
+            }
+        }
+        self.recompute(&members);
+    }
+
+    /// Accepts replicas on `listener` until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let lag = {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move { me.watch_lag().await })
+        };
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            match accepted {
+                Ok((conn, peer)) => {
+                    let me = Arc::clone(&self);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.serve_replica(conn, shutdown).await {
+                            tracing::warn!(%peer, error = %e, "replication link closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a replica failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        lag.abort();
+    }
+
+    /// Drops replicas that have not been at the head of the log for `maxLag`.
+    async fn watch_lag(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let max_lag = self.cfg.max_lag;
+            let lagging = self
+                .members
+                .lock()
+                .values()
+                .any(|m| m.in_sync && m.caught_up_at.elapsed() > max_lag);
+            if lagging {
+                self.update(|members| {
+                    for m in members.values_mut() {
+                        if m.in_sync && m.caught_up_at.elapsed() > max_lag {
+                            m.in_sync = false;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn welcome(&self, hello: &Hello) -> Welcome {
+        let ours = self.epochs.entries();
+        let offsets = self.store.log_offsets();
+        let refuse = |error: String| Welcome {
+            error: Some(error),
+            ..Welcome::default()
+        };
+        if hello.group != self.group {
+            return refuse(format!(
+                "this is the primary of {:?}, not of {:?}",
+                self.group, hello.group
+            ));
+        }
+        if hello.segment_size != self.store.config().segment_size {
+            return refuse(format!(
+                "segment size {} differs from the primary's {}",
+                hello.segment_size,
+                self.store.config().segment_size
+            ));
+        }
+        if hello.empty {
+            return Welcome {
+                epochs: ours,
+                start: offsets.min,
+                ..Welcome::default()
+            };
+        }
+        let agreed = epoch::agreed_end(&ours, offsets.written, &hello.epochs, hello.end);
+        if agreed < offsets.min {
+            return refuse(format!(
+                "the replica's log agrees with the primary's only up to {agreed}, below the \
+                 primary's oldest local byte {}; empty the replica's data directory to copy \
+                 the group's log afresh",
+                offsets.min
+            ));
+        }
+        Welcome {
+            epochs: ours,
+            truncate_to: (agreed < hello.end).then_some(agreed),
+            start: agreed,
+            error: None,
+        }
+    }
+
+    async fn serve_replica(
+        self: Arc<Self>,
+        conn: TcpStream,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), HaError> {
+        conn.set_nodelay(true)?;
+        let (r, w) = conn.into_split();
+        let mut r = BufReader::new(r);
+        let mut w = BufWriter::with_capacity(64 << 10, w);
+        let hello = match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {
+            Ok(Ok(Some(Frame::Hello(h)))) => h,
+            Ok(Ok(other)) => {
+                return Err(HaError::Protocol(format!("expected Hello, got {other:?}")));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(HaError::Protocol("no Hello within the idle timeout".into())),
+        };
+        let welcome = self.welcome(&hello);
+        Frame::Welcome(welcome.clone()).write(&mut w).await?;
+        tokio::io::AsyncWriteExt::flush(&mut w).await?;
+        if let Some(error) = welcome.error {
+            return Err(HaError::Refused(error));
+        }
+        let id = hello.broker_id;
+        let link = self
+            .links
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        tracing::info!(group = %self.group, replica = id, start = welcome.start, truncate_to = ?welcome.truncate_to, "replica connected");
+        self.update(|members| {
+            members.insert(
+                id,
+                Member {
+                    acked: welcome.start,
+                    in_sync: false,
+                    caught_up_at: Instant::now(),
+                    head_end: u64::MAX,
+                    link,
+                },
+            );
+        });
+        // Acks, read concurrently with sending.
+        let acks = {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                loop {
+                    match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {
+                        Ok(Ok(Some(Frame::Ack { written }))) => me.on_ack(id, link, written),
+                        Ok(Ok(None)) => return Ok(()),
+                        Ok(Ok(Some(other))) => {
+                            return Err(HaError::Protocol(format!("expected Ack, got {other:?}")));
+                        }
+                        Ok(Err(e)) => return Err(HaError::from(e)),
+                        Err(_) => return Err(HaError::Protocol("replica silent".into())),
+                    }
+                }
+            })
+        };
+        let sent = tokio::select! {
+            r = self.send_loop(id, link, welcome.start, &mut w) => r,
+            r = acks => r.unwrap_or_else(|e| Err(HaError::Protocol(e.to_string()))),
+            _ = shutdown.changed() => Ok(()),
+        };
+        self.update(|members| {
+            if members.get(&id).is_some_and(|m| m.link == link) {
+                members.remove(&id);
+            }
+        });
+        tracing::info!(group = %self.group, replica = id, "replica disconnected");
+        sent
+    }
+
+    fn on_ack(&self, id: i64, link: u64, written: u64) {
+        let mut members = self.members.lock();
+        let Some(m) = members.get_mut(&id).filter(|m| m.link == link) else {
+            return;
+        };
+        m.acked = written;
+        if written >= m.head_end {
+            m.caught_up_at = Instant::now();
+            if !m.in_sync {
+                m.in_sync = true;
+                tracing::info!(group = %self.group, replica = id, acked = written, "replica joined the in-sync set");
+            }
+        }
+        if m.in_sync {
+            self.recompute(&members);
+        }
+    }
+
+    async fn send_loop<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        id: i64,
+        link: u64,
+        start: u64,
+        w: &mut W,
+    ) -> Result<(), HaError> {
+        use tokio::io::AsyncWriteExt;
+        let mut pos = start;
+        let mut last_confirm = u64::MAX;
+        let mut last_beat = Instant::now();
+        let mut last_meta = Instant::now() - META_EVERY;
+        let mut meta_version = None;
+        loop {
+            let changed = self.store.written_changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if last_meta.elapsed() >= META_EVERY {
+                last_meta = Instant::now();
+                let snapshot = self.meta.snapshot();
+                let v = crc32fast::hash(&snapshot);
+                if meta_version != Some(v) {
+                    meta_version = Some(v);
+                    Frame::Meta(snapshot).write(w).await?;
+                }
+            }
+            let offsets = self.store.log_offsets();
+            if let Some((end, records)) = self.store.read_chunk(pos, CHUNK_BYTES)? {
+                if end >= offsets.written
+                    && let Some(m) = self.members.lock().get_mut(&id).filter(|m| m.link == link)
+                {
+                    m.head_end = end;
+                }
+                last_confirm = offsets.confirmed;
+                Frame::Data {
+                    offset: pos,
+                    confirm: last_confirm,
+                    records,
+                }
+                .write(w)
+                .await?;
+                pos = end;
+                last_beat = Instant::now();
+                // Keep filling the socket while there is more; flush when caught up.
+                if end < offsets.written {
+                    continue;
+                }
+                w.flush().await?;
+                continue;
+            }
+            if pos >= offsets.written
+                && let Some(m) = self.members.lock().get_mut(&id).filter(|m| m.link == link)
+                && m.head_end == u64::MAX
+            {
+                // Nothing to send at all: the replica is at the head already.
+                m.head_end = pos;
+            }
+            if offsets.confirmed != last_confirm || last_beat.elapsed() >= BEAT_EVERY {
+                last_confirm = offsets.confirmed;
+                last_beat = Instant::now();
+                Frame::Beat {
+                    confirm: last_confirm,
+                }
+                .write(w)
+                .await?;
+                w.flush().await?;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(CONFIRM_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// The replica side: follows `primary` until `shutdown` turns true, reconnecting after
+/// failures.
+pub struct Replica {
+    pub store: Arc<MessageStore>,
+    pub epochs: Arc<EpochFile>,
+    pub group: String,
+    pub broker_id: i64,
+    pub primary: String,
+    pub meta: Arc<dyn MetaSync>,
+}
+
+impl Replica {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.store.set_replica(true);
+        // Until the primary vouches for it, nothing beyond what consumers could already see
+        // (the log may have diverged).
+        self.store
+            .set_confirm_limit(self.store.log_offsets().dispatched);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.follow() => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(primary = %self.primary, error = %e, "replication from the primary stopped; reconnecting");
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One connection: handshake, cut the log if it diverged, then apply what arrives.
+    pub async fn follow(&self) -> Result<(), HaError> {
+        let conn = TcpStream::connect(&self.primary).await?;
+        conn.set_nodelay(true)?;
+        let (r, w) = conn.into_split();
+        let mut r = BufReader::with_capacity(256 << 10, r);
+        let mut w = BufWriter::new(w);
+        let offsets = self.store.log_offsets();
+        let hello = Hello {
+            group: self.group.clone(),
+            broker_id: self.broker_id,
+            epochs: self.epochs.entries(),
+            end: offsets.written,
+            empty: self.store.log_is_empty(),
+            segment_size: self.store.config().segment_size,
+        };
+        Frame::Hello(hello).write(&mut w).await?;
+        tokio::io::AsyncWriteExt::flush(&mut w).await?;
+        let welcome = match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {
+            Ok(Ok(Some(Frame::Welcome(w)))) => w,
+            Ok(Ok(other)) => {
+                return Err(HaError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(HaError::Protocol(
+                    "no Welcome within the idle timeout".into(),
+                ));
+            }
+        };
+        if let Some(error) = welcome.error {
+            return Err(HaError::Refused(error));
+        }
+        if let Some(end) = welcome.truncate_to {
+            tracing::warn!(group = %self.group, from = offsets.written, to = end, "the log diverged from the primary's; cutting it");
+            self.store.truncate_to(end)?;
+        }
+        self.epochs.adopt(&welcome.epochs, u64::MAX)?;
+        tracing::info!(group = %self.group, primary = %self.primary, start = welcome.start, "following the primary");
+        let mut last_ack = Instant::now();
+        loop {
+            let frame = match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {
+                Ok(f) => f?,
+                Err(_) => return Err(HaError::Protocol("the primary went silent".into())),
+            };
+            match frame {
+                Some(Frame::Data {
+                    offset,
+                    confirm,
+                    records,
+                }) => {
+                    let written = self.store.append_replicated(offset, &records)?;
+                    self.store.set_confirm_limit(confirm.min(written));
+                    // Ack once the socket has no more data queued (one ack per burst), and at
+                    // least every few milliseconds of a continuous stream.
+                    if r.buffer().is_empty() || last_ack.elapsed() >= ACK_EVERY {
+                        last_ack = Instant::now();
+                        Frame::Ack { written }.write(&mut w).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut w).await?;
+                    }
+                }
+                Some(Frame::Beat { confirm }) => {
+                    let written = self.store.log_offsets().written;
+                    self.store.set_confirm_limit(confirm.min(written));
+                    Frame::Ack { written }.write(&mut w).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut w).await?;
+                }
+                Some(Frame::Meta(snapshot)) => {
+                    if let Err(e) = self.meta.apply(&snapshot) {
+                        tracing::warn!(error = %e, "applying the primary's metadata failed");
+                    }
+                }
+                Some(other) => {
+                    return Err(HaError::Protocol(format!("unexpected frame {other:?}")));
+                }
+                None => return Err(HaError::Protocol("the primary closed the link".into())),
+            }
+        }
+    }
+}
