@@ -3,6 +3,7 @@
 //! build on its public API.
 
 pub mod cli;
+pub mod controller;
 pub mod ha;
 pub mod logs;
 pub mod protocol;

@@ -28,6 +28,9 @@ enum Role {
     Proxy(ProxyArgs),
     /// Name server: the route registry store nodes register with and clients ask for routes.
     Namesrv(NamesrvArgs),
+    /// Controller: picks each broker group's primary and fails over to an in-sync replica;
+    /// run 3 (Raft) to survive the loss of one.
+    Controller(ControllerArgs),
     /// Command-line tool: topics, groups, progress, send and receive against a running broker.
     Admin(broker::cli::AdminArgs),
 }
@@ -119,6 +122,28 @@ fn namesrv_list(args: &[String]) -> Vec<String> {
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// YAML or JSON configuration file (camelCase fields); flags override it.
+    #[arg(long, env = "RMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// This controller's id, one of the `--peer` ids [default: 1].
+    #[arg(long, env = "RMQ_CONTROLLER_ID")]
+    id: Option<u64>,
+    /// Every controller as `id=host:port` (repeat); the same list on each [default: 1=127.0.0.1:9878].
+    #[arg(long = "peer", env = "RMQ_CONTROLLER_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Address of the HTTP port (Raft and the nodes' API) [default: 0.0.0.0:9878].
+    #[arg(long, env = "RMQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Raft log and state [default: data/controller].
+    #[arg(long, env = "RMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Milliseconds a node may stay silent before a new primary is elected [default: 3000].
+    #[arg(long, env = "RMQ_NODE_TIMEOUT_MS")]
+    node_timeout_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +261,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
         Role::Namesrv(args) => run_namesrv(args),
+        Role::Controller(args) => run_controller(args),
         Role::Store(args) => run_store(args),
         Role::Proxy(args) => run_proxy(args),
         Role::Admin(args) => broker::cli::run(args),
@@ -323,6 +349,43 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(broker::role::proxy::run(cfg, terminated()))
+}
+
+fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    use broker::controller::ControllerConfig;
+    let mut cfg: ControllerConfig = match &args.config {
+        Some(path) => broker::role::read_file(path)?,
+        None => ControllerConfig::default(),
+    };
+    if let Some(id) = args.id {
+        cfg.id = id;
+    }
+    if !args.peers.is_empty() {
+        cfg.peers = args
+            .peers
+            .iter()
+            .map(|p| {
+                let (id, addr) = p
+                    .split_once('=')
+                    .with_context(|| format!("--peer {p:?}: expected id=host:port"))?;
+                let id = id
+                    .parse()
+                    .with_context(|| format!("--peer {p:?}: the id is not a number"))?;
+                Ok((id, addr.to_owned()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(a) = args.listen {
+        cfg.listen = a;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(ms) = args.node_timeout_ms {
+        cfg.node_timeout = std::time::Duration::from_millis(ms);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(broker::controller::run(cfg, terminated()))
 }
 
 fn run_namesrv(args: NamesrvArgs) -> anyhow::Result<()> {

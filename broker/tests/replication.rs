@@ -64,7 +64,7 @@ async fn serve_primary(
         Arc::new(OffsetSync(Arc::clone(&node.store))),
     )
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, rx) = watch::channel(false);
     tokio::spawn(Arc::clone(&primary).serve(listener, rx));
@@ -80,6 +80,7 @@ fn follow(node: &Node, id: i64, addr: &str) -> watch::Sender<bool> {
         broker_id: id,
         primary: addr.into(),
         meta: Arc::new(OffsetSync(Arc::clone(&node.store))),
+        min_epoch: 0,
     };
     let (stop, rx) = watch::channel(false);
     tokio::spawn(replica.run(rx));

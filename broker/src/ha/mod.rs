@@ -16,6 +16,7 @@
 //! Each primary term has an epoch; a replica cuts its log at the end of the last epoch it
 //! shares with its primary before catching up (see [`epoch`]).
 
+pub mod controlled;
 pub mod epoch;
 pub mod wire;
 
@@ -64,6 +65,14 @@ pub enum ReplicationMode {
 pub struct HaConfig {
     /// Where the HA port listens (a primary serves its replicas there).
     pub listen: SocketAddr,
+    /// `host:port` other nodes reach the HA port at (defaults to the listen address).
+    pub advertise: Option<String>,
+    /// Controllers' HTTP addresses: when set, they decide which node of the group is primary
+    /// (and `primary` is ignored).
+    pub controllers: Vec<String>,
+    /// How often a node heartbeats to the controllers.
+    #[serde(with = "crate::store::config::millis")]
+    pub heartbeat_every: Duration,
     /// `host:port` of the primary's HA port; set on a replica.
     pub primary: Option<String>,
     pub replication: ReplicationMode,
@@ -87,6 +96,9 @@ impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 10913)),
+            advertise: None,
+            controllers: Vec::new(),
+            heartbeat_every: Duration::from_millis(500),
             primary: None,
             replication: ReplicationMode::Async,
             min_in_sync_replicas: 1,
@@ -154,7 +166,11 @@ impl From<std::io::Error> for HaError {
 struct Member {
     /// Its written offset, from its last ack.
     acked: u64,
+    /// In the in-sync set (as approved by the controllers, when there are).
     in_sync: bool,
+    /// What this primary judges: caught up recently and connected.
+    want: bool,
+    connected: bool,
     /// Last time it acked everything the primary had when a chunk was cut.
     caught_up_at: Instant,
     /// The end of the last chunk that reached the head of the primary's log.
@@ -181,6 +197,30 @@ pub struct Primary {
     meta: Arc<dyn MetaSync>,
     members: Mutex<HashMap<i64, Member>>,
     links: std::sync::atomic::AtomicU64,
+    /// This node's broker id (in the in-sync sets sent for approval).
+    self_id: i64,
+    epoch: u64,
+    approver: Option<Arc<dyn InSyncApprover>>,
+    approving: std::sync::atomic::AtomicBool,
+    /// Set when this term ends: nothing may change the store's replication state after.
+    ended: std::sync::atomic::AtomicBool,
+}
+
+/// Changes to the in-sync set go through the controllers when there are: a replica leaves or
+/// joins only once they recorded it, so that an election never picks a node that missed an
+/// acknowledged message.
+pub trait InSyncApprover: Send + Sync {
+    /// Asks for `in_sync` (the primary included) in `epoch`; answers the set now recorded.
+    fn approve(
+        &self,
+        epoch: u64,
+        in_sync: std::collections::BTreeSet<i64>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<std::collections::BTreeSet<i64>, String>>
+                + Send,
+        >,
+    >;
 }
 
 impl Primary {
@@ -194,11 +234,38 @@ impl Primary {
         epoch: u64,
         meta: Arc<dyn MetaSync>,
     ) -> Result<Arc<Primary>, HaError> {
+        Self::with_approver(
+            store,
+            epochs,
+            cfg,
+            group,
+            epoch,
+            meta,
+            0,
+            None,
+            &Default::default(),
+        )
+    }
+
+    /// As [`Primary::new`], for node `self_id`, with in-sync changes approved by `approver`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_approver(
+        store: Arc<MessageStore>,
+        epochs: Arc<EpochFile>,
+        cfg: HaConfig,
+        group: &str,
+        epoch: u64,
+        meta: Arc<dyn MetaSync>,
+        self_id: i64,
+        approver: Option<Arc<dyn InSyncApprover>>,
+        in_sync: &std::collections::BTreeSet<i64>,
+    ) -> Result<Arc<Primary>, HaError> {
         let written = store.log_offsets().written;
         if epoch > epochs.last_epoch() || epochs.last_epoch() == 0 {
             epochs.begin(epoch.max(1), written)?;
         }
         store.promote()?;
+        let primary_epochs = Arc::clone(&epochs);
         store.set_sync_replication(cfg.replication == ReplicationMode::Sync, cfg.sync_timeout);
         let primary = Arc::new(Primary {
             store,
@@ -208,8 +275,32 @@ impl Primary {
             meta,
             members: Mutex::new(HashMap::new()),
             links: Default::default(),
+            self_id,
+            epoch: primary_epochs.last_epoch(),
+            approver,
+            approving: Default::default(),
+            ended: Default::default(),
         });
-        primary.recompute(&primary.members.lock());
+        {
+            // Replicas the controllers hold in sync count as such until they are recorded out
+            // (they get `maxLag` to reconnect and catch up).
+            let mut members = primary.members.lock();
+            for id in in_sync.iter().filter(|i| **i != self_id) {
+                members.insert(
+                    *id,
+                    Member {
+                        acked: 0,
+                        in_sync: true,
+                        want: true,
+                        connected: false,
+                        caught_up_at: Instant::now(),
+                        head_end: u64::MAX,
+                        link: 0,
+                    },
+                );
+            }
+            primary.recompute(&members);
+        }
         tracing::info!(
             group,
             epoch = primary.epochs.last_epoch(),
@@ -238,6 +329,9 @@ impl Primary {
     /// Pushes the in-sync set's consequences into the store: the count (puts refused below
     /// the minimum), the confirm offset, and what SYNC puts wait for.
     fn recompute(&self, members: &HashMap<i64, Member>) {
+        if self.ended.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut acked: Vec<u64> = members
             .values()
             .filter(|m| m.in_sync)
@@ -260,16 +354,55 @@ impl Primary {
         self.store.set_replicated(replicated);
     }
 
-    fn update(&self, f: impl FnOnce(&mut HashMap<i64, Member>)) {
+    /// Applies `f` to the members, then brings the in-sync set in line with what this primary
+    /// judges (at once without controllers; through them otherwise).
+    fn update(self: &Arc<Self>, f: &mut dyn FnMut(&mut HashMap<i64, Member>)) {
         let mut members = self.members.lock();
-        let before: Vec<_> = members.iter().map(|(id, m)| (*id, m.in_sync)).collect();
         f(&mut members);
-        for (id, m) in members.iter() {
-            if let Some((_, was)) = before.iter().find(|(i, _)| i == id)
-                && *was != m.in_sync
-            {
-                tracing::info!(group = %self.group, replica = id, in_sync = m.in_sync, acked = m.acked, "in-sync set changed");
+        let differs = members.values().any(|m| m.want != m.in_sync);
+        match &self.approver {
+            None => {
+                for (id, m) in members.iter_mut() {
+                    if m.want != m.in_sync {
+                        m.in_sync = m.want;
+                        tracing::info!(group = %self.group, replica = id, in_sync = m.in_sync, acked = m.acked, "in-sync set changed");
+                    }
+                }
+                members.retain(|_, m| m.connected || m.in_sync);
             }
+            Some(approver) if differs => {
+                use std::sync::atomic::Ordering;
+                if !self.approving.swap(true, Ordering::AcqRel) {
+                    let mut want: std::collections::BTreeSet<i64> = members
+                        .iter()
+                        .filter(|(_, m)| m.want)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    want.insert(self.self_id);
+                    let ask = approver.approve(self.epoch, want);
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let result = ask.await;
+                        me.approving.store(false, Ordering::Release);
+                        match result {
+                            Ok(set) => me.update(&mut |members| {
+                                for (id, m) in members.iter_mut() {
+                                    let now = set.contains(id);
+                                    if now != m.in_sync {
+                                        m.in_sync = now;
+                                        tracing::info!(group = %me.group, replica = id, in_sync = now, acked = m.acked, "in-sync set changed (recorded by the controllers)");
+                                    }
+                                }
+                                members.retain(|_, m| m.connected || m.in_sync);
+                            }),
+                            Err(e) => {
+                                tracing::warn!(group = %me.group, error = %e, "the controllers did not record the in-sync set change; retrying")
+                            }
+                        }
+                    });
+                }
+            }
+            Some(_) => members.retain(|_, m| m.connected || m.in_sync),
         }
         self.recompute(&members);
     }
@@ -277,7 +410,7 @@ impl Primary {
     /// Accepts replicas on `listener` until `shutdown` turns true.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Arc<TcpListener>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let lag = {
@@ -287,7 +420,11 @@ impl Primary {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    let _members = self.members.lock();
+                    self.ended.store(true, std::sync::atomic::Ordering::Release);
+                    break;
+                }
             };
             match accepted {
                 Ok((conn, peer)) => {
@@ -309,21 +446,21 @@ impl Primary {
     }
 
     /// Drops replicas that have not been at the head of the log for `maxLag`.
-    async fn watch_lag(&self) {
+    async fn watch_lag(self: &Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
             let max_lag = self.cfg.max_lag;
-            let lagging = self
+            let pending = self
                 .members
                 .lock()
                 .values()
-                .any(|m| m.in_sync && m.caught_up_at.elapsed() > max_lag);
-            if lagging {
-                self.update(|members| {
+                .any(|m| (m.want && m.caught_up_at.elapsed() > max_lag) || m.want != m.in_sync);
+            if pending {
+                self.update(&mut |members| {
                     for m in members.values_mut() {
-                        if m.in_sync && m.caught_up_at.elapsed() > max_lag {
-                            m.in_sync = false;
+                        if m.want && m.caught_up_at.elapsed() > max_lag {
+                            m.want = false;
                         }
                     }
                 });
@@ -404,13 +541,20 @@ impl Primary {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         tracing::info!(group = %self.group, replica = id, start = welcome.start, truncate_to = ?welcome.truncate_to, "replica connected");
-        self.update(|members| {
+        self.update(&mut |members| {
+            let (in_sync, want, since) = members
+                .get(&id)
+                .map_or((false, false, Instant::now()), |m| {
+                    (m.in_sync, m.want, m.caught_up_at)
+                });
             members.insert(
                 id,
                 Member {
                     acked: welcome.start,
-                    in_sync: false,
-                    caught_up_at: Instant::now(),
+                    in_sync,
+                    want,
+                    connected: true,
+                    caught_up_at: since,
                     head_end: u64::MAX,
                     link,
                 },
@@ -438,29 +582,33 @@ impl Primary {
             r = acks => r.unwrap_or_else(|e| Err(HaError::Protocol(e.to_string()))),
             _ = shutdown.changed() => Ok(()),
         };
-        self.update(|members| {
-            if members.get(&id).is_some_and(|m| m.link == link) {
-                members.remove(&id);
+        self.update(&mut |members| {
+            if let Some(m) = members.get_mut(&id).filter(|m| m.link == link) {
+                m.connected = false;
+                m.want = false;
             }
         });
         tracing::info!(group = %self.group, replica = id, "replica disconnected");
         sent
     }
 
-    fn on_ack(&self, id: i64, link: u64, written: u64) {
+    fn on_ack(self: &Arc<Self>, id: i64, link: u64, written: u64) {
         let mut members = self.members.lock();
         let Some(m) = members.get_mut(&id).filter(|m| m.link == link) else {
             return;
         };
         m.acked = written;
+        let mut joins = false;
         if written >= m.head_end {
             m.caught_up_at = Instant::now();
-            if !m.in_sync {
-                m.in_sync = true;
-                tracing::info!(group = %self.group, replica = id, acked = written, "replica joined the in-sync set");
-            }
+            joins = !m.want;
+            m.want = true;
         }
-        if m.in_sync {
+        if joins {
+            tracing::info!(group = %self.group, replica = id, acked = written, "replica caught up");
+            drop(members);
+            self.update(&mut |_| {});
+        } else if m.in_sync {
             self.recompute(&members);
         }
     }
@@ -549,6 +697,8 @@ pub struct Replica {
     pub broker_id: i64,
     pub primary: String,
     pub meta: Arc<dyn MetaSync>,
+    /// A primary whose history ends before this epoch is stale (a newer one was elected).
+    pub min_epoch: u64,
 }
 
 impl Replica {
@@ -613,6 +763,13 @@ impl Replica {
         };
         if let Some(error) = welcome.error {
             return Err(HaError::Refused(error));
+        }
+        let theirs = welcome.epochs.last().map_or(0, |e| e.epoch);
+        if theirs < self.min_epoch {
+            return Err(HaError::Refused(format!(
+                "{} is at epoch {theirs}, older than epoch {}: not the current primary",
+                self.primary, self.min_epoch
+            )));
         }
         if let Some(end) = welcome.truncate_to {
             tracing::warn!(group = %self.group, from = offsets.written, to = end, "the log diverged from the primary's; cutting it");

@@ -113,7 +113,8 @@ impl StoreNodeConfig {
 struct Registration {
     broker_name: String,
     cluster: String,
-    broker_id: i64,
+    /// 0 for a primary; changes when the controllers move the primary role.
+    broker_id: Arc<std::sync::atomic::AtomicI64>,
     advertised: String,
     namesrv: Vec<String>,
     heartbeat_timeout: Duration,
@@ -139,7 +140,12 @@ async fn register_all(
                 ("brokerAddr", reg.advertised.clone()),
                 ("clusterName", reg.cluster.clone()),
                 ("haServerAddr", reg.advertised.clone()),
-                ("brokerId", reg.broker_id.to_string()),
+                (
+                    "brokerId",
+                    reg.broker_id
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        .to_string(),
+                ),
                 (
                     "heartbeatTimeoutMillis",
                     reg.heartbeat_timeout.as_millis().to_string(),
@@ -218,7 +224,12 @@ async fn unregister_all(pool: &Pool<NoRequests>, reg: &Registration) {
                 ("brokerName", reg.broker_name.clone()),
                 ("brokerAddr", reg.advertised.clone()),
                 ("clusterName", reg.cluster.clone()),
-                ("brokerId", reg.broker_id.to_string()),
+                (
+                    "brokerId",
+                    reg.broker_id
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        .to_string(),
+                ),
             ],
         );
         if let Err(e) = pool.invoke(addr, req, Duration::from_secs(1)).await {
@@ -313,7 +324,7 @@ async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted
         reg: Registration {
             broker_name: a.broker_name.clone(),
             cluster: cfg.cluster.clone(),
-            broker_id: 0,
+            broker_id: Arc::new(0.into()),
             advertised,
             namesrv: cfg.namesrv.clone(),
             heartbeat_timeout: cfg.heartbeat_timeout,
@@ -365,17 +376,45 @@ impl crate::ha::MetaSync for BrokerMeta {
 /// a replica to its primary.
 async fn start_ha(
     ha: &crate::ha::HaConfig,
-    broker: &Arc<Broker>,
+    handler: &Arc<BrokerHandler>,
     store: &Arc<MessageStore>,
     root: &std::path::Path,
-    broker_id: i64,
+    (broker_id, registered_id, advertised): (i64, &Arc<std::sync::atomic::AtomicI64>, &str),
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     ha.validate()
         .map_err(|e| anyhow::anyhow!("invalid ha configuration: {e}"))?;
+    let broker = &handler.broker;
     let epochs = Arc::new(crate::ha::epoch::EpochFile::open(root)?);
     let meta = Arc::new(BrokerMeta(Arc::clone(broker)));
     let group = broker.config.broker_name.clone();
+    if !ha.controllers.is_empty() {
+        let listener = tokio::net::TcpListener::bind(ha.listen)
+            .await
+            .with_context(|| format!("binding the HA port {}", ha.listen))?;
+        let ha_addr =
+            crate::ha::controlled::advertised(listener.local_addr()?, ha.advertise.as_deref());
+        tracing::info!(ha = %ha_addr, controllers = ?ha.controllers, "HA port listening; the controllers pick the primary");
+        let h = Arc::clone(handler);
+        let node = crate::ha::controlled::ControlledNode {
+            store: Arc::clone(store),
+            epochs,
+            ha: ha.clone(),
+            group,
+            broker_id,
+            member: crate::controller::MemberInfo {
+                ha_addr,
+                addr: advertised.to_owned(),
+            },
+            meta,
+            controllers: ha.controllers.clone(),
+            heartbeat_every: ha.heartbeat_every,
+            registered_id: Arc::clone(registered_id),
+            on_change: Arc::new(move || h.topics_changed.notify_one()),
+            role: tokio::sync::watch::Sender::new(Default::default()),
+        };
+        return Ok(tokio::spawn(node.run(listener, stopped)));
+    }
     Ok(match &ha.primary {
         None => {
             let listener = tokio::net::TcpListener::bind(ha.listen)
@@ -384,7 +423,7 @@ async fn start_ha(
             tracing::info!(ha = %listener.local_addr()?, replication = ?ha.replication, "HA port listening (primary)");
             let primary =
                 crate::ha::Primary::new(Arc::clone(store), epochs, ha.clone(), &group, 0, meta)?;
-            tokio::spawn(primary.serve(listener, stopped))
+            tokio::spawn(primary.serve(Arc::new(listener), stopped))
         }
         Some(addr) => {
             let replica = crate::ha::Replica {
@@ -394,6 +433,7 @@ async fn start_ha(
                 broker_id,
                 primary: addr.clone(),
                 meta,
+                min_epoch: 0,
             };
             tokio::spawn(replica.run(stopped))
         }
@@ -508,10 +548,17 @@ pub async fn run(
         CALL_TIMEOUT,
         DEFAULT_MAX_FRAME,
     ));
+    let controlled = cfg.ha.as_ref().is_some_and(|h| !h.controllers.is_empty());
+    if controlled && cfg.broker_id < 1 {
+        anyhow::bail!(
+            "brokerId must be 1 or more when the controllers pick the primary (a node registers \
+             as 0 while it is primary)"
+        );
+    }
     let reg = Registration {
         broker_name: cfg.broker.broker_name.clone(),
         cluster: cfg.cluster.clone(),
-        broker_id: cfg.broker_id,
+        broker_id: Arc::new(cfg.broker_id.into()),
         advertised: advertised.clone(),
         namesrv: cfg.namesrv.clone(),
         heartbeat_timeout: cfg.heartbeat_timeout,
@@ -528,10 +575,10 @@ pub async fn run(
         tasks.push(
             start_ha(
                 ha,
-                &broker,
+                &handler,
                 &store,
                 &cfg.store.root_dir,
-                cfg.broker_id,
+                (cfg.broker_id, &reg.broker_id, &advertised),
                 stopped.clone(),
             )
             .await?,

@@ -8,6 +8,10 @@
 //   delay             3 messages due in 3 s; prints bodies with receive time minus due time
 //   transaction       commit one, roll back one, leave one to the broker's check-back (the
 //                     checker answers COMMIT); prints what a consumer gets
+//   chaos STOPFILE    4 producer threads send numbered messages until STOPFILE exists (errors
+//                     are counted and sending goes on) while a SimpleConsumer receives and
+//                     acks; then it drains until every acknowledged message was received (at
+//                     most 120 s). Prints {"acked":[..],"received":[..],"sendErrors":n}
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -71,6 +75,70 @@ public class JavaClient {
             .setBody(body.getBytes(StandardCharsets.UTF_8)).build();
     }
 
+    /// The failover scenario: sends and consumes through kills of the broker's nodes.
+    static void chaos(ClientServiceProvider provider, ClientConfiguration config, String topic,
+                      String group, String stopFile) throws Exception {
+        java.util.Set<String> acked = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        java.util.Set<String> received = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        java.util.concurrent.atomic.AtomicLong errors = new java.util.concurrent.atomic.AtomicLong();
+        java.util.concurrent.atomic.AtomicLong deliveries = new java.util.concurrent.atomic.AtomicLong();
+        java.io.File stop = new java.io.File(stopFile);
+        FilterExpression all = new FilterExpression("*", FilterExpressionType.TAG);
+        try (Producer producer = provider.newProducerBuilder()
+                .setClientConfiguration(config).setTopics(topic).build();
+             SimpleConsumer consumer = provider.newSimpleConsumerBuilder()
+                .setClientConfiguration(config).setConsumerGroup(group)
+                .setSubscriptionExpressions(Collections.singletonMap(topic, all))
+                .setAwaitDuration(Duration.ofSeconds(2)).build()) {
+            List<Thread> senders = new ArrayList<>();
+            for (int t = 0; t < 4; t++) {
+                final int thread = t;
+                Thread s = new Thread(() -> {
+                    for (long i = 0; !stop.exists(); i++) {
+                        String body = "chaos-" + thread + "-" + i;
+                        try {
+                            producer.send(msg(provider, topic, body));
+                            acked.add(body);
+                        } catch (Exception e) {
+                            errors.incrementAndGet();
+                            try { Thread.sleep(100); } catch (InterruptedException ie) { return; }
+                        }
+                    }
+                });
+                s.start();
+                senders.add(s);
+            }
+            Thread receiver = new Thread(() -> {
+                long drainEnd = Long.MAX_VALUE;
+                while (true) {
+                    boolean stopping = stop.exists() && senders.stream().noneMatch(Thread::isAlive);
+                    if (stopping && drainEnd == Long.MAX_VALUE) {
+                        drainEnd = System.currentTimeMillis() + 120_000;
+                    }
+                    if (stopping && (received.containsAll(acked) || System.currentTimeMillis() > drainEnd)) {
+                        return;
+                    }
+                    try {
+                        for (MessageView m : consumer.receive(32, Duration.ofSeconds(20))) {
+                            received.add(StandardCharsets.UTF_8.decode(m.getBody()).toString());
+                            deliveries.incrementAndGet();
+                            try { consumer.ack(m); } catch (Exception e) { /* redelivered later */ }
+                        }
+                    } catch (Exception e) {
+                        try { Thread.sleep(100); } catch (InterruptedException ie) { return; }
+                    }
+                }
+            });
+            receiver.start();
+            for (Thread s : senders) s.join();
+            receiver.join();
+        }
+        System.out.println("{\"acked\":" + "[" + String.join(",", acked.stream().map(JavaClient::quote).toList()) + "]"
+            + ",\"received\":" + "[" + String.join(",", received.stream().map(JavaClient::quote).toList()) + "]"
+            + ",\"deliveries\":" + deliveries.get()
+            + ",\"sendErrors\":" + errors.get() + "}");
+    }
+
     static boolean special(ClientServiceProvider provider, ClientConfiguration config, String scenario,
                            String topic, String group) throws Exception {
         switch (scenario) {
@@ -130,6 +198,10 @@ public class JavaClient {
             .setEndpoints(endpoint)
             .setRequestTimeout(Duration.ofSeconds(10))
             .build();
+        if (scenario.equals("chaos")) {
+            chaos(provider, config, topic, group, args[4]);
+            System.exit(0);
+        }
         if (special(provider, config, scenario, topic, group)) {
             System.exit(0);
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 pub struct BrokerProcess {
     child: Option<Child>,
-    /// `standalone`, `namesrv`, `store` or `proxy`.
+    /// `standalone`, `namesrv`, `store`, `proxy` or `controller`.
     role: &'static str,
     pub addr: SocketAddr,
     /// The HTTP port (metrics, health, admin API).
@@ -41,6 +41,18 @@ impl BrokerProcess {
         env: &[(&str, &str)],
     ) -> BrokerProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_at(role, dir, addr, extra, env)
+    }
+
+    /// As [`BrokerProcess::start_role_env`], on a main port chosen by the caller (controllers
+    /// must know each other's ports before any starts).
+    pub fn start_at(
+        role: &'static str,
+        dir: &Path,
+        addr: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> BrokerProcess {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut b = BrokerProcess {
             child: None,
@@ -71,12 +83,14 @@ impl BrokerProcess {
             "standalone" => cmd.arg("--data-dir").arg(&self.dir).arg("--grpc-listen"),
             "store" => cmd.arg("--data-dir").arg(&self.dir).arg("--listen"),
             "proxy" => cmd.arg("--grpc-listen"),
+            "controller" => cmd.arg("--data-dir").arg(&self.dir).arg("--listen"),
             _ => cmd.arg("--listen"),
         };
+        cmd.arg(self.addr.to_string());
+        if self.role != "controller" {
+            cmd.arg("--http-listen").arg(self.http.to_string());
+        }
         let child = cmd
-            .arg(self.addr.to_string())
-            .arg("--http-listen")
-            .arg(self.http.to_string())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -97,6 +111,20 @@ impl BrokerProcess {
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A handle on a process started elsewhere (for helpers that only need its endpoint).
+    pub fn at_endpoint(addr: &str) -> BrokerProcess {
+        BrokerProcess {
+            child: None,
+            role: "proxy",
+            addr: addr.parse().expect("host:port"),
+            http: addr.parse().expect("host:port"),
+            dir: PathBuf::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            log: PathBuf::from("/nonexistent"),
         }
     }
 
