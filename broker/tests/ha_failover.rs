@@ -292,6 +292,53 @@ fn acknowledged_messages_survive_repeated_primary_kills() {
         "the client kept sending through the kills: {}",
         acked.len()
     );
+    if !lost.is_empty() {
+        // What the nodes hold, for the failure message.
+        for ((g, id), s) in &cluster.stores {
+            let get = |path: &str| {
+                ureq::get(&format!("http://{}{path}", s.http))
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .unwrap_or_default()
+            };
+            eprintln!(
+                "--- {g}-{id}: node {}\nprogress {}",
+                get("/admin/node"),
+                get("/admin/groups/GHa/progress?topic=TopicHa")
+            );
+        }
+        for (name, log) in cluster
+            .stores
+            .iter()
+            .map(|((g, id), s)| (format!("{g}-{id}"), s.logs()))
+            .chain([("proxy".to_owned(), cluster.proxy.logs())])
+        {
+            let interesting: Vec<_> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("role changed"))
+                .collect();
+            let tail = &interesting[interesting.len().saturating_sub(25)..];
+            eprintln!("--- {name} log (warnings, last 25):\n{}", tail.join("\n"));
+        }
+        if std::env::var("RMQ_HA_KEEP").is_ok() {
+            eprintln!(
+                "keeping the cluster for 600 s (RMQ_HA_KEEP); proxy {}",
+                cluster.proxy.endpoint()
+            );
+            for ((g, id), s) in &cluster.stores {
+                eprintln!("{g}-{id}: remoting {} http {}", s.endpoint(), s.http);
+            }
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        eprintln!("receive errors: {}", result["receiveErrors"]);
+        let mut missing: Vec<_> = acked.difference(&received).cloned().collect();
+        missing.sort();
+        eprintln!(
+            "missing (first 50 sorted): {:?}",
+            &missing[..missing.len().min(50)]
+        );
+    }
     assert!(
         lost.is_empty(),
         "{} acknowledged messages were never delivered, e.g. {lost:?}",

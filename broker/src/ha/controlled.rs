@@ -169,6 +169,7 @@ impl ControlledNode {
             if let Some(r) = running.take() {
                 r.stop().await;
             }
+            self.meta.on_role_change();
             running = match &want {
                 Role::Primary { epoch } => self.become_primary(&client, &listener, *epoch, &group),
                 Role::Replica { epoch, primary } => self.become_replica(*epoch, *primary, &group),

@@ -127,6 +127,8 @@ impl HaConfig {
 pub trait MetaSync: Send + Sync {
     fn snapshot(&self) -> Bytes;
     fn apply(&self, snapshot: &[u8]) -> Result<(), String>;
+    /// The node became its group's primary, or stopped being it.
+    fn on_role_change(&self) {}
 }
 
 /// Consumer offsets only (what a bare store replicates).
@@ -332,13 +334,16 @@ impl Primary {
         if self.ended.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
+        // Acknowledgements wait for every approved member, and for members whose joining is
+        // being approved: once the controllers record one, an election may pick it, so it
+        // must already hold everything acknowledged.
         let mut acked: Vec<u64> = members
             .values()
-            .filter(|m| m.in_sync)
+            .filter(|m| m.in_sync || m.want)
             .map(|m| m.acked)
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
-        let in_sync = acked.len() + 1;
+        let in_sync = members.values().filter(|m| m.in_sync).count() + 1;
         self.store
             .set_in_sync(in_sync, self.cfg.min_in_sync_replicas);
         let min_acked = acked.last().copied().unwrap_or(u64::MAX);

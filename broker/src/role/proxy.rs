@@ -159,6 +159,9 @@ pub struct Remote {
     producers: Producers,
     /// Broker name -> address of its primary.
     addrs: Mutex<HashMap<String, String>>,
+    /// When `addrs` was last taken from the name servers: a primary moves without the old
+    /// address failing (a restarted node comes back on it as a replica).
+    addrs_at: Mutex<Option<Instant>>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
     clients: Mutex<HashMap<String, Instant>>,
@@ -282,6 +285,7 @@ impl Remote {
             ),
             producers,
             addrs: Mutex::default(),
+            addrs_at: Mutex::default(),
             routes: Mutex::default(),
             groups: Mutex::default(),
             clients: Mutex::default(),
@@ -384,6 +388,13 @@ impl Remote {
 
     /// The address of a broker, asking the name servers for cluster info if it is unknown.
     async fn resolve(&self, broker: &str) -> Result<String> {
+        let fresh = self
+            .addrs_at
+            .lock()
+            .is_some_and(|at| at.elapsed() < ROUTE_TTL);
+        if !fresh {
+            let _ = self.refresh_brokers().await;
+        }
         if let Some(a) = self.addr_of(broker) {
             return Ok(a);
         }
@@ -402,6 +413,7 @@ impl Remote {
         let info: ClusterInfo = body::from_body(&r.body).map_err(|e| {
             ServiceError::Unavailable(format!("malformed cluster info from a name server: {e}"))
         })?;
+        *self.addrs_at.lock() = Some(Instant::now());
         let mut addrs = self.addrs.lock();
         addrs.clear();
         for (name, b) in info.broker_addr_table {

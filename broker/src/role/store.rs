@@ -193,10 +193,12 @@ fn spawn_registration(
                 );
                 last_version = Some(version);
             }
+            // Re-register well within the timeout the name servers were given, whatever it is.
+            let period = REGISTER_PERIOD.min(reg.heartbeat_timeout / 3);
             let wait = if accepted < reg.namesrv.len() {
-                Duration::from_secs(3)
+                Duration::from_secs(3).min(period)
             } else {
-                REGISTER_PERIOD
+                period
             };
             let until = tokio::time::Instant::now() + wait;
             // Topics also change without the remoting port (auto-creation, the HTTP admin
@@ -369,6 +371,12 @@ impl crate::ha::MetaSync for BrokerMeta {
         }
         self.0.store.consumer_offsets().import(s.offsets);
         Ok(())
+    }
+
+    fn on_role_change(&self) {
+        if let Err(e) = self.0.pop.reset() {
+            tracing::warn!(error = %e, "resetting the delivery state failed");
+        }
     }
 }
 

@@ -306,6 +306,10 @@ impl Broker {
 
     /// Pop-mode receive with long polling.
     pub async fn receive(&self, req: &ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        // Deliveries are the primary's to hand out: a replica's view of them is stale.
+        if self.store.is_replica() {
+            return Err(ServiceError::Store(crate::store::StoreError::NotPrimary));
+        }
         if req.invisible < MIN_INVISIBLE || req.invisible > MAX_INVISIBLE {
             return Err(ServiceError::IllegalInvisibleTime(req.invisible));
         }
@@ -379,6 +383,9 @@ impl Broker {
     }
 
     pub async fn ack(&self, group: &str, handles: &[ReceiptHandle]) -> Result<Vec<AckOutcome>> {
+        if self.store.is_replica() {
+            return Err(ServiceError::Store(crate::store::StoreError::NotPrimary));
+        }
         let group = self.group(group)?;
         let outcomes = self.pop.ack(&group.name, handles).await?;
         for (h, o) in handles.iter().zip(&outcomes) {

@@ -582,6 +582,15 @@ impl PopService {
         n
     }
 
+    /// Forgets every queue's delivery state and the acks above the commit offsets: a node
+    /// whose role in its broker group changed takes its progress from the consumer offsets
+    /// (the primary's, replicated), and what it handed out in an earlier term is delivered
+    /// again rather than trusted.
+    pub fn reset(&self) -> Result<(), StoreError> {
+        self.state.lock().clear();
+        self.compact()
+    }
+
     /// Folds the ack log into the consumer offsets: persists them, then rewrites the log with
     /// only the acks above each commit offset.
     pub fn compact(&self) -> Result<(), StoreError> {

@@ -82,6 +82,7 @@ public class JavaClient {
         java.util.Set<String> received = java.util.concurrent.ConcurrentHashMap.newKeySet();
         java.util.concurrent.atomic.AtomicLong errors = new java.util.concurrent.atomic.AtomicLong();
         java.util.concurrent.atomic.AtomicLong deliveries = new java.util.concurrent.atomic.AtomicLong();
+        java.util.Map<String, Integer> receiveErrors = new java.util.concurrent.ConcurrentHashMap<>();
         java.io.File stop = new java.io.File(stopFile);
         FilterExpression all = new FilterExpression("*", FilterExpressionType.TAG);
         try (Producer producer = provider.newProducerBuilder()
@@ -125,6 +126,8 @@ public class JavaClient {
                             try { consumer.ack(m); } catch (Exception e) { /* redelivered later */ }
                         }
                     } catch (Exception e) {
+                        String k = String.valueOf(e.getMessage());
+                        receiveErrors.merge(k.length() > 200 ? k.substring(0, 200) : k, 1, Integer::sum);
                         try { Thread.sleep(100); } catch (InterruptedException ie) { return; }
                     }
                 }
@@ -136,7 +139,9 @@ public class JavaClient {
         System.out.println("{\"acked\":" + "[" + String.join(",", acked.stream().map(JavaClient::quote).toList()) + "]"
             + ",\"received\":" + "[" + String.join(",", received.stream().map(JavaClient::quote).toList()) + "]"
             + ",\"deliveries\":" + deliveries.get()
-            + ",\"sendErrors\":" + errors.get() + "}");
+            + ",\"sendErrors\":" + errors.get()
+            + ",\"receiveErrors\":{" + String.join(",", receiveErrors.entrySet().stream()
+                .map(e -> quote(e.getKey()) + ":" + e.getValue()).toList()) + "}}");
     }
 
     static boolean special(ClientServiceProvider provider, ClientConfiguration config, String scenario,
