@@ -65,7 +65,7 @@ fn start() -> Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "heartbeatTimeout: 5000\nha:\n  listen: 127.0.0.1:{}\n  controllers: [{}]\n  \
+                    "heartbeatTimeout: 5000\nstore:\n  index: {{slots: 10007, maxEntries: 100000}}\nha:\n  listen: 127.0.0.1:{}\n  controllers: [{}]\n  \
                      replication: SYNC\n  allAckInSyncStateSet: true\n  minInSyncReplicas: 2\n  \
                      maxLag: 2000\n  syncTimeout: 3000\n  heartbeatEvery: 300\n",
                     free_port(),

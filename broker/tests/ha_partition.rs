@@ -155,6 +155,10 @@ async fn send(pool: &Pool<NoRequests>, addr: &str, seq: u64) -> Result<(), Strin
 fn final_log(dir: &std::path::Path) -> BTreeMap<(i32, u64), String> {
     let store = MessageStore::open(StoreConfig {
         segment_size: 16 << 20,
+        index: broker::store::index::IndexConfig {
+            slots: 10007,
+            max_entries: 100000,
+        },
         ..StoreConfig::at(dir)
     })
     .unwrap();
@@ -220,7 +224,7 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
         std::fs::write(
             &config,
             format!(
-                "ha:\n  listen: {ha}\n  advertise: {}\n  controllers: [{}]\n  replication: SYNC\n  \
+                "store:\n  index: {{slots: 10007, maxEntries: 100000}}\nha:\n  listen: {ha}\n  advertise: {}\n  controllers: [{}]\n  replication: SYNC\n  \
                  allAckInSyncStateSet: true\n  minInSyncReplicas: 2\n  maxLag: 2000\n  \
                  syncTimeout: 2000\n  heartbeatEvery: 300\n",
                 ha_link.addr,

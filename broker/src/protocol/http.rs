@@ -176,6 +176,14 @@ pub struct QueueProgress {
     pub committed: u64,
     pub max_offset: u64,
     pub lag: u64,
+    /// Pop consumption on this node: the first offset never handed out, how many offsets
+    /// above `committed` are acknowledged, how many messages are in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged_above: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<usize>,
 }
 
 async fn progress(
@@ -200,11 +208,15 @@ async fn progress(
             .consumer_offsets()
             .get(&group, &topic.name, id)
             .unwrap_or(0);
+        let pop = b.pop.deliveries(&group, &topic.name, id);
         out.push(QueueProgress {
             queue_id: id,
             committed,
             max_offset,
             lag: max_offset.saturating_sub(committed),
+            next: pop.map(|p| p.0),
+            acknowledged_above: pop.map(|p| p.1),
+            in_flight: pop.map(|p| p.2),
         });
     }
     Json(out).into_response()

@@ -363,7 +363,14 @@ impl Remote {
         let mut sets: Vec<QueueSet> = data
             .queue_datas
             .iter()
-            .filter(|q| self.addrs.lock().contains_key(&q.broker_name))
+            // A group between primaries stays in the route (its calls fail until one is
+            // elected): a route without it makes clients drop its queues until their next
+            // route refresh.
+            .filter(|q| {
+                data.broker_datas
+                    .iter()
+                    .any(|b| b.broker_name == q.broker_name)
+            })
             .map(|q| QueueSet {
                 broker: q.broker_name.clone(),
                 queues: q.write_queue_nums.max(q.read_queue_nums).max(0) as u32,

@@ -532,6 +532,19 @@ impl PopService {
         Ok((st.commit, st.done.clone()))
     }
 
+    /// What the delivery state of a queue holds, if any: (first offset never handed out,
+    /// offsets acknowledged above the commit offset, messages in flight).
+    pub fn deliveries(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> Option<(u64, usize, usize)> {
+        let states = self.state.lock();
+        let st = states.get(&key(group, topic, queue_id))?;
+        Some((st.next, st.done.len(), st.in_flight.len()))
+    }
+
     /// Moves a delivery's invisibility deadline; returns the handle to use from now on, or
     /// `None` if the handle is stale (acknowledged, or delivered again since).
     pub fn change_invisible(

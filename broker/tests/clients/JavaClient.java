@@ -109,14 +109,19 @@ public class JavaClient {
                 s.start();
                 senders.add(s);
             }
-            Thread receiver = new Thread(() -> {
-                long drainEnd = Long.MAX_VALUE;
+            // Several receivers: a receive on a queue with nothing to deliver long-polls for the
+            // await duration, and must not hold up the queues that have a backlog.
+            List<Thread> receivers = new ArrayList<>();
+            long[] drainEnd = {Long.MAX_VALUE};
+            for (int r = 0; r < 8; r++) receivers.add(new Thread(() -> {
                 while (true) {
                     boolean stopping = stop.exists() && senders.stream().noneMatch(Thread::isAlive);
-                    if (stopping && drainEnd == Long.MAX_VALUE) {
-                        drainEnd = System.currentTimeMillis() + 120_000;
+                    synchronized (drainEnd) {
+                        if (stopping && drainEnd[0] == Long.MAX_VALUE) {
+                            drainEnd[0] = System.currentTimeMillis() + 120_000;
+                        }
                     }
-                    if (stopping && (received.containsAll(acked) || System.currentTimeMillis() > drainEnd)) {
+                    if (stopping && (received.containsAll(acked) || System.currentTimeMillis() > drainEnd[0])) {
                         return;
                     }
                     try {
@@ -131,10 +136,10 @@ public class JavaClient {
                         try { Thread.sleep(100); } catch (InterruptedException ie) { return; }
                     }
                 }
-            });
-            receiver.start();
+            }));
+            for (Thread r : receivers) r.start();
             for (Thread s : senders) s.join();
-            receiver.join();
+            for (Thread r : receivers) r.join();
         }
         System.out.println("{\"acked\":" + "[" + String.join(",", acked.stream().map(JavaClient::quote).toList()) + "]"
             + ",\"received\":" + "[" + String.join(",", received.stream().map(JavaClient::quote).toList()) + "]"
