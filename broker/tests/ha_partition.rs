@@ -150,9 +150,12 @@ async fn send(pool: &Pool<NoRequests>, addr: &str, seq: u64) -> Result<(), Strin
     }
 }
 
+/// Message bodies by (queue, queue offset).
+type FinalLog = BTreeMap<(i32, u64), String>;
+
 /// Every message body in a node's queues, in (queue, offset) order, read from its data
 /// directory after the node was killed.
-fn final_log(dir: &std::path::Path) -> BTreeMap<(i32, u64), String> {
+fn final_log(dir: &std::path::Path) -> FinalLog {
     let store = MessageStore::open(StoreConfig {
         segment_size: 16 << 20,
         index: broker::store::index::IndexConfig {
@@ -337,7 +340,7 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
             (*id, n.process.dir.clone())
         })
         .collect();
-    let logs: Vec<(i64, BTreeMap<(i32, u64), String>)> = dirs
+    let logs: Vec<(i64, FinalLog)> = dirs
         .into_iter()
         .map(|(id, d)| (id, final_log(&d)))
         .collect();
