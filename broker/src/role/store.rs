@@ -468,8 +468,12 @@ pub async fn run(
     }
     cfg.adopt
         .retain(|a| a.node.as_ref().is_none_or(|n| *n == name) && a.broker_name != name);
-    if cfg.ha.as_ref().is_some_and(|h| h.primary.is_some()) && cfg.tier.take().is_some() {
-        tracing::warn!("tiered storage is off on a replica: only a group's primary uploads");
+    // Only a group's primary may upload, and a node's role can change at any time under the
+    // controllers; tiering that follows the role is not built yet, so it is off in a group.
+    if cfg.ha.is_some() && cfg.tier.take().is_some() {
+        tracing::warn!(
+            "tiered storage is off on a node of a replicated broker group (not supported yet)"
+        );
     }
     let tier = super::standalone::open_tier(cfg.tier.clone(), &mut cfg.store)?;
     let store = Arc::new(
