@@ -11,11 +11,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::clients::{self, Client};
-use common::process::{BrokerProcess, free_port};
+use common::process::{BrokerProcess, free_port, start_controllers};
 use serde_json::Value;
 
 const GROUPS: [&str; 2] = ["ha-a", "ha-b"];
@@ -32,30 +31,8 @@ struct Cluster {
 
 fn start() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
+    let (controllers, addrs) = start_controllers(dir.path(), 3, 1500);
     let controller_addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let controllers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let id = (i + 1).to_string();
-            BrokerProcess::start_at(
-                "controller",
-                &dir.path().join(format!("controller-{id}")),
-                *a,
-                &["--id", &id, "--peer", &peers, "--node-timeout-ms", "1500"],
-                &[],
-            )
-        })
-        .collect();
     let namesrv = BrokerProcess::start_role("namesrv", &dir.path().join("namesrv"), &[]);
     let mut stores = BTreeMap::new();
     for group in GROUPS {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use broker::protocol::remoting::codes::request as rq;
 use broker::protocol::remoting::conn::{self, NoRequests, Pool};
 use broker::store::{GetStatus, MessageStore, StoreConfig};
-use common::process::{BrokerProcess, free_port};
+use common::process::{BrokerProcess, free_port, start_controllers};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -191,30 +191,8 @@ fn final_log(dir: &std::path::Path) -> FinalLog {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let caddrs: Vec<SocketAddr> = (0..3)
-        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-        .collect();
+    let (_controllers, caddrs) = start_controllers(dir.path(), 3, 1500);
     let controllers: Vec<String> = caddrs.iter().map(|a| a.to_string()).collect();
-    let peers = controllers
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let _controllers: Vec<BrokerProcess> = caddrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let id = (i + 1).to_string();
-            BrokerProcess::start_at(
-                "controller",
-                &dir.path().join(format!("controller-{id}")),
-                *a,
-                &["--id", &id, "--peer", &peers, "--node-timeout-ms", "1500"],
-                &[],
-            )
-        })
-        .collect();
     let mut nodes = BTreeMap::new();
     for id in 1..=3i64 {
         let ha = SocketAddr::from(([127, 0, 0, 1], free_port()));

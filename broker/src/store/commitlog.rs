@@ -231,6 +231,18 @@ impl CommitLog {
     pub fn set_end(&self, end: u64) -> Result<Vec<PathBuf>> {
         let mut writer = self.writer.lock();
         let mut segments = self.segments.write();
+        let removed = self.cut_at(&mut segments, end)?;
+        writer.offset = end;
+        writer.staged_at = end;
+        writer.current = segments.last().cloned();
+        self.written.store(end, Ordering::Release);
+        self.flushed.store(end, Ordering::Release);
+        Ok(removed)
+    }
+
+    /// Deletes the segments that start past `end` and zeroes the one holding it from `end` on
+    /// (in place, so mappings of it stay valid). Returns the deleted paths.
+    fn cut_at(&self, segments: &mut Vec<Arc<Segment>>, end: u64) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         while let Some(last) = segments.last() {
             if last.base() <= end {
@@ -243,16 +255,11 @@ impl CommitLog {
         if let Some(last) = segments.last()
             && last.contains(end)
         {
-            last.zero_tail(end - last.base())?;
+            last.zero_range(end - last.base())?;
         }
         if !removed.is_empty() {
             segment::sync_dir(&self.dir)?;
         }
-        writer.offset = end;
-        writer.staged_at = end;
-        writer.current = segments.last().cloned();
-        self.written.store(end, Ordering::Release);
-        self.flushed.store(end, Ordering::Release);
         Ok(removed)
     }
 
@@ -607,27 +614,12 @@ impl CommitLog {
         if end >= writer.offset {
             return Ok(Vec::new());
         }
-        let mut removed = Vec::new();
-        {
+        let removed = {
             let mut segments = self.segments.write();
-            while let Some(last) = segments.last() {
-                if last.base() < end || (last.base() == end && segments.len() == 1) {
-                    break;
-                }
-                let last = segments.pop().expect("checked");
-                std::fs::remove_file(last.path()).at(last.path())?;
-                removed.push(last.path().to_owned());
-            }
-            if let Some(last) = segments.last()
-                && last.contains(end)
-            {
-                last.zero_range(end - last.base())?;
-            }
+            let removed = self.cut_at(&mut segments, end)?;
             writer.current = segments.last().cloned();
-        }
-        if !removed.is_empty() {
-            segment::sync_dir(&self.dir)?;
-        }
+            removed
+        };
         writer.offset = end;
         writer.staged_at = end;
         writer.queue_offsets = QueueOffsetTable::default();

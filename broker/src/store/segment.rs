@@ -213,15 +213,6 @@ impl Segment {
         .at(&self.path)
     }
 
-    /// Discards everything from `pos` on: the file is cut there and extended again, so the tail
-    /// reads as zeros. Only for recovery, before any reader or writer uses the segment.
-    pub fn zero_tail(&self, pos: u64) -> Result<()> {
-        self.file.set_len(pos).at(&self.path)?;
-        self.file.set_len(self.size).at(&self.path)?;
-        preallocate(&self.file, &self.path, pos, self.size - pos)?;
-        self.file.sync_all().at(&self.path)
-    }
-
     /// Zeroes everything from `pos` on while the segment is mapped: the range is punched out
     /// (reads as zeros; the file keeps its size, so a mapping never faults past its end) and
     /// its blocks are reserved again. For a log cut while in use: no reader may hold the range.
@@ -290,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn create_write_reopen_zero_tail() {
+    fn create_write_reopen_zero_range() {
         let dir = tempfile::tempdir().unwrap();
         let seg = Arc::new(Segment::create(dir.path(), 4096, 4096).unwrap());
         unsafe { seg.write_at(0, b"hello") }.unwrap();
@@ -301,7 +292,7 @@ mod tests {
         let path = dir.path().join(file_name(4096));
         let seg = Segment::open(&path, 4096, 4096).unwrap();
         assert_eq!(unsafe { seg.read_slice(0, 5) }, b"hello");
-        seg.zero_tail(2).unwrap();
+        seg.zero_range(2).unwrap();
         assert_eq!(unsafe { seg.read_slice(0, 5) }, b"he\0\0\0");
         assert!(Segment::open(&path, 4096, 1024).is_err());
     }

@@ -156,6 +156,40 @@ impl BrokerProcess {
     }
 }
 
+/// Starts `n` controllers (ids 1 to `n`) that know each other, with data under `dir`; returns
+/// them and their addresses.
+pub fn start_controllers(
+    dir: &Path,
+    n: usize,
+    node_timeout_ms: u64,
+) -> (Vec<BrokerProcess>, Vec<SocketAddr>) {
+    let addrs: Vec<SocketAddr> = (0..n)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let timeout = node_timeout_ms.to_string();
+    let controllers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let id = (i + 1).to_string();
+            BrokerProcess::start_at(
+                "controller",
+                &dir.join(format!("controller-{id}")),
+                *a,
+                &["--id", &id, "--peer", &peers, "--node-timeout-ms", &timeout],
+                &[],
+            )
+        })
+        .collect();
+    (controllers, addrs)
+}
+
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
