@@ -63,6 +63,20 @@ struct StoreArgs {
     /// Broker id: 0 for the primary [default: 0].
     #[arg(long, env = "RMQ_BROKER_ID")]
     broker_id: Option<i64>,
+    /// The pod's StatefulSet ordinal: the broker id becomes ordinal + 1 (for a group whose
+    /// primary the controllers pick; overrides --broker-id).
+    #[arg(long, env = "RMQ_POD_INDEX")]
+    pod_index: Option<i64>,
+    /// `host:port` other members of the group reach this node's HA port at.
+    #[arg(long, env = "RMQ_HA_ADVERTISE")]
+    ha_advertise: Option<String>,
+    /// Address of the HA port (replication inside the broker group).
+    #[arg(long, env = "RMQ_HA_LISTEN")]
+    ha_listen: Option<SocketAddr>,
+    /// Controllers' HTTP addresses (`host:port`, repeatable or comma-separated); they pick
+    /// the group's primary.
+    #[arg(long = "controller", env = "RMQ_CONTROLLERS", value_delimiter = ',')]
+    controllers: Vec<String>,
     /// Address of the HTTP port: /metrics, /healthz, /readyz, admin API [default: 0.0.0.0:10912].
     #[arg(long, env = "RMQ_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
@@ -304,6 +318,25 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     }
     if let Some(id) = args.broker_id {
         cfg.broker_id = id;
+    }
+    if let Some(i) = args.pod_index {
+        cfg.broker_id = i + 1;
+    }
+    if args.ha_advertise.is_some() || args.ha_listen.is_some() || !args.controllers.is_empty() {
+        let Some(ha) = cfg.ha.as_mut() else {
+            anyhow::bail!(
+                "--ha-advertise, --ha-listen and --controller need an `ha` section in the configuration"
+            );
+        };
+        if let Some(a) = args.ha_advertise {
+            ha.advertise = Some(a);
+        }
+        if let Some(a) = args.ha_listen {
+            ha.listen = a;
+        }
+        if !args.controllers.is_empty() {
+            ha.controllers = args.controllers;
+        }
     }
     if let Some(a) = args.http_listen {
         cfg.http_listen = a;

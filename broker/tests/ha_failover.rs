@@ -2,7 +2,8 @@
 //! groups of 3 store nodes each (SYNC replication, every in-sync replica acknowledges,
 //! minInSyncReplicas 2) and a proxy; the official Java client sends and consumes through the
 //! proxy the whole time. Round after round a primary is killed with SIGKILL (sometimes a replica
-//! or the controllers' leader instead) and restarted. Afterwards every acknowledged message
+//! or the controllers' leader instead, and sometimes the primary is stopped with SIGTERM, as a
+//! rolling upgrade does: it must hand its role to an in-sync replica itself) and restarted. Afterwards every acknowledged message
 //! must have been consumed, and each failover must have finished in bounded time, with the
 //! client never restarted.
 //!
@@ -183,6 +184,7 @@ fn acknowledged_messages_survive_repeated_primary_kills() {
     // Let the client get going before the first kill.
     std::thread::sleep(Duration::from_secs(5));
     let mut failovers = Vec::new();
+    let mut handovers = Vec::new();
     for round in 0..rounds {
         let group = GROUPS[round % 2];
         let state = cluster.group(group).expect("the controllers answer");
@@ -199,6 +201,34 @@ fn acknowledged_messages_survive_repeated_primary_kills() {
                 node.kill();
                 std::thread::sleep(Duration::from_millis(500));
                 node.restart();
+            }
+            3 => {
+                // A graceful stop: the primary hands over before it exits, without waiting
+                // for the controllers' node timeout.
+                let key = (group.to_owned(), primary);
+                let start = Instant::now();
+                cluster.stores.get_mut(&key).unwrap().terminate();
+                let log = cluster.stores[&key].logs();
+                assert!(
+                    log.contains("handed the primary role over"),
+                    "round {round}: {group}-{primary} stopped without a hand-over:\n{}",
+                    log.lines()
+                        .filter(|l| l.contains("WARN"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                cluster.wait_for(
+                    &format!("round {round}: {group} to follow the hand-over"),
+                    Duration::from_secs(20),
+                    |c| {
+                        c.group(group).is_some_and(|g| {
+                            g["epoch"].as_u64().unwrap() > epoch
+                                && g["primary"].as_i64() != Some(primary)
+                        })
+                    },
+                );
+                handovers.push(start.elapsed());
+                cluster.stores.get_mut(&key).unwrap().restart();
             }
             9 => {
                 // The controllers' leader.
@@ -255,6 +285,7 @@ fn acknowledged_messages_survive_repeated_primary_kills() {
         percentile(&mut failovers, 0.5),
         percentile(&mut failovers, 1.0),
     );
+    eprintln!("graceful hand-overs (SIGTERM to a new primary): {handovers:?}");
     eprintln!(
         "{rounds} rounds, {n} primary kills: failover (kill to a new primary with an in-sync \
          replica) min {min:?} median {med:?} max {max:?}; {} acknowledged, {} received, {} \

@@ -54,7 +54,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// How soon a cluster in motion is looked at again.
 const BUSY: Duration = Duration::from_secs(3);
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -373,7 +373,10 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let mut progressing: Vec<(String, String)> = Vec::new();
     let mut held: Option<(String, String)> = None;
     let mut lag_known = true;
-    let (broker_replicas, store_nodes, new_retiree) = match current {
+    let ha = c.spec.broker.ha.is_some();
+    let (broker_replicas, mut store_nodes, new_retiree) = match current {
+        // Broker groups have their own StatefulSets (crate::groups).
+        _ if ha => (desired, Vec::new(), None),
         Some(cur) if desired < cur => {
             let s = scale_in(c, ctx, cur, desired, &previous.retired_store_nodes).await;
             progressing.extend(s.progressing);
@@ -433,13 +436,22 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let hash = |role| render::config_hash(&cm_for_hash, role, &c.spec.image);
     apply::<ConfigMap>(client, &ns, &cm).await?;
     apply::<ServiceAccount>(client, &ns, &render::service_account(c)).await?;
-    for role in [Role::NameServer, Role::Broker] {
+    let mut headless = vec![Role::NameServer, Role::Broker];
+    // Broker groups have a PDB each (crate::groups), not one for every store node.
+    let mut pdbs = vec![Role::NameServer, Role::Proxy];
+    if ha {
+        headless.push(Role::Controller);
+        pdbs.push(Role::Controller);
+    } else {
+        pdbs.push(Role::Broker);
+    }
+    for role in headless {
         apply::<Service>(client, &ns, &render::headless_service(c, role)).await?;
     }
     for role in [Role::NameServer, Role::Proxy] {
         apply::<Service>(client, &ns, &render::client_service(c, role)).await?;
     }
-    for role in [Role::NameServer, Role::Broker, Role::Proxy] {
+    for role in pdbs {
         apply::<PodDisruptionBudget>(client, &ns, &render::pdb(c, role)).await?;
     }
 
@@ -456,7 +468,47 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     if !namesrv_done {
         progressing.push(("RollingOut".into(), "name servers are rolling out".into()));
     }
-    let brokers = if namesrv_done || live_brokers.is_none() {
+    // Controllers (with broker groups) after the name servers, before the store nodes.
+    let controllers = match &c.spec.broker.ha {
+        Some(h) => {
+            let live = sts_api.get_opt(&n.of(Role::Controller)).await?;
+            let sts = if namesrv_done || live.is_none() {
+                let sts = render::stateful_set(
+                    c,
+                    Role::Controller,
+                    h.controllers.replicas,
+                    &hash(Role::Controller),
+                );
+                Some(apply::<StatefulSet>(client, &ns, &sts).await?)
+            } else {
+                live
+            };
+            if namesrv_done && !sts.as_ref().is_some_and(sts_rolled_out) {
+                progressing.push(("RollingOut".into(), "controllers are rolling out".into()));
+            }
+            Some((h.controllers.replicas, sts))
+        }
+        None => None,
+    };
+    let controllers_done = controllers
+        .as_ref()
+        .is_none_or(|(_, s)| s.as_ref().is_some_and(sts_rolled_out));
+    let groups = match ha {
+        true => Some(
+            crate::groups::reconcile(
+                c,
+                ctx,
+                &hash(Role::Broker),
+                namesrv_done && controllers_done,
+                &previous,
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let brokers = if ha {
+        None
+    } else if namesrv_done || live_brokers.is_none() {
         let sts = render::stateful_set(c, Role::Broker, broker_replicas, &hash(Role::Broker));
         Some(apply::<StatefulSet>(client, &ns, &sts).await?)
     } else {
@@ -491,8 +543,16 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
             }
         }
     }
-    let brokers_done = brokers.as_ref().is_some_and(sts_rolled_out);
-    if namesrv_done && !brokers_done {
+    let brokers_done = match &groups {
+        Some(g) => controllers_done && g.done,
+        None => brokers.as_ref().is_some_and(sts_rolled_out),
+    };
+    if let Some(g) = &groups {
+        if namesrv_done && controllers_done {
+            progressing.extend(g.progressing.iter().cloned());
+        }
+        store_nodes = g.nodes.clone();
+    } else if namesrv_done && !brokers_done {
         progressing.push(("RollingOut".into(), "store nodes are rolling out".into()));
     }
     let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -555,7 +615,19 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
             ),
         ],
         name_server: role_status(c, Role::NameServer, ns_replicas, sts_ready(Some(&namesrv))),
-        broker: role_status(c, Role::Broker, desired, sts_ready(brokers.as_ref())),
+        broker: role_status(
+            c,
+            Role::Broker,
+            desired,
+            match &groups {
+                Some(g) => g.ready_groups,
+                None => sts_ready(brokers.as_ref()),
+            },
+        ),
+        controller: controllers
+            .as_ref()
+            .map(|(want, s)| role_status(c, Role::Controller, *want, sts_ready(s.as_ref()))),
+        groups: groups.map(|g| g.statuses).unwrap_or_default(),
         proxy: role_status(c, Role::Proxy, c.spec.proxy.replicas, proxy_ready),
         endpoint: Some(format!(
             "{}.{}.svc:{}",

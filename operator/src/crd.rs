@@ -66,6 +66,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/rocketmq-rs/rmq-broker:0.1.0";
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.tieredStorage) || !self.tieredStorage.enabled || self.tieredStorage.backend == 'filesystem' || (has(self.tieredStorage.bucket) && self.tieredStorage.bucket != '')").message("tieredStorage.bucket is required when tiered storage is enabled with an s3, gcs or azure backend"))]
+#[x_kube(validation = Rule::new("!has(self.broker) || !has(self.broker.ha) || !has(self.tieredStorage) || !self.tieredStorage.enabled").message("tieredStorage cannot be combined with broker.ha yet: replicated groups do not tier (only a group's primary may upload, and that hand-over is not built)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RocketMQClusterSpec {
     /// Container image of the broker (every role runs the same `rmq-broker` binary).
@@ -165,10 +166,12 @@ pub enum FlushPolicy {
     AsyncFlush,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ha) == has(oldSelf.ha)").message("broker.ha cannot be added to or removed from an existing cluster: replicated groups are laid out differently (create a new cluster and move the clients)"))]
 pub struct BrokerSpec {
-    /// Store nodes (0 to 100). Scaling in drains a node first: see `tieredStorage`.
+    /// Store nodes (0 to 100); with `ha`, broker groups (each a primary and its replicas).
+    /// Scaling in drains a node (or a group's primary) first: see `tieredStorage`.
     #[serde(default = "default_brokers")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
@@ -194,6 +197,123 @@ pub struct BrokerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub extra_config: Option<serde_json::Value>,
+    /// Replication: each of the `replicas` broker groups gets a primary and
+    /// `ha.replicasPerGroup` replicas, spread over zones, and controllers move the primary
+    /// role to an in-sync replica when the primary is lost. Absent: one node per group, no
+    /// replicas. Set when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicationPolicy {
+    /// A send is acknowledged once the in-sync replicas hold it: a failover loses no
+    /// acknowledged message.
+    #[default]
+    Sync,
+    /// A send is acknowledged after the primary's own write; replicas follow (a failover can
+    /// lose the last messages the replicas had not received).
+    Async,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ZoneSpread {
+    /// At most one more member of a group in one zone than in another; members stay Pending
+    /// rather than break that (nodes need the `topology.kubernetes.io/zone` label).
+    #[default]
+    Required,
+    /// Spread over zones when the scheduler can; never keeps a member Pending for it.
+    Preferred,
+    /// No zone constraint (members still prefer different nodes).
+    None,
+}
+
+/// Broker groups with replicas and automatic failover (RocketMQ 5 controller mode).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minInSyncReplicas <= self.replicasPerGroup + 1").message("broker.ha.minInSyncReplicas counts the primary too, so it cannot exceed replicasPerGroup + 1"))]
+pub struct HaSpec {
+    /// Replicas in each group besides the primary (1 to 4).
+    #[serde(default = "default_replicas_per_group")]
+    #[schemars(range(min = 1, max = 4))]
+    pub replicas_per_group: i32,
+    /// When a send is acknowledged with respect to the replicas.
+    #[serde(default)]
+    pub replication: ReplicationPolicy,
+    /// Fewest group members in sync, the primary included, for the group to accept sends
+    /// (RocketMQ's `minInSyncReplicas`); below it sends are refused, never acknowledged
+    /// unreplicated.
+    #[serde(default = "default_min_in_sync")]
+    #[schemars(range(min = 1, max = 5))]
+    pub min_in_sync_replicas: i32,
+    /// SYNC: wait for every in-sync replica, so that any of them can take over without
+    /// loss (RocketMQ's `allAckInSyncStateSet`); else for `minInSyncReplicas` nodes.
+    #[serde(default = "default_true")]
+    pub all_ack_in_sync_state_set: bool,
+    /// Elect a replica outside the in-sync set when no in-sync one is alive (may lose
+    /// acknowledged messages; RocketMQ's `enableElectUncleanMaster`).
+    #[serde(default)]
+    pub unclean_election: bool,
+    /// How each group's members are spread over `topology.kubernetes.io/zone`.
+    #[serde(default)]
+    pub zone_spread: ZoneSpread,
+    /// The controllers that elect primaries (a Raft group).
+    #[serde(default)]
+    pub controllers: ControllerSpec,
+}
+
+fn default_replicas_per_group() -> i32 {
+    2
+}
+
+fn default_min_in_sync() -> i32 {
+    2
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerSpec {
+    /// Controllers (1, 3 or 5: a majority must be up for a failover).
+    #[serde(default = "default_controllers")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: i32,
+    /// Milliseconds a primary may stay silent before a replica takes over.
+    #[serde(default = "default_node_timeout")]
+    #[schemars(range(min = 500, max = 600000))]
+    pub node_timeout_ms: i64,
+    /// The controllers' volume (their Raft log: which node is primary, at which epoch).
+    #[serde(default = "default_controller_storage")]
+    pub storage: StorageSpec,
+    /// CPU and memory of each controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_controllers() -> i32 {
+    3
+}
+
+fn default_node_timeout() -> i64 {
+    3000
+}
+
+fn default_controller_storage() -> StorageSpec {
+    StorageSpec {
+        size: "1Gi".to_owned(),
+        storage_class_name: None,
+    }
+}
+
+impl Default for ControllerSpec {
+    fn default() -> Self {
+        ControllerSpec {
+            replicas: default_controllers(),
+            node_timeout_ms: default_node_timeout(),
+            storage: default_controller_storage(),
+            resources: None,
+        }
+    }
 }
 
 fn default_brokers() -> i32 {
@@ -218,6 +338,7 @@ impl Default for BrokerSpec {
             auto_create_topics: true,
             resources: None,
             extra_config: None,
+            ha: None,
         }
     }
 }
@@ -415,6 +536,13 @@ pub struct RocketMQClusterStatus {
     pub broker: RoleStatus,
     #[serde(default)]
     pub proxy: RoleStatus,
+    /// The controllers (with `broker.ha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<RoleStatus>,
+    /// One entry per broker group (with `broker.ha`): its primary, epoch and in-sync set as
+    /// the controllers hold them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<BrokerGroupStatus>,
     /// Where clients connect: the proxies' gRPC Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -480,4 +608,24 @@ pub struct StoreNodeStatus {
     /// while the node cannot be reached or does not tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untiered_bytes: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerGroupStatus {
+    /// The group's broker name (`<cluster>-broker-<group>`).
+    pub name: String,
+    /// Members (pods) of the group, and how many are Ready.
+    pub members: i32,
+    pub ready_members: i32,
+    /// The pod that is primary; absent while the controllers have not elected one (or cannot
+    /// be reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Bumped by every election.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// The pods that hold everything acknowledged (the primary included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_sync: Vec<String>,
 }

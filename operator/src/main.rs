@@ -3,6 +3,7 @@
 
 mod controller;
 mod crd;
+mod groups;
 mod metrics;
 mod nodes;
 mod render;

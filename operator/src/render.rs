@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
-    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecretEnvSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecretEnvSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TopologySpreadConstraint, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,17 +23,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use broker::controller::ControllerConfig;
+use broker::ha::{HaConfig, ReplicationMode};
 use broker::role::namesrv::NamesrvConfig;
 use broker::role::proxy::ProxyConfig;
 use broker::role::store::{AdoptConfig, StoreNodeConfig};
 use broker::tier::{TierBackend, TierConfig};
 
-use crate::crd::{RocketMQCluster, TierBackendKind};
+use crate::crd::{ReplicationPolicy, RocketMQCluster, TierBackendKind, ZoneSpread};
 
 pub const NAMESRV_PORT: i32 = 9876;
 pub const NAMESRV_HTTP_PORT: i32 = 9877;
 pub const STORE_PORT: i32 = 10911;
 pub const STORE_HTTP_PORT: i32 = 10912;
+/// A store node's HA port (replication inside a broker group).
+pub const HA_PORT: i32 = 10913;
+/// The controllers' HTTP port (Raft between them, and the store nodes' heartbeats).
+pub const CONTROLLER_PORT: i32 = 9878;
+/// The label naming a store pod's broker group (with `broker.ha`).
+pub const GROUP_LABEL: &str = "rocketmq.rs/group";
 /// First port of the listeners for adopted nodes' histories on a store node.
 pub const ADOPT_BASE_PORT: i32 = 10921;
 pub const PROXY_HTTP_PORT: i32 = 8082;
@@ -43,10 +52,11 @@ const DATA_DIR: &str = "/data";
 /// Where the configuration files are mounted.
 const CONFIG_DIR: &str = "/etc/rocketmq";
 
-/// The three roles, in rollout order.
+/// The roles, in rollout order (controllers only with `broker.ha`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     NameServer,
+    Controller,
     Broker,
     Proxy,
 }
@@ -56,6 +66,7 @@ impl Role {
     pub fn config_file(self) -> &'static str {
         match self {
             Role::NameServer => "namesrv.yaml",
+            Role::Controller => "controller.yaml",
             Role::Broker => "store.yaml",
             Role::Proxy => "proxy.yaml",
         }
@@ -64,6 +75,7 @@ impl Role {
     pub fn component(self) -> &'static str {
         match self {
             Role::NameServer => "namesrv",
+            Role::Controller => "controller",
             Role::Broker => "broker",
             Role::Proxy => "proxy",
         }
@@ -94,9 +106,28 @@ impl Names<'_> {
     pub fn headless(&self, role: Role) -> String {
         format!("{}-headless", self.of(role))
     }
-    /// A store node's broker name (= its pod name).
+    /// A store node's broker name (= its pod name); with `broker.ha`, a group's broker name
+    /// (= its StatefulSet's name).
     pub fn store_node(&self, ordinal: i32) -> String {
         format!("{}-{ordinal}", self.of(Role::Broker))
+    }
+    /// A member of a broker group (with `broker.ha`): the group's pod `member`.
+    pub fn group_member(&self, group: i32, member: i32) -> String {
+        format!("{}-{member}", self.store_node(group))
+    }
+    /// The stable DNS name of a pod of the store nodes' headless Service.
+    pub fn store_pod_host(&self, pod: &str) -> String {
+        format!(
+            "{pod}.{}.{}.svc",
+            self.headless(Role::Broker),
+            self.namespace
+        )
+    }
+    /// Every controller's HTTP address.
+    pub fn controller_list(&self, replicas: i32) -> Vec<String> {
+        (0..replicas)
+            .map(|i| format!("{}:{CONTROLLER_PORT}", self.pod_host(Role::Controller, i)))
+            .collect()
     }
     /// A pod's stable DNS name.
     pub fn pod_host(&self, role: Role, ordinal: i32) -> String {
@@ -148,6 +179,13 @@ pub fn selector(c: &RocketMQCluster, role: Role) -> BTreeMap<String, String> {
             role.component().to_owned(),
         ),
     ])
+}
+
+/// Labels that select one broker group's pods (with `broker.ha`).
+pub fn group_selector(c: &RocketMQCluster, group: i32) -> BTreeMap<String, String> {
+    let mut s = selector(c, Role::Broker);
+    s.insert(GROUP_LABEL.to_owned(), group.to_string());
+    s
 }
 
 pub fn selector_string(c: &RocketMQCluster, role: Role) -> String {
@@ -228,6 +266,22 @@ pub fn store_config(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Resul
     cfg.http_listen = ([0, 0, 0, 0], STORE_HTTP_PORT as u16).into();
     cfg.namesrv = n.namesrv_list(c.spec.name_server.replicas);
     cfg.tier = tier_config(c, "{brokerName}");
+    if let Some(ha) = &b.ha {
+        cfg.ha = Some(HaConfig {
+            listen: ([0, 0, 0, 0], HA_PORT as u16).into(),
+            controllers: n.controller_list(ha.controllers.replicas),
+            replication: match ha.replication {
+                ReplicationPolicy::Sync => ReplicationMode::Sync,
+                ReplicationPolicy::Async => ReplicationMode::Async,
+            },
+            min_in_sync_replicas: ha.min_in_sync_replicas.max(1) as usize,
+            in_sync_replicas: ha.min_in_sync_replicas.max(1) as usize,
+            all_ack_in_sync_state_set: ha.all_ack_in_sync_state_set,
+            ..HaConfig::default()
+        });
+        // Every member's id comes from its pod (ordinal + 1); 0 is what a primary registers.
+        cfg.broker_id = 1;
+    }
     let mut port = ADOPT_BASE_PORT;
     for (adopter, adopted) in adoptions {
         for node in adopted {
@@ -273,6 +327,27 @@ pub fn namesrv_config() -> NamesrvConfig {
     }
 }
 
+/// The controllers' configuration file (each one's id is its pod's ordinal, from the
+/// environment).
+pub fn controller_config(c: &RocketMQCluster) -> Option<ControllerConfig> {
+    let ha = c.spec.broker.ha.as_ref()?;
+    let n = names(c);
+    Some(ControllerConfig {
+        id: 0,
+        peers: n
+            .controller_list(ha.controllers.replicas)
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64, a))
+            .collect(),
+        listen: ([0, 0, 0, 0], CONTROLLER_PORT as u16).into(),
+        data_dir: DATA_DIR.into(),
+        node_timeout: std::time::Duration::from_millis(ha.controllers.node_timeout_ms.max(1) as u64),
+        unclean_election: ha.unclean_election,
+        ..ControllerConfig::default()
+    })
+}
+
 pub fn proxy_config(c: &RocketMQCluster) -> ProxyConfig {
     ProxyConfig {
         grpc_listen: ([0, 0, 0, 0], c.spec.proxy.grpc_port as u16).into(),
@@ -284,7 +359,7 @@ pub fn proxy_config(c: &RocketMQCluster) -> ProxyConfig {
 
 /// The ConfigMap with every role's configuration file.
 pub fn config_map(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Result<ConfigMap> {
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         (
             "namesrv.yaml".to_owned(),
             serde_saphyr::to_string(&namesrv_config())?,
@@ -298,6 +373,12 @@ pub fn config_map(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Result<
             serde_saphyr::to_string(&proxy_config(c))?,
         ),
     ]);
+    if let Some(cfg) = controller_config(c) {
+        data.insert(
+            Role::Controller.config_file().to_owned(),
+            serde_saphyr::to_string(&cfg)?,
+        );
+    }
     Ok(ConfigMap {
         metadata: meta(c, names(c).config_map(), None),
         data: Some(data),
@@ -344,6 +425,12 @@ pub fn headless_service(c: &RocketMQCluster, role: Role) -> Service {
             port("remoting", NAMESRV_PORT),
             port("http", NAMESRV_HTTP_PORT),
         ],
+        Role::Controller => vec![port("http", CONTROLLER_PORT)],
+        Role::Broker if c.spec.broker.ha.is_some() => vec![
+            port("remoting", STORE_PORT),
+            port("http", STORE_HTTP_PORT),
+            port("ha", HA_PORT),
+        ],
         Role::Broker => vec![port("remoting", STORE_PORT), port("http", STORE_HTTP_PORT)],
         Role::Proxy => vec![
             port("grpc", c.spec.proxy.grpc_port),
@@ -385,19 +472,84 @@ pub fn client_service(c: &RocketMQCluster, role: Role) -> Service {
     }
 }
 
+/// At most one pod of a role down at a time by a voluntary disruption (a node drain).
 pub fn pdb(c: &RocketMQCluster, role: Role) -> PodDisruptionBudget {
+    pdb_selecting(c, names(c).of(role), role, selector(c, role))
+}
+
+/// One member of a broker group down at a time (groups are independent of each other).
+pub fn group_pdb(c: &RocketMQCluster, group: i32) -> PodDisruptionBudget {
+    pdb_selecting(
+        c,
+        names(c).store_node(group),
+        Role::Broker,
+        group_selector(c, group),
+    )
+}
+
+fn pdb_selecting(
+    c: &RocketMQCluster,
+    name: String,
+    role: Role,
+    select: BTreeMap<String, String>,
+) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: meta(c, names(c).of(role), Some(role)),
+        metadata: meta(c, name, Some(role)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(selector(c, role)),
+                match_labels: Some(select),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
     }
+}
+
+/// Zone spread and node anti-affinity among the pods `select` picks (a broker group's
+/// members, or the controllers), unless the user set their own affinity.
+fn spread_over_zones(
+    spread: ZoneSpread,
+    select: &BTreeMap<String, String>,
+    user_affinity: Option<&Affinity>,
+) -> (Vec<TopologySpreadConstraint>, Option<Affinity>) {
+    let selector = LabelSelector {
+        match_labels: Some(select.clone()),
+        ..LabelSelector::default()
+    };
+    let when = match spread {
+        ZoneSpread::Required => Some("DoNotSchedule"),
+        ZoneSpread::Preferred => Some("ScheduleAnyway"),
+        ZoneSpread::None => None,
+    };
+    let constraints = when
+        .map(|w| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".to_owned(),
+            when_unsatisfiable: w.to_owned(),
+            label_selector: Some(selector.clone()),
+            ..TopologySpreadConstraint::default()
+        })
+        .into_iter()
+        .collect();
+    let affinity = user_affinity.cloned().unwrap_or_else(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    (constraints, Some(affinity))
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -435,16 +587,32 @@ fn http_probe(path: &str, port: i32) -> Probe {
     }
 }
 
-/// The pod template of a role, with the user's overrides and the config hash.
-fn pod_template(c: &RocketMQCluster, role: Role, hash: &str) -> PodTemplateSpec {
+/// The label the StatefulSet controller puts on each pod with its ordinal.
+const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// The pod template of a role (of one broker group, with `broker.ha`), with the user's
+/// overrides and the config hash.
+fn pod_template(
+    c: &RocketMQCluster,
+    role: Role,
+    group: Option<i32>,
+    hash: &str,
+) -> PodTemplateSpec {
     let n = names(c);
     let o = &c.spec.pod_template;
-    let (args, ports, http, resources) = match role {
+    let ha = c.spec.broker.ha.as_ref();
+    let (args, mut ports, http, resources) = match role {
         Role::NameServer => (
             vec!["namesrv".to_owned()],
             vec![("remoting", NAMESRV_PORT), ("http", NAMESRV_HTTP_PORT)],
             NAMESRV_HTTP_PORT,
             c.spec.name_server.resources.clone(),
+        ),
+        Role::Controller => (
+            vec!["controller".to_owned()],
+            vec![("http", CONTROLLER_PORT)],
+            CONTROLLER_PORT,
+            ha.and_then(|h| h.controllers.resources.clone()),
         ),
         Role::Broker => (
             vec!["store".to_owned()],
@@ -471,9 +639,38 @@ fn pod_template(c: &RocketMQCluster, role: Role, hash: &str) -> PodTemplateSpec 
         read_only: Some(true),
         ..VolumeMount::default()
     }];
+    if role == Role::Controller {
+        env_vars.push(field_env(
+            "RMQ_CONTROLLER_ID",
+            &format!("metadata.labels['{POD_INDEX_LABEL}']"),
+        ));
+        mounts.push(VolumeMount {
+            name: "data".to_owned(),
+            mount_path: DATA_DIR.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
     if role == Role::Broker {
         env_vars.push(field_env("POD_NAME", "metadata.name"));
-        env_vars.push(env("RMQ_BROKER_NAME", "$(POD_NAME)".to_owned()));
+        match group {
+            Some(g) => {
+                env_vars.push(env("RMQ_BROKER_NAME", n.store_node(g)));
+                env_vars.push(field_env(
+                    "RMQ_POD_INDEX",
+                    &format!("metadata.labels['{POD_INDEX_LABEL}']"),
+                ));
+                env_vars.push(env(
+                    "RMQ_HA_ADVERTISE",
+                    format!(
+                        "$(POD_NAME).{}.{}.svc:{HA_PORT}",
+                        n.headless(role),
+                        n.namespace
+                    ),
+                ));
+                ports.push(("ha", HA_PORT));
+            }
+            None => env_vars.push(env("RMQ_BROKER_NAME", "$(POD_NAME)".to_owned())),
+        }
         env_vars.push(env(
             "RMQ_ADVERTISE",
             format!(
@@ -505,22 +702,35 @@ fn pod_template(c: &RocketMQCluster, role: Role, hash: &str) -> PodTemplateSpec 
     }
     let mut labels = labels(c, Some(role));
     labels.extend(o.labels.clone());
+    if let Some(g) = group {
+        labels.insert(GROUP_LABEL.to_owned(), g.to_string());
+    }
     let mut annotations = o.annotations.clone();
     annotations.insert(CONFIG_HASH.to_owned(), hash.to_owned());
-    let spread = o
+    let own = match group {
+        Some(g) => group_selector(c, g),
+        None => selector(c, role),
+    };
+    let mut spread = o
         .topology_spread_constraints
         .iter()
         .cloned()
         .map(|mut t| {
             if t.label_selector.is_none() {
                 t.label_selector = Some(LabelSelector {
-                    match_labels: Some(selector(c, role)),
+                    match_labels: Some(own.clone()),
                     ..LabelSelector::default()
                 });
             }
             t
         })
         .collect::<Vec<_>>();
+    let mut affinity = o.affinity.clone();
+    if let Some(ha) = ha.filter(|_| group.is_some() || role == Role::Controller) {
+        let (zones, aff) = spread_over_zones(ha.zone_spread, &own, o.affinity.as_ref());
+        spread.extend(zones);
+        affinity = aff;
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -532,7 +742,7 @@ fn pod_template(c: &RocketMQCluster, role: Role, hash: &str) -> PodTemplateSpec 
             automount_service_account_token: Some(false),
             node_selector: (!o.node_selector.is_empty()).then(|| o.node_selector.clone()),
             tolerations: (!o.tolerations.is_empty()).then(|| o.tolerations.clone()),
-            affinity: o.affinity.clone(),
+            affinity,
             topology_spread_constraints: (!spread.is_empty()).then_some(spread),
             priority_class_name: o.priority_class_name.clone(),
             security_context: Some(o.security_context.clone().unwrap_or(PodSecurityContext {
@@ -589,11 +799,43 @@ fn pod_template(c: &RocketMQCluster, role: Role, hash: &str) -> PodTemplateSpec 
     }
 }
 
-/// The StatefulSet of the name servers or the store nodes.
+/// The StatefulSet of the name servers, the controllers or the store nodes (without
+/// `broker.ha`: one node per broker name).
 pub fn stateful_set(c: &RocketMQCluster, role: Role, replicas: i32, hash: &str) -> StatefulSet {
+    stateful_set_of(c, role, None, replicas, hash)
+}
+
+/// The StatefulSet of one broker group (with `broker.ha`): a primary and its replicas. Pods
+/// are replaced by the operator (`OnDelete`), replicas before the primary.
+pub fn group_stateful_set(c: &RocketMQCluster, group: i32, hash: &str) -> StatefulSet {
+    let members = c
+        .spec
+        .broker
+        .ha
+        .as_ref()
+        .map_or(1, |h| h.replicas_per_group + 1);
+    stateful_set_of(c, Role::Broker, Some(group), members, hash)
+}
+
+fn stateful_set_of(
+    c: &RocketMQCluster,
+    role: Role,
+    group: Option<i32>,
+    replicas: i32,
+    hash: &str,
+) -> StatefulSet {
     let n = names(c);
-    let claims = (role == Role::Broker).then(|| {
-        let s = &c.spec.broker.storage;
+    let volume = match role {
+        Role::Broker => Some(c.spec.broker.storage.clone()),
+        Role::Controller => c
+            .spec
+            .broker
+            .ha
+            .as_ref()
+            .map(|h| h.controllers.storage.clone()),
+        _ => None,
+    };
+    let claims = volume.map(|s| {
         vec![PersistentVolumeClaim {
             metadata: ObjectMeta {
                 name: Some("data".to_owned()),
@@ -619,23 +861,40 @@ pub fn stateful_set(c: &RocketMQCluster, role: Role, replicas: i32, hash: &str) 
         crate::crd::DeletionPolicy::Retain => "Retain",
         crate::crd::DeletionPolicy::Delete => "Delete",
     };
+    let (name, select) = match group {
+        Some(g) => (n.store_node(g), group_selector(c, g)),
+        None => (n.of(role), selector(c, role)),
+    };
+    let mut metadata = meta(c, name, Some(role));
+    if let Some(g) = group {
+        metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(GROUP_LABEL.to_owned(), g.to_string());
+    }
     StatefulSet {
-        metadata: meta(c, n.of(role), Some(role)),
+        metadata,
         spec: StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(n.headless(role)),
             selector: LabelSelector {
-                match_labels: Some(selector(c, role)),
+                match_labels: Some(select),
                 ..LabelSelector::default()
             },
-            pod_management_policy: Some(if role == Role::NameServer {
-                "Parallel".to_owned()
-            } else {
+            // Name servers and controllers start together (the controllers need a majority
+            // to elect a leader); store nodes one at a time.
+            pod_management_policy: Some(if role == Role::Broker {
                 "OrderedReady".to_owned()
+            } else {
+                "Parallel".to_owned()
             }),
-            template: pod_template(c, role, hash),
+            update_strategy: group.map(|_| StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_owned()),
+                rolling_update: None,
+            }),
+            template: pod_template(c, role, group, hash),
             volume_claim_templates: claims,
-            persistent_volume_claim_retention_policy: (role == Role::Broker).then(|| {
+            persistent_volume_claim_retention_policy: (role != Role::NameServer).then(|| {
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some(retention.to_owned()),
                     // A drained node's volume is kept until the cluster goes: its history is
@@ -667,7 +926,7 @@ pub fn deployment(c: &RocketMQCluster, hash: &str) -> Deployment {
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: pod_template(c, role, hash),
+            template: pod_template(c, role, None, hash),
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
@@ -747,5 +1006,86 @@ mod tests {
         assert_eq!(tpl.metadata.unwrap().annotations.unwrap()[CONFIG_HASH], h1);
         let pod = tpl.spec.unwrap();
         assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn broker_groups_render_controllers_and_spread_members_over_zones() {
+        let c = cluster(serde_json::json!({
+            "broker": {"replicas": 2, "ha": {"replicasPerGroup": 2, "replication": "SYNC", "minInSyncReplicas": 2}}
+        }));
+        let cm = config_map(&c, &Adoptions::new()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = cm.data.as_ref().unwrap();
+        std::fs::write(dir.path().join("store.yaml"), &data["store.yaml"]).unwrap();
+        let cfg = StoreNodeConfig::from_file(&dir.path().join("store.yaml")).unwrap();
+        let ha = cfg.ha.expect("an ha section");
+        assert_eq!(ha.replication, ReplicationMode::Sync);
+        assert_eq!(ha.min_in_sync_replicas, 2);
+        assert!(ha.all_ack_in_sync_state_set);
+        assert_eq!(
+            ha.controllers,
+            [0, 1, 2].map(|i| format!(
+                "demo-controller-{i}.demo-controller-headless.mq.svc:{CONTROLLER_PORT}"
+            ))
+        );
+        assert_eq!(cfg.broker_id, 1);
+        let ctrl: ControllerConfig =
+            serde_saphyr::from_str(&data["controller.yaml"]).expect("controller.yaml parses");
+        assert_eq!(ctrl.peers.len(), 3);
+        assert_eq!(ctrl.data_dir, std::path::PathBuf::from(DATA_DIR));
+
+        let sts = group_stateful_set(&c, 1, "h");
+        assert_eq!(sts.metadata.name.as_deref(), Some("demo-broker-1"));
+        let spec = &sts.spec;
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(
+            spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        let select = spec.selector.match_labels.as_ref().unwrap();
+        assert_eq!(select[GROUP_LABEL], "1");
+        let pod = spec.template.spec.as_ref().unwrap();
+        let zone = &pod.topology_spread_constraints.as_ref().unwrap()[0];
+        assert_eq!(zone.topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(zone.when_unsatisfiable, "DoNotSchedule");
+        assert_eq!(
+            zone.label_selector.as_ref().unwrap().match_labels.as_ref(),
+            Some(select)
+        );
+        assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let var = |k: &str| env.iter().find(|e| e.name == k).unwrap().clone();
+        assert_eq!(
+            var("RMQ_BROKER_NAME").value.as_deref(),
+            Some("demo-broker-1")
+        );
+        assert!(
+            var("RMQ_POD_INDEX")
+                .value_from
+                .unwrap()
+                .field_ref
+                .unwrap()
+                .field_path
+                .contains("pod-index")
+        );
+        let pdb = group_pdb(&c, 1);
+        assert_eq!(
+            pdb.spec.unwrap().selector.unwrap().match_labels.unwrap()[GROUP_LABEL],
+            "1"
+        );
+        let ctl = stateful_set(&c, Role::Controller, 3, "h");
+        assert_eq!(ctl.spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert!(ctl.spec.volume_claim_templates.is_some());
+
+        // Preferred spread never keeps a member Pending.
+        let soft = cluster(serde_json::json!({
+            "broker": {"ha": {"zoneSpread": "Preferred"}}
+        }));
+        let sts = group_stateful_set(&soft, 0, "h");
+        let pod = sts.spec.template.spec.unwrap();
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].when_unsatisfiable,
+            "ScheduleAnyway"
+        );
     }
 }

@@ -187,6 +187,22 @@ impl Proc {
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// SIGTERM, as the kubelet stops a container, and waits (up to 30 s) for the exit.
+    fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 impl Drop for Proc {
@@ -621,6 +637,8 @@ fn operator_end_to_end_on_a_real_control_plane() {
     let store_http: BTreeMap<String, SocketAddr> = ["demo", "tiered"]
         .iter()
         .flat_map(|c| (0..3).map(move |i| format!("{c}-broker-{i}")))
+        .chain((0..3).map(|i| format!("ha-broker-0-{i}")))
+        .chain((0..3).map(|i| format!("ha-controller-{i}")))
         .map(|name| (name, SocketAddr::from(([127, 0, 0, 1], free_port()))))
         .collect();
     let endpoints = store_http
@@ -962,6 +980,11 @@ fn operator_end_to_end_on_a_real_control_plane() {
     step("tiered cluster: scale in hands the history over");
     tiered_scale_in(&e, &store_http);
 
+    // 13. Broker groups with replicas: zone spread, a PDB per group, controllers, status from
+    // real controllers and store nodes, and a rolling upgrade that restarts the primary last.
+    step("broker groups: spread, status, rolling upgrade");
+    broker_groups(&e, &store_http);
+
     let metrics = ureq::get(&format!("http://{op_http}/metrics"))
         .call()
         .unwrap()
@@ -1150,4 +1173,288 @@ fn tiered_scale_in(e: &Env, store_http: &BTreeMap<String, SocketAddr>) {
     let events = e.ok(&["get", "events", "-n", NS, "-o", "json"]);
     assert!(events.contains("ScaleInHeld"), "{events}");
     e.ok(&["delete", "rmq", "tiered", "-n", NS, "--wait=true"]);
+}
+
+/// Pods of a label selector in the test namespace: name -> (uid, node, ready).
+fn pods(e: &Env, selector: &str) -> BTreeMap<String, (String, String, bool)> {
+    let list: Value =
+        serde_json::from_str(&e.ok(&["get", "pods", "-n", NS, "-l", selector, "-o", "json"]))
+            .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (
+                p["metadata"]["name"].as_str().unwrap().to_owned(),
+                (
+                    p["metadata"]["uid"].as_str().unwrap().to_owned(),
+                    p["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
+                    ready,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A `broker.ha` cluster: one group of a primary and two replicas, three controllers. KWOK
+/// runs the pods; real controllers and store nodes run here from the rendered ConfigMap, each
+/// standing for its pod (the operator reaches them through `RMQ_OPERATOR_STORE_ENDPOINTS`),
+/// and the test plays the kubelet: when the operator replaces a pod, the process is stopped
+/// with SIGTERM and started again.
+fn broker_groups(e: &Env, endpoints: &BTreeMap<String, SocketAddr>) {
+    let head =
+        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n";
+    let bad = e
+        .apply(&format!(
+            "{head}  broker: {{ha: {{replicasPerGroup: 1, minInSyncReplicas: 3}}}}\n"
+        ))
+        .unwrap_err();
+    assert!(bad.contains("cannot exceed replicasPerGroup + 1"), "{bad}");
+    let bad = e
+        .apply(&format!(
+            "{head}  broker: {{ha: {{}}}}\n  tieredStorage: {{enabled: true, backend: filesystem}}\n"
+        ))
+        .unwrap_err();
+    assert!(bad.contains("cannot be combined with broker.ha"), "{bad}");
+
+    e.apply(
+        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: ha}\nspec:\n  nameServer: {replicas: 1}\n  proxy: {replicas: 1}\n  broker:\n    replicas: 1\n    storage: {size: 1Gi}\n    ha: {replicasPerGroup: 2, controllers: {replicas: 3}}\n",
+    )
+    .unwrap();
+    let get_ha = || e.get("rmq", "ha").expect("the cluster exists");
+    wait_for(120, "the replicated cluster to be Ready", || {
+        let c = get_ha();
+        if is_ready(&c) {
+            Ok(())
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    // Each member of the group in its own zone; one PDB for the group.
+    let group_sel = "app.kubernetes.io/instance=ha,rocketmq.rs/group=0";
+    let members = pods(e, group_sel);
+    assert_eq!(members.len(), 3, "{members:?}");
+    let zones: std::collections::BTreeSet<String> = members
+        .values()
+        .map(|(_, node, _)| {
+            e.ok(&[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.metadata.labels.topology\\.kubernetes\\.io/zone}",
+            ])
+        })
+        .collect();
+    assert_eq!(
+        zones.len(),
+        3,
+        "members spread over 3 zones: {members:?} {zones:?}"
+    );
+    let pdb = e
+        .get("poddisruptionbudget", "ha-broker-0")
+        .expect("a PDB per group");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["rocketmq.rs/group"],
+        "0"
+    );
+    assert!(e.get("poddisruptionbudget", "ha-broker").is_none());
+    assert_eq!(
+        e.get("statefulset", "ha-controller").unwrap()["status"]["readyReplicas"],
+        3
+    );
+
+    // The data plane: controllers, a name server and the group's three members.
+    let cm = e.get("configmap", "ha-config").expect("the ConfigMap");
+    let dir = e.work.path().join("dataplane-ha");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["namesrv.yaml", "store.yaml", "controller.yaml"] {
+        std::fs::write(dir.join(file), cm["data"][file].as_str().unwrap()).unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_rmq-operator")).with_file_name("rmq-broker");
+    let s = |x: &str| x.to_owned();
+    let ctl: Vec<SocketAddr> = (0..3)
+        .map(|i| endpoints[&format!("ha-controller-{i}")])
+        .collect();
+    let peers = ctl
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{i}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _controllers: Vec<Proc> = ctl
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Proc::start(
+                &bin,
+                &[
+                    s("controller"),
+                    s("--config"),
+                    dir.join("controller.yaml").display().to_string(),
+                    s("--id"),
+                    i.to_string(),
+                    s("--peer"),
+                    peers.clone(),
+                    s("--listen"),
+                    a.to_string(),
+                    s("--data-dir"),
+                    dir.join(format!("controller-{i}")).display().to_string(),
+                ],
+                &[],
+                dir.join(format!("controller-{i}.log")),
+            )
+        })
+        .collect();
+    let namesrv_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _namesrv = Proc::start(
+        &bin,
+        &[
+            s("namesrv"),
+            s("--config"),
+            dir.join("namesrv.yaml").display().to_string(),
+            s("--listen"),
+            namesrv_addr.to_string(),
+            s("--http-listen"),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+        dir.join("namesrv.log"),
+    );
+    let controllers = ctl
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut stores: Vec<Proc> = (0..3)
+        .map(|i| {
+            let ha = format!("127.0.0.1:{}", free_port());
+            Proc::start(
+                &bin,
+                &[
+                    s("store"),
+                    s("--config"),
+                    dir.join("store.yaml").display().to_string(),
+                    s("--broker-name"),
+                    s("ha-broker-0"),
+                    s("--pod-index"),
+                    i.to_string(),
+                    s("--listen"),
+                    format!("127.0.0.1:{}", free_port()),
+                    s("--http-listen"),
+                    endpoints[&format!("ha-broker-0-{i}")].to_string(),
+                    s("--data-dir"),
+                    dir.join(format!("ha-broker-0-{i}")).display().to_string(),
+                    s("--namesrv"),
+                    namesrv_addr.to_string(),
+                    s("--ha-listen"),
+                    ha.clone(),
+                    s("--ha-advertise"),
+                    ha,
+                    s("--controller"),
+                    controllers.clone(),
+                ],
+                &[],
+                dir.join(format!("ha-broker-0-{i}.log")),
+            )
+        })
+        .collect();
+    let logs = |stores: &[Proc]| {
+        stores
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let l = p.logs();
+                let tail: Vec<_> = l.lines().rev().take(20).collect();
+                format!(
+                    "---- ha-broker-0-{i}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let group = |c: &Value| c["status"]["groups"][0].clone();
+    let before = wait_for(
+        90,
+        "the status to show the group's primary and in-sync set",
+        || {
+            let c = get_ha();
+            let g = group(&c);
+            if g["primary"].is_string() && g["inSync"].as_array().is_some_and(|s| s.len() == 3) {
+                Ok(g)
+            } else {
+                Err(format!("{}\n{}", c["status"], logs(&stores)))
+            }
+        },
+    );
+    assert_eq!(before["name"], "ha-broker-0");
+    assert!(before["epoch"].as_i64().unwrap() >= 1, "{before}");
+    let primary = before["primary"].as_str().unwrap().to_owned();
+
+    // A rolling upgrade: replicas first, each back in sync before the next, the primary last;
+    // the stopping primary hands its role over.
+    e.patch(
+        "ha",
+        r#"{"spec":{"image":"ghcr.io/rocketmq-rs/rmq-broker:0.1.1"}}"#,
+    );
+    let mut replaced: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let now = pods(e, group_sel);
+        for (name, (uid, _, _)) in &now {
+            if replaced.contains(name) || members.get(name).is_some_and(|(u, _, _)| u == uid) {
+                continue;
+            }
+            let i: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+            stores[i].terminate();
+            stores[i].spawn();
+            replaced.push(name.clone());
+        }
+        let c = get_ha();
+        if replaced.len() == 3
+            && is_ready(&c)
+            && group(&c)["inSync"].as_array().is_some_and(|s| s.len() == 3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rolling upgrade did not finish: replaced {replaced:?}; {}\n{}",
+            c["status"],
+            logs(&stores)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        replaced.last(),
+        Some(&primary),
+        "replicas restart before the primary: {replaced:?}"
+    );
+    let after = group(&get_ha());
+    assert_ne!(
+        after["primary"], before["primary"],
+        "the role moved: {after}"
+    );
+    assert!(
+        after["epoch"].as_i64() > before["epoch"].as_i64(),
+        "{after}"
+    );
+    let i: usize = primary.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(
+        stores[i].logs().contains("handed the primary role over"),
+        "{}",
+        logs(&stores)
+    );
+    let events = e.ok(&["get", "events", "-n", NS, "-o", "json"]);
+    assert!(events.contains("RestartingMember"), "{events}");
+    e.ok(&["delete", "rmq", "ha", "-n", NS, "--wait=true"]);
 }

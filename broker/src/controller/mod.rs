@@ -195,6 +195,17 @@ impl Default for ControllerConfig {
     }
 }
 
+/// A stopping primary asks for its role to move to `to`, an in-sync replica holding its whole
+/// log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    pub group: String,
+    pub epoch: u64,
+    pub from: i64,
+    pub to: i64,
+}
+
 /// What a node sends every heartbeat interval to every controller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -395,6 +406,51 @@ impl Controller {
         }
     }
 
+    async fn handover(&self, req: Handover) -> AlterReply {
+        let refuse = |e: String| AlterReply {
+            error: Some(e),
+            leader: self.leader(),
+            ..AlterReply::default()
+        };
+        if !self.is_leader() {
+            return refuse("not the leader".into());
+        }
+        let g = self.sm.read(|s| s.groups.get(&req.group).cloned());
+        let Some(g) = g else {
+            return refuse(format!("unknown group {}", req.group));
+        };
+        if g.epoch != req.epoch || g.primary != Some(req.from) {
+            return refuse(format!(
+                "stale: the group is at epoch {} with primary {:?}",
+                g.epoch, g.primary
+            ));
+        }
+        if req.to == req.from || !g.in_sync.contains(&req.to) {
+            return refuse(format!("{} is not an in-sync replica", req.to));
+        }
+        let write = CtrlRequest::Elect {
+            group: req.group.clone(),
+            expected_epoch: req.epoch,
+            primary: req.to,
+        };
+        match self.write(write).await {
+            Ok(WriteOutcome::Done(CtrlResponse::Group(after))) => {
+                tracing::warn!(group = %req.group, old = req.from, new = req.to, epoch = after.epoch, "primary handed over");
+                AlterReply {
+                    group: Some(after),
+                    ..AlterReply::default()
+                }
+            }
+            Ok(WriteOutcome::Done(other)) => refuse(format!("{other:?}")),
+            Ok(WriteOutcome::NotLeader(leader)) => AlterReply {
+                error: Some("not the leader".into()),
+                leader,
+                ..AlterReply::default()
+            },
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+
     /// On the leader, every 200 ms: replaces dead primaries. Waits one node timeout after
     /// becoming leader, so that every live node has heartbeated to it.
     pub async fn run_elections(self: Arc<Self>) {
@@ -475,6 +531,10 @@ impl Controller {
             .route("/controller/heartbeat", post(heartbeat_route))
             .route("/controller/in-sync", post(alter_route))
             .route("/controller/state", get(state_route))
+            .route("/controller/handover", post(handover_route))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz_route))
+            .route("/metrics", get(metrics_route))
             .with_state(Arc::clone(self))
             .merge(network::raft_router(self.raft.clone()))
     }
@@ -492,6 +552,71 @@ async fn alter_route(
     Json(req): Json<AlterInSync>,
 ) -> Json<AlterReply> {
     Json(c.alter(req).await)
+}
+
+async fn handover_route(
+    State(c): State<Arc<Controller>>,
+    Json(req): Json<Handover>,
+) -> Json<AlterReply> {
+    Json(c.handover(req).await)
+}
+
+/// Ready once a leader is known (this controller takes part in a working Raft group).
+async fn readyz_route(State(c): State<Arc<Controller>>) -> (axum::http::StatusCode, String) {
+    match c.leader() {
+        Some(l) => (axum::http::StatusCode::OK, format!("leader {l}\n")),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no leader elected\n".into(),
+        ),
+    }
+}
+
+/// Prometheus text: leadership, Raft term and applied index, and each group's epoch and
+/// in-sync set size.
+async fn metrics_route(State(c): State<Arc<Controller>>) -> String {
+    use std::fmt::Write;
+    let m = c.raft.metrics().borrow().clone();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP rmq_controller_leader 1 on the controller that leads the Raft group.\n# TYPE rmq_controller_leader gauge\nrmq_controller_leader {}",
+        u8::from(c.is_leader())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP rmq_controller_raft_term Current Raft term.\n# TYPE rmq_controller_raft_term gauge\nrmq_controller_raft_term {}",
+        m.current_term
+    );
+    let _ = writeln!(
+        out,
+        "# HELP rmq_controller_raft_applied_index Last applied Raft log index.\n# TYPE rmq_controller_raft_applied_index gauge\nrmq_controller_raft_applied_index {}",
+        m.last_applied.map_or(0, |l| l.index)
+    );
+    let groups = c.state().groups;
+    let _ = writeln!(
+        out,
+        "# HELP rmq_controller_group_epoch Epoch of each broker group (bumped by every election).\n# TYPE rmq_controller_group_epoch gauge"
+    );
+    for (name, g) in &groups {
+        let _ = writeln!(
+            out,
+            "rmq_controller_group_epoch{{group=\"{name}\"}} {}",
+            g.epoch
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rmq_controller_group_in_sync Members in each group's in-sync set, the primary included.\n# TYPE rmq_controller_group_in_sync gauge"
+    );
+    for (name, g) in &groups {
+        let _ = writeln!(
+            out,
+            "rmq_controller_group_in_sync{{group=\"{name}\"}} {}",
+            g.in_sync.len()
+        );
+    }
+    out
 }
 
 #[derive(Serialize)]

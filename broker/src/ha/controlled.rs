@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::epoch::EpochFile;
 use super::{HaConfig, InSyncApprover, MetaSync, Primary, Replica};
 use crate::controller::{
-    AlterInSync, AlterReply, GroupState, Heartbeat, HeartbeatReply, MemberInfo,
+    AlterInSync, AlterReply, GroupState, Handover, Heartbeat, HeartbeatReply, MemberInfo,
 };
 use crate::store::MessageStore;
 
@@ -58,6 +58,8 @@ pub struct ControlledNode {
 struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// While primary: the replicas' acks (for a hand-over at shutdown).
+    primary: Option<Arc<Primary>>,
 }
 
 impl Running {
@@ -83,7 +85,7 @@ impl InSyncApprover for ControllerApprover {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<BTreeSet<i64>, String>> + Send>>
     {
         let client = self.client.clone();
-        let mut targets = self.controllers.clone();
+        let targets = self.controllers.clone();
         let req = AlterInSync {
             group: self.group.clone(),
             epoch,
@@ -91,45 +93,60 @@ impl InSyncApprover for ControllerApprover {
             in_sync,
         };
         Box::pin(async move {
-            let mut last = String::from("no controller answered");
-            // Any controller first; a follower names the leader, which is tried next.
-            let mut i = 0;
-            while i < targets.len() && i < 8 {
-                let url = format!("http://{}/controller/in-sync", targets[i]);
-                i += 1;
-                let reply = client
-                    .post(&url)
-                    .timeout(Duration::from_secs(3))
-                    .json(&req)
-                    .send()
-                    .await;
-                let reply: AlterReply = match reply {
-                    Ok(r) => match r.json().await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            last = e.to_string();
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                };
-                if let Some(g) = reply.group {
-                    return Ok(g.in_sync);
-                }
-                if let Some(leader) = reply.leader
-                    && !targets[i..].contains(&leader)
-                {
-                    targets.insert(i, leader);
-                }
-                last = reply.error.unwrap_or_default();
-            }
-            Err(last)
+            ask_leader(&client, targets, "/controller/in-sync", &req)
+                .await
+                .map(|g| g.in_sync)
         })
     }
 }
+
+/// Posts `req` to the controllers' leader: any controller first; a follower names the
+/// leader, which is tried next. The group as the leader holds it after the change.
+async fn ask_leader<T: Serialize>(
+    client: &reqwest::Client,
+    mut targets: Vec<String>,
+    path: &str,
+    req: &T,
+) -> Result<GroupState, String> {
+    let mut last = String::from("no controller answered");
+    let mut i = 0;
+    while i < targets.len() && i < 8 {
+        let url = format!("http://{}{path}", targets[i]);
+        i += 1;
+        let reply = client
+            .post(&url)
+            .timeout(Duration::from_secs(3))
+            .json(req)
+            .send()
+            .await;
+        let reply: AlterReply = match reply {
+            Ok(r) => match r.json().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            },
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        if let Some(g) = reply.group {
+            return Ok(g);
+        }
+        if let Some(leader) = reply.leader
+            && !targets[i..].contains(&leader)
+        {
+            targets.insert(i, leader);
+        }
+        last = reply.error.unwrap_or_default();
+    }
+    Err(last)
+}
+
+/// How long a stopping primary waits for an in-sync replica to hold everything it wrote.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl ControlledNode {
     /// Heartbeats and follows the controllers until `shutdown` turns true. `listener` is the
@@ -190,7 +207,62 @@ impl ControlledNode {
             }
         }
         if let Some(r) = running.take() {
+            let role = self.role.borrow().clone();
+            if let (Some(p), Role::Primary { epoch }) = (&r.primary, role) {
+                self.hand_over(&client, p, epoch).await;
+            }
             r.stop().await;
+        }
+    }
+
+    /// A primary that stops (a restart, a rolling upgrade) moves its role to an in-sync
+    /// replica at once instead of leaving the group without a primary until the controllers'
+    /// node timeout: it refuses new writes, waits until an in-sync replica has acked
+    /// everything it wrote, and asks the controllers to elect that replica (a compare-and-set
+    /// on the epoch). Nothing acknowledged is lost: the new primary holds the whole log.
+    async fn hand_over(&self, client: &reqwest::Client, primary: &Primary, epoch: u64) {
+        self.store.set_replica(true);
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        // A put that passed the primary check just before the fence may still be appending:
+        // the log end must hold still for one round before a replica is judged caught up.
+        let mut last_end = None;
+        let to = loop {
+            let written = self.store.log_offsets().written;
+            let best = primary
+                .replicas()
+                .into_iter()
+                .filter(|r| r.in_sync && r.acked >= written)
+                .max_by_key(|r| r.acked);
+            if let Some(r) = best.filter(|_| last_end == Some(written)) {
+                break r.broker_id;
+            }
+            last_end = Some(written);
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(group = %self.group, written, replicas = ?primary.replicas(), "stopping without a hand-over: no in-sync replica holds the whole log; the controllers elect one after the node timeout");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let req = Handover {
+            group: self.group.clone(),
+            epoch,
+            from: self.broker_id,
+            to,
+        };
+        match ask_leader(
+            client,
+            self.controllers.clone(),
+            "/controller/handover",
+            &req,
+        )
+        .await
+        {
+            Ok(g) => {
+                tracing::info!(group = %self.group, to, epoch = g.epoch, "handed the primary role over")
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.group, to, error = %e, "hand-over refused; the controllers elect after the node timeout")
+            }
         }
     }
 
@@ -257,8 +329,12 @@ impl ControlledNode {
             }
         };
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(primary.serve(Arc::clone(listener), rx));
-        Some(Running { stop, task })
+        let task = tokio::spawn(Arc::clone(&primary).serve(Arc::clone(listener), rx));
+        Some(Running {
+            stop,
+            task,
+            primary: Some(primary),
+        })
     }
 
     fn become_replica(&self, epoch: u64, primary: i64, group: &GroupState) -> Option<Running> {
@@ -278,7 +354,11 @@ impl ControlledNode {
         };
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(replica.run(rx));
-        Some(Running { stop, task })
+        Some(Running {
+            stop,
+            task,
+            primary: None,
+        })
     }
 }
 

@@ -583,8 +583,9 @@ pub async fn run(
     tasks.push(spawn_client_scan(Arc::clone(&handler)));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut ha_task = None;
     if let Some(ha) = &cfg.ha {
-        tasks.push(
+        ha_task = Some(
             start_ha(
                 ha,
                 &handler,
@@ -621,6 +622,14 @@ pub async fn run(
 
     conn::serve(listener, Arc::clone(&handler), DEFAULT_MAX_FRAME, shutdown).await;
     let _ = stop.send(true);
+    // A primary hands its role to an in-sync replica before it goes (bounded).
+    if let Some(t) = ha_task
+        && tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .is_err()
+    {
+        tracing::warn!("replication did not stop within 10 s");
+    }
     for t in tasks {
         t.abort();
     }

@@ -150,6 +150,25 @@ impl BrokerProcess {
         }
     }
 
+    /// SIGTERM (a graceful stop, as Kubernetes does), and waits up to 30 s for the exit.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let pid = c.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{} did not stop within 30 s of SIGTERM", self.role);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "kill it first");
         self.spawn();
