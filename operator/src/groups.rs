@@ -51,6 +51,26 @@ fn pod_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// How long a member must have been Ready before the next member of its group restarts: the
+/// controllers' in-sync set must have seen the restarted node leave (and come back) first,
+/// not only the pod's readiness.
+const MEMBER_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ready for at least [`MEMBER_SETTLE`].
+fn pod_settled(p: &Pod) -> bool {
+    pod_ready(p)
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .or(p.metadata.creation_timestamp.as_ref())
+            .is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t.0)
+                    >= jiff::SignedDuration::try_from(MEMBER_SETTLE).expect("small")
+            })
+}
+
 /// A group's StatefulSet has every member on its current template and Ready.
 fn group_rolled_out(s: &StatefulSet) -> bool {
     let want = s.spec.replicas.unwrap_or(1);
@@ -280,13 +300,15 @@ pub async fn reconcile(
             ));
             continue;
         };
-        let whole = pods.len() as i32 == members && ready == members;
+        let settled = pods.iter().filter(|p| pod_settled(p)).count() as i32;
+        let whole = pods.len() as i32 == members && settled == members;
         let in_sync = state.in_sync.len() as i32 >= members;
         if !whole || !in_sync {
             out.progressing.push((
                 "RollingOut".into(),
                 format!(
-                    "{name}: waiting for every member to be ready ({ready}/{members}) and in sync ({}/{members}) before restarting the next",
+                    "{name}: waiting for every member to be ready for {}s ({settled}/{members}) and in sync ({}/{members}) before restarting the next",
+                    MEMBER_SETTLE.as_secs(),
                     state.in_sync.len()
                 ),
             ));

@@ -1088,4 +1088,18 @@ mod tests {
             "ScheduleAnyway"
         );
     }
+
+    #[test]
+    fn the_examples_parse_and_render() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut c: RocketMQCluster =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.metadata.namespace = Some("mq".into());
+            c.metadata.uid = Some("uid-1".into());
+            config_map(&c, &Adoptions::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
 }
