@@ -6,13 +6,18 @@
 //! off. Afterwards the history is checked as a Jepsen-style checker would: the acknowledged
 //! set against every node's final log (each opened and recovered from its data directory after
 //! a SIGKILL), and the final logs against each other.
+//!
+//! A second test delays links instead of cutting them: a slow replication link only slows
+//! acknowledgements down; a primary whose heartbeats reach the controllers too late is replaced
+//! while it can still talk to its replicas, and whatever either primary acknowledged is in every
+//! final log.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker::protocol::remoting::codes::request as rq;
@@ -21,19 +26,54 @@ use broker::store::{GetStatus, MessageStore, StoreConfig};
 use common::process::{BrokerProcess, free_port, start_controllers};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const GROUP: &str = "part-a";
 const TOPIC: &str = "TopicPart";
 const QUEUES: i32 = 4;
 
-/// A TCP forwarder that the test can cut: cutting closes every open connection and refuses
-/// new ones until healed.
+/// A TCP forwarder that the test can cut or slow down: cutting closes every open connection
+/// and refuses new ones until healed; a delay holds every chunk of bytes, both ways, that long
+/// before passing it on (in order).
 struct Link {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     open: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Copies `from` to `to`, holding each chunk for the link's current delay (reader and writer
+/// in one task: aborting it drops what was still held).
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let due = Instant::now() + Duration::from_millis(delay_ms.load(Ordering::Acquire));
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 impl Link {
@@ -41,8 +81,9 @@ impl Link {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let open: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (c, o) = (Arc::clone(&cut), Arc::clone(&open));
+        let (c, o, d) = (Arc::clone(&cut), Arc::clone(&open), Arc::clone(&delay_ms));
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -52,15 +93,30 @@ impl Link {
                     let _ = inbound.shutdown().await;
                     continue;
                 }
+                let d = Arc::clone(&d);
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = outbound.into_split();
+                        tokio::join!(
+                            forward(ir, ow, Arc::clone(&d)),
+                            forward(or, iw, Arc::clone(&d))
+                        );
                     }
                 });
                 o.lock().push(task);
             }
         });
-        Link { addr, cut, open }
+        Link {
+            addr,
+            cut,
+            delay_ms,
+            open,
+        }
+    }
+
+    fn delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::Release);
     }
 
     fn cut(&self) {
@@ -188,74 +244,138 @@ fn final_log(dir: &std::path::Path) -> FinalLog {
     out
 }
 
+/// Three controllers and a group of three nodes (SYNC, allAckInSyncStateSet,
+/// minInSyncReplicas 2), each node behind its own links.
+struct Group {
+    _dir: tempfile::TempDir,
+    _controllers: Vec<BrokerProcess>,
+    controllers: Vec<String>,
+    nodes: BTreeMap<i64, Node>,
+    pool: Pool<NoRequests>,
+}
+
+impl Group {
+    async fn start() -> Group {
+        let dir = tempfile::tempdir().unwrap();
+        let (controller_processes, caddrs) = start_controllers(dir.path(), 3, 1500);
+        let controllers: Vec<String> = caddrs.iter().map(|a| a.to_string()).collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3i64 {
+            let ha = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let ha_link = Link::new(ha).await;
+            let mut controller_links = Vec::new();
+            for a in &caddrs {
+                controller_links.push(Link::new(*a).await);
+            }
+            let config = dir.path().join(format!("node-{id}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "store:\n  index: {{slots: 10007, maxEntries: 100000}}\nha:\n  listen: {ha}\n  advertise: {}\n  controllers: [{}]\n  replication: SYNC\n  \
+                     allAckInSyncStateSet: true\n  minInSyncReplicas: 2\n  maxLag: 2000\n  \
+                     syncTimeout: 2000\n  heartbeatEvery: 300\n",
+                    ha_link.addr,
+                    controller_links
+                        .iter()
+                        .map(|l| l.addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .unwrap();
+            let process = BrokerProcess::start_role(
+                "store",
+                &dir.path().join(format!("node-{id}")),
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--broker-name",
+                    GROUP,
+                    "--broker-id",
+                    &id.to_string(),
+                    "--segment-size",
+                    "16777216",
+                    "--topic",
+                    &format!("{TOPIC}:{QUEUES}"),
+                ],
+            );
+            nodes.insert(
+                id,
+                Node {
+                    process,
+                    ha_link,
+                    controller_links,
+                },
+            );
+        }
+        Group {
+            _dir: dir,
+            _controllers: controller_processes,
+            controllers,
+            nodes,
+            pool: Pool::new(Arc::new(NoRequests), Duration::from_secs(2), 16 << 20),
+        }
+    }
+
+    fn addr_of(&self, id: i64) -> String {
+        self.nodes[&id].process.endpoint()
+    }
+
+    /// Kills every node and reads each one's final log from its data directory: they must
+    /// be identical, and hold every acknowledged message. Returns the messages in them.
+    fn check_final_logs(&mut self, acked: &BTreeSet<u64>) -> BTreeSet<u64> {
+        let dirs: Vec<(i64, std::path::PathBuf)> = self
+            .nodes
+            .iter_mut()
+            .map(|(id, n)| {
+                n.process.kill();
+                (*id, n.process.dir.clone())
+            })
+            .collect();
+        let logs: Vec<(i64, FinalLog)> = dirs
+            .into_iter()
+            .map(|(id, d)| (id, final_log(&d)))
+            .collect();
+        let (_, reference) = &logs[0];
+        for (id, log) in &logs {
+            assert_eq!(
+                log, reference,
+                "node {id}'s final log differs from node {}'s",
+                logs[0].0
+            );
+        }
+        let in_log: BTreeSet<u64> = reference
+            .values()
+            .map(|b| b.trim_start_matches("part-").parse().unwrap())
+            .collect();
+        let lost: Vec<_> = acked.difference(&in_log).collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged but missing from the final logs: {lost:?}"
+        );
+        in_log
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_controllers, caddrs) = start_controllers(dir.path(), 3, 1500);
-    let controllers: Vec<String> = caddrs.iter().map(|a| a.to_string()).collect();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3i64 {
-        let ha = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let ha_link = Link::new(ha).await;
-        let mut controller_links = Vec::new();
-        for a in &caddrs {
-            controller_links.push(Link::new(*a).await);
-        }
-        let config = dir.path().join(format!("node-{id}.yaml"));
-        std::fs::write(
-            &config,
-            format!(
-                "store:\n  index: {{slots: 10007, maxEntries: 100000}}\nha:\n  listen: {ha}\n  advertise: {}\n  controllers: [{}]\n  replication: SYNC\n  \
-                 allAckInSyncStateSet: true\n  minInSyncReplicas: 2\n  maxLag: 2000\n  \
-                 syncTimeout: 2000\n  heartbeatEvery: 300\n",
-                ha_link.addr,
-                controller_links
-                    .iter()
-                    .map(|l| l.addr.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-        .unwrap();
-        let process = BrokerProcess::start_role(
-            "store",
-            &dir.path().join(format!("node-{id}")),
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--broker-name",
-                GROUP,
-                "--broker-id",
-                &id.to_string(),
-                "--segment-size",
-                "16777216",
-                "--topic",
-                &format!("{TOPIC}:{QUEUES}"),
-            ],
-        );
-        nodes.insert(
-            id,
-            Node {
-                process,
-                ha_link,
-                controller_links,
-            },
-        );
-    }
+    let mut group = Group::start().await;
+    let controllers = group.controllers.clone();
     let g = wait_group(&controllers, "a primary with 3 in-sync nodes", |g| {
         g["inSync"].as_array().is_some_and(|s| s.len() == 3)
     })
     .await;
     let old = g["primary"].as_i64().unwrap();
     let epoch = g["epoch"].as_u64().unwrap();
-    let pool = Pool::new(Arc::new(NoRequests), Duration::from_secs(2), 16 << 20);
-    let addr_of = |id: i64| nodes[&id].process.endpoint();
+    let pool = &group.pool;
+    let nodes = &group.nodes;
+    let addr_of = |id: i64| group.addr_of(id);
 
     // History: (node, seq, acknowledged?, sent after the cut?).
     let mut acked = BTreeSet::new();
     let mut seq = 0u64;
     for _ in 0..200 {
-        send(&pool, &addr_of(old), seq)
+        send(pool, &addr_of(old), seq)
             .await
             .expect("the primary acknowledges");
         acked.insert(seq);
@@ -271,7 +391,7 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
         let s = seq;
         seq += 1;
         attempted_on_old.push(s);
-        if send(&pool, &addr_of(old), s).await.is_ok() {
+        if send(pool, &addr_of(old), s).await.is_ok() {
             acked_by_old_after_cut.push(s);
             acked.insert(s);
         }
@@ -296,7 +416,7 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
             Instant::now() < deadline,
             "the new primary {new} did not take 200 writes"
         );
-        if send(&pool, &addr_of(new), seq).await.is_ok() {
+        if send(pool, &addr_of(new), seq).await.is_ok() {
             acked.insert(seq);
             written_on_new += 1;
         }
@@ -311,34 +431,7 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
     .await;
     // The nodes confirm the in-sync set before replicas have dispatched the last bytes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let dirs: Vec<(i64, std::path::PathBuf)> = nodes
-        .iter_mut()
-        .map(|(id, n)| {
-            n.process.kill();
-            (*id, n.process.dir.clone())
-        })
-        .collect();
-    let logs: Vec<(i64, FinalLog)> = dirs
-        .into_iter()
-        .map(|(id, d)| (id, final_log(&d)))
-        .collect();
-    let (_, reference) = &logs[0];
-    for (id, log) in &logs {
-        assert_eq!(
-            log, reference,
-            "node {id}'s final log differs from node {}'s",
-            logs[0].0
-        );
-    }
-    let in_log: BTreeSet<u64> = reference
-        .values()
-        .map(|b| b.trim_start_matches("part-").parse().unwrap())
-        .collect();
-    let lost: Vec<_> = acked.difference(&in_log).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but missing from the final logs: {lost:?}"
-    );
+    let in_log = group.check_final_logs(&acked);
     let kept_from_cut: Vec<_> = attempted_on_old
         .iter()
         .filter(|s| in_log.contains(s))
@@ -351,6 +444,100 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
         "acknowledged {}, refused by the cut-off primary {}, final log {} messages on each of 3 nodes",
         acked.len(),
         attempted_on_old.len(),
+        in_log.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_links_slow_acknowledgements_and_a_late_primary_loses_nothing() {
+    let mut group = Group::start().await;
+    let controllers = group.controllers.clone();
+    let g = wait_group(&controllers, "a primary with 3 in-sync nodes", |g| {
+        g["inSync"].as_array().is_some_and(|s| s.len() == 3)
+    })
+    .await;
+    let old = g["primary"].as_i64().unwrap();
+    let epoch = g["epoch"].as_u64().unwrap();
+    let mut acked = BTreeSet::new();
+    let mut seq = 0u64;
+
+    // 1. 100 ms each way on the replication link: SYNC sends are still acknowledged, each after
+    // at least one delayed round trip.
+    group.nodes[&old].ha_link.delay(Duration::from_millis(100));
+    let start = Instant::now();
+    for _ in 0..20 {
+        send(&group.pool, &group.addr_of(old), seq)
+            .await
+            .expect("acknowledged over a slow link");
+        acked.insert(seq);
+        seq += 1;
+    }
+    let per_send = start.elapsed() / 20;
+    assert!(
+        per_send >= Duration::from_millis(100),
+        "a SYNC send waits for the replicas: {per_send:?}"
+    );
+
+    // 2. The primary loses the controllers while its replication link stays slow (300 ms):
+    // it keeps acknowledging only what its replicas hold, a new primary is elected, and from
+    // then on the old one cannot complete a SYNC send (the new primary stopped following it,
+    // and shrinking the in-sync set needs the controllers).
+    group.nodes[&old].ha_link.delay(Duration::from_millis(300));
+    group.nodes[&old]
+        .controller_links
+        .iter()
+        .for_each(Link::cut);
+    let mut acked_by_old = 0;
+    let mut acked_by_new = 0;
+    let mut new = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_look = Instant::now();
+    while acked_by_new < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "no new primary took 100 writes: new {new:?}, {acked_by_new} acknowledged"
+        );
+        // The old primary is tried on every round until a new one is known, then on every
+        // tenth (a refused SYNC send costs its whole timeout).
+        if new.is_none() || seq.is_multiple_of(10) {
+            if send(&group.pool, &group.addr_of(old), seq).await.is_ok() {
+                acked.insert(seq);
+                acked_by_old += 1;
+            }
+            seq += 1;
+        }
+        if new.is_none() && last_look.elapsed() > Duration::from_millis(300) {
+            last_look = Instant::now();
+            let c = controllers.clone();
+            new = tokio::task::spawn_blocking(move || leader_group(&c))
+                .await
+                .unwrap()
+                .filter(|g| g["epoch"].as_u64() > Some(epoch))
+                .and_then(|g| g["primary"].as_i64())
+                .filter(|p| *p != old);
+        }
+        if let Some(n) = new
+            && send(&group.pool, &group.addr_of(n), seq).await.is_ok()
+        {
+            acked.insert(seq);
+            acked_by_new += 1;
+        }
+        seq += 1;
+    }
+    let new = new.unwrap();
+
+    // 3. Heal: the old primary follows the new one; every acknowledged write is in every log.
+    group.nodes[&old].ha_link.delay(Duration::ZERO);
+    group.nodes[&old].heal();
+    wait_group(&controllers, "all 3 nodes in sync again", |g| {
+        g["inSync"].as_array().is_some_and(|s| s.len() == 3) && g["primary"].as_i64() == Some(new)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let in_log = group.check_final_logs(&acked);
+    eprintln!(
+        "slow links: {per_send:?} per SYNC send at 100 ms; the old primary acknowledged {acked_by_old} \
+         while cut from the controllers, the new one {acked_by_new}; final log {} messages on each of 3 nodes",
         in_log.len()
     );
 }

@@ -2,7 +2,8 @@
 //! primary's log byte for byte and builds the same queues; SYNC puts are acknowledged only
 //! once the in-sync replicas hold them; a primary without enough in-sync replicas refuses
 //! puts; a log that diverged after a failover is cut at the last shared epoch; a replica that
-//! was away catches up across many segments.
+//! was away catches up across many segments; a group shares one tier, which only the primary
+//! writes and from which replicas copy what the primary evicted.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use broker::ha::epoch::EpochFile;
 use broker::ha::{HaConfig, OffsetSync, Primary, Replica, ReplicationMode};
 use broker::store::{FlushPolicy, GetStatus, MessageStore, StoreError};
+use broker::tier::{Tier, TierBackend, TierConfig};
 use common::{message, seq_of, small_config};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -127,12 +129,13 @@ fn seqs(contents: &[(i32, u64, u64)]) -> Vec<u64> {
     s
 }
 
-/// Waits until the replica holds and has dispatched everything the primary has.
+/// Waits until the replica holds and has dispatched everything the primary has, and shows
+/// consumers as much as the primary does (its confirm offset arrives separately).
 async fn caught_up(primary: &MessageStore, replica: &MessageStore) {
     let end = primary.log_offsets().written;
     wait_until("the replica to catch up", Duration::from_secs(20), || {
         let o = replica.log_offsets();
-        o.written == end && o.dispatched >= end
+        o.written == end && o.dispatched >= end && o.confirmed >= primary.log_offsets().confirmed
     })
     .await;
 }
@@ -317,6 +320,141 @@ async fn a_replica_away_for_many_segments_catches_up() {
     caught_up(&a.store, &c.store).await;
     assert_eq!(
         seqs(&queue_contents(&c.store)),
+        (0..3000).collect::<Vec<_>>()
+    );
+}
+
+/// A member of a group whose tier is the folder `tier_dir` (the group's prefix): the store
+/// with the tier attached and its loop running, as a follower until made the writer.
+fn tiered_node(tier_dir: &std::path::Path) -> (Node, Arc<Tier>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), FlushPolicy::AsyncFlush, SEGMENT);
+    cfg.tiered = true;
+    let store = Arc::new(MessageStore::open(cfg).unwrap());
+    let epochs = Arc::new(EpochFile::open(dir.path()).unwrap());
+    let tier = Tier::open(TierConfig {
+        backend: TierBackend::Local {
+            path: tier_dir.to_owned(),
+        },
+        prefix: GROUP.into(),
+        hot_window_bytes: 4 * SEGMENT,
+        upload_interval: Duration::from_millis(50),
+        read_ahead_bytes: 16 * 1024,
+        ..TierConfig::default()
+    })
+    .unwrap();
+    tier.set_writer(false);
+    tier.attach(&store).unwrap();
+    tokio::spawn(Arc::clone(&tier).run(Arc::clone(&store)));
+    (
+        Node {
+            _dir: dir,
+            store,
+            epochs,
+        },
+        tier,
+    )
+}
+
+/// The manifest's segments are contiguous and each appears once.
+fn contiguous(tier: &Tier) -> bool {
+    let m = tier.manifest();
+    m.segments
+        .windows(2)
+        .all(|w| w[0].base + w[0].len == w[1].base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_shares_one_tier_that_only_the_primary_writes() {
+    let tier_dir = tempfile::tempdir().unwrap();
+    let (a, tier_a) = tiered_node(tier_dir.path());
+    let (b, tier_b) = tiered_node(tier_dir.path());
+    tier_a.set_writer(true);
+    let (primary, addr, stop_a) = serve_primary(&a, ha(ReplicationMode::Async, 1, 1), 1).await;
+    primary.set_cold_log(Arc::clone(&tier_a) as Arc<dyn broker::ha::ColdLog>);
+    let stop_b = follow(&b, 1, &addr);
+    for seq in 0..2000 {
+        put(&a.store, seq).await.unwrap();
+    }
+    caught_up(&a.store, &b.store).await;
+    // The primary uploads and evicts; the replica follows its manifest and evicts as well,
+    // never uploading anything itself.
+    wait_until(
+        "both members to evict tiered segments",
+        Duration::from_secs(30),
+        || {
+            a.store.log_offsets().min > 8 * SEGMENT
+                && b.store.log_offsets().min > 8 * SEGMENT
+                && tier_b.manifest().version == tier_a.manifest().version
+        },
+    )
+    .await;
+    assert!(!tier_b.is_writer());
+    assert!(contiguous(&tier_a));
+    let tag_a: Vec<String> = tier_a
+        .manifest()
+        .segments
+        .iter()
+        .map(|s| s.key.rsplit('.').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        tag_a.windows(2).all(|w| w[0] == w[1])
+            && !tier_a.manifest().segments[0]
+                .key
+                .ends_with(&format!("{:020}", 0)),
+        "the writer tags its objects: {tag_a:?}"
+    );
+
+    // A new member starts empty: the primary sends what it evicted from the tier, then the
+    // rest from its disk; the member ends up with every message.
+    let (c, _tier_c) = tiered_node(tier_dir.path());
+    let _follow_c = follow(&c, 2, &addr);
+    caught_up(&a.store, &c.store).await;
+    assert_eq!(
+        seqs(&queue_contents(&c.store)),
+        (0..2000).collect::<Vec<_>>()
+    );
+    assert_eq!(queue_contents(&c.store), queue_contents(&a.store));
+
+    // Failover: the replica becomes the primary and the tier's writer; it continues from the
+    // manifest the old primary published, and the old one only follows.
+    stop_b.send(true).unwrap();
+    stop_a.send(true).unwrap();
+    tier_a.set_writer(false);
+    let version_before = tier_a.manifest().version;
+    let end_before = tier_a.manifest().end();
+    tier_b.set_writer(true);
+    let (primary_b, _addr_b, _stop_b) =
+        serve_primary(&b, ha(ReplicationMode::Async, 1, 1), 2).await;
+    primary_b.set_cold_log(Arc::clone(&tier_b) as Arc<dyn broker::ha::ColdLog>);
+    for seq in 2000..3000 {
+        put(&b.store, seq).await.unwrap();
+    }
+    let sealed_end = b.store.sealed_segments().last().map(|s| s.end).unwrap();
+    wait_until(
+        "the new primary to upload from where the old one stopped",
+        Duration::from_secs(30),
+        || tier_b.manifest().end() >= sealed_end,
+    )
+    .await;
+    let m = tier_b.manifest();
+    assert!(m.version > version_before && m.end() > end_before, "{m:?}");
+    assert!(contiguous(&tier_b), "{m:?}");
+    let new_keys: Vec<_> = m.segments.iter().filter(|s| s.base >= end_before).collect();
+    assert!(
+        new_keys
+            .iter()
+            .all(|s| !tag_a.contains(&s.key.rsplit('.').next().unwrap().to_owned())),
+        "the new writer's objects have their own tag: {new_keys:?}"
+    );
+    wait_until(
+        "the old primary to follow the new manifest",
+        Duration::from_secs(10),
+        || tier_a.manifest().version == tier_b.manifest().version,
+    )
+    .await;
+    assert_eq!(
+        seqs(&queue_contents(&b.store)),
         (0..3000).collect::<Vec<_>>()
     );
 }

@@ -551,6 +551,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
         if namesrv_done && controllers_done {
             progressing.extend(g.progressing.iter().cloned());
         }
+        held = held.or_else(|| g.held.clone());
         store_nodes = g.nodes.clone();
     } else if namesrv_done && !brokers_done {
         progressing.push(("RollingOut".into(), "store nodes are rolling out".into()));

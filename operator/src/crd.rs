@@ -66,7 +66,6 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/rocketmq-rs/rmq-broker:0.1.0";
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.tieredStorage) || !self.tieredStorage.enabled || self.tieredStorage.backend == 'filesystem' || (has(self.tieredStorage.bucket) && self.tieredStorage.bucket != '')").message("tieredStorage.bucket is required when tiered storage is enabled with an s3, gcs or azure backend"))]
-#[x_kube(validation = Rule::new("!has(self.broker) || !has(self.broker.ha) || !has(self.tieredStorage) || !self.tieredStorage.enabled").message("tieredStorage cannot be combined with broker.ha yet: replicated groups do not tier (only a group's primary may upload, and that hand-over is not built)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RocketMQClusterSpec {
     /// Container image of the broker (every role runs the same `rmq-broker` binary).

@@ -33,6 +33,8 @@ pub struct Groups {
     /// Groups whose members are all Ready.
     pub ready_groups: i32,
     pub progressing: Vec<(String, String)>,
+    /// Why a change is refused (the Degraded condition).
+    pub held: Option<(String, String)>,
     pub statuses: Vec<BrokerGroupStatus>,
     /// Per group (its broker name): serving, draining or drained.
     pub nodes: Vec<StoreNodeStatus>,
@@ -138,13 +140,34 @@ pub async fn reconcile(
         done: true,
         ready_groups: 0,
         progressing: Vec::new(),
+        held: None,
         statuses: Vec::new(),
         nodes: Vec::new(),
     };
 
     // Scale-in: the highest group above the desired count drains through its primary, and
     // goes once drained. One group at a time.
-    if let Some((&leaving, _)) = live.iter().next_back().filter(|(g, _)| **g >= desired) {
+    let tiered = c.spec.tiered_storage.as_ref().is_some_and(|t| t.enabled);
+    if let Some((&leaving, _)) = live.iter().next_back().filter(|(g, _)| **g >= desired)
+        && tiered
+    {
+        // A drained tiered group's history would need another group to serve it (the
+        // read-only adoption of single nodes); that is not built for groups.
+        out.done = false;
+        out.held = Some((
+            "ScaleInHeld".into(),
+            format!(
+                "{} cannot be removed: scaling in replicated groups with tiered storage is not supported yet (their tiered history would have no reader); scale back to {}",
+                n.store_node(leaving),
+                leaving + 1
+            ),
+        ));
+        out.nodes.push(StoreNodeStatus {
+            name: n.store_node(leaving),
+            state: StoreNodeState::Serving,
+            untiered_bytes: None,
+        });
+    } else if let Some((&leaving, _)) = live.iter().next_back().filter(|(g, _)| **g >= desired) {
         out.done = false;
         let name = n.store_node(leaving);
         let mut state = StoreNodeState::Draining;

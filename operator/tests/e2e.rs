@@ -1219,10 +1219,10 @@ fn broker_groups(e: &Env, endpoints: &BTreeMap<String, SocketAddr>) {
     assert!(bad.contains("cannot exceed replicasPerGroup + 1"), "{bad}");
     let bad = e
         .apply(&format!(
-            "{head}  broker: {{ha: {{}}}}\n  tieredStorage: {{enabled: true, backend: filesystem}}\n"
+            "{head}  broker: {{ha: {{}}}}\n  tieredStorage: {{enabled: true, backend: s3}}\n"
         ))
         .unwrap_err();
-    assert!(bad.contains("cannot be combined with broker.ha"), "{bad}");
+    assert!(bad.contains("tieredStorage.bucket is required"), "{bad}");
 
     e.apply(
         "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: ha}\nspec:\n  nameServer: {replicas: 1}\n  proxy: {replicas: 1}\n  broker:\n    replicas: 1\n    storage: {size: 1Gi}\n    ha: {replicasPerGroup: 2, controllers: {replicas: 3}}\n",

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::epoch::EpochFile;
-use super::{HaConfig, InSyncApprover, MetaSync, Primary, Replica};
+use super::{ColdLog, HaConfig, InSyncApprover, MetaSync, Primary, Replica};
 use crate::controller::{
     AlterInSync, AlterReply, GroupState, Handover, Heartbeat, HeartbeatReply, MemberInfo,
 };
@@ -53,6 +53,8 @@ pub struct ControlledNode {
     /// Called when the role changes (re-register at once).
     pub on_change: Arc<dyn Fn() + Send + Sync>,
     pub role: watch::Sender<Role>,
+    /// The group's tier, for replicas that need bytes this node evicted while primary.
+    pub cold: Option<Arc<dyn ColdLog>>,
 }
 
 struct Running {
@@ -328,6 +330,9 @@ impl ControlledNode {
                 return None;
             }
         };
+        if let Some(cold) = &self.cold {
+            primary.set_cold_log(Arc::clone(cold));
+        }
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(Arc::clone(&primary).serve(Arc::clone(listener), rx));
         Some(Running {

@@ -206,6 +206,18 @@ pub struct Primary {
     approving: std::sync::atomic::AtomicBool,
     /// Set when this term ends: nothing may change the store's replication state after.
     ended: std::sync::atomic::AtomicBool,
+    /// Where CommitLog bytes evicted from the local disk are (the group's tier).
+    cold: std::sync::OnceLock<Arc<dyn ColdLog>>,
+}
+
+/// CommitLog bytes the primary no longer holds locally (they were tiered and evicted): a
+/// replica that was away for long, or starts empty, copies them from here.
+pub trait ColdLog: Send + Sync {
+    /// The oldest offset it holds, if any.
+    fn start(&self) -> Option<u64>;
+    /// Whole records from `offset` (about `max_bytes`; a segment's end marker ends a chunk),
+    /// as `(end, bytes)`; `Ok(None)` when it does not hold `offset`.
+    fn chunk(&self, offset: u64, max_bytes: u64) -> Result<Option<(u64, Bytes)>, String>;
 }
 
 /// Changes to the in-sync set go through the controllers when there are: a replica leaves or
@@ -282,6 +294,7 @@ impl Primary {
             approver,
             approving: Default::default(),
             ended: Default::default(),
+            cold: Default::default(),
         });
         {
             // Replicas the controllers hold in sync count as such until they are recorded out
@@ -310,6 +323,19 @@ impl Primary {
             "serving as the primary"
         );
         Ok(primary)
+    }
+
+    /// Serves replicas what was evicted locally from `cold` (the group's tier).
+    pub fn set_cold_log(&self, cold: Arc<dyn ColdLog>) {
+        let _ = self.cold.set(cold);
+    }
+
+    /// The oldest CommitLog offset this primary can send: its local log's, or the tier's.
+    fn oldest(&self, local_min: u64) -> u64 {
+        self.cold
+            .get()
+            .and_then(|c| c.start())
+            .map_or(local_min, |s| s.min(local_min))
     }
 
     /// The in-sync replicas and their acks.
@@ -493,20 +519,21 @@ impl Primary {
                 self.store.config().segment_size
             ));
         }
+        // With a tier, the whole history: what was evicted locally is read back from it.
+        let oldest = self.oldest(offsets.min);
         if hello.empty {
             return Welcome {
                 epochs: ours,
-                start: offsets.min,
+                start: oldest,
                 ..Welcome::default()
             };
         }
         let agreed = epoch::agreed_end(&ours, offsets.written, &hello.epochs, hello.end);
-        if agreed < offsets.min {
+        if agreed < oldest {
             return refuse(format!(
                 "the replica's log agrees with the primary's only up to {agreed}, below the \
-                 primary's oldest local byte {}; empty the replica's data directory to copy \
-                 the group's log afresh",
-                offsets.min
+                 oldest byte the primary can send ({oldest}); empty the replica's data \
+                 directory to copy the group's log afresh"
             ));
         }
         Welcome {
@@ -645,7 +672,20 @@ impl Primary {
                 }
             }
             let offsets = self.store.log_offsets();
-            if let Some((end, records)) = self.store.read_chunk(pos, CHUNK_BYTES)? {
+            let mut chunk = self.store.read_chunk(pos, CHUNK_BYTES)?;
+            if chunk.is_none()
+                && pos < offsets.min
+                && let Some(cold) = self.cold.get().cloned()
+            {
+                // Catch-up from the tier: bytes this primary already evicted.
+                chunk = tokio::task::spawn_blocking(move || cold.chunk(pos, CHUNK_BYTES))
+                    .await
+                    .map_err(|e| HaError::Protocol(e.to_string()))?
+                    .map_err(|e| {
+                        HaError::Protocol(format!("reading offset {pos} from the tier: {e}"))
+                    })?;
+            }
+            if let Some((end, records)) = chunk {
                 if end >= offsets.written
                     && let Some(m) = self.members.lock().get_mut(&id).filter(|m| m.link == link)
                 {

@@ -74,7 +74,7 @@ pub async fn run(
         MessageStore::open(store_cfg)
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
     );
-    let tier_task = start_tier(tier, &store)?;
+    let tier_task = start_tier(tier, &store, true)?;
     let r = store.recovery_report();
     tracing::info!(
         data_dir = %cfg.store.root_dir.display(),
@@ -207,17 +207,19 @@ pub fn open_tier(
 }
 
 /// Attaches the tier to the store, rebuilds an emptied data folder's ConsumeQueues and
-/// indexes from it, and starts its upload loop.
+/// indexes from it (when `restore`: not on a member of a replicated group, which copies the
+/// group's log from its primary), and starts its upload loop.
 pub fn start_tier(
     tier: Option<Arc<crate::tier::Tier>>,
     store: &Arc<MessageStore>,
+    restore: bool,
 ) -> anyhow::Result<Option<(Arc<crate::tier::Tier>, tokio::task::JoinHandle<()>)>> {
     let Some(tier) = tier else {
         return Ok(None);
     };
     tier.attach(store).context("attaching the tier")?;
     let end = tier.manifest().end();
-    if store.recovery_report().empty && end > 0 {
+    if restore && store.recovery_report().empty && end > 0 {
         tracing::warn!(
             end,
             "empty data folder: restoring ConsumeQueues and indexes from the tier"

@@ -388,6 +388,7 @@ async fn start_ha(
     store: &Arc<MessageStore>,
     root: &std::path::Path,
     (broker_id, registered_id, advertised): (i64, &Arc<std::sync::atomic::AtomicI64>, &str),
+    tier: Option<Arc<crate::tier::Tier>>,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     ha.validate()
@@ -420,7 +421,21 @@ async fn start_ha(
             registered_id: Arc::clone(registered_id),
             on_change: Arc::new(move || h.topics_changed.notify_one()),
             role: tokio::sync::watch::Sender::new(Default::default()),
+            cold: tier.clone().map(|t| t as Arc<dyn crate::ha::ColdLog>),
         };
+        // The tier follows the role: only the primary writes it.
+        if let Some(tier) = tier {
+            let mut role = node.role.subscribe();
+            tokio::spawn(async move {
+                while role.changed().await.is_ok() {
+                    let primary = matches!(
+                        *role.borrow_and_update(),
+                        crate::ha::controlled::Role::Primary { .. }
+                    );
+                    tier.set_writer(primary);
+                }
+            });
+        }
         return Ok(tokio::spawn(node.run(listener, stopped)));
     }
     Ok(match &ha.primary {
@@ -431,6 +446,10 @@ async fn start_ha(
             tracing::info!(ha = %listener.local_addr()?, replication = ?ha.replication, "HA port listening (primary)");
             let primary =
                 crate::ha::Primary::new(Arc::clone(store), epochs, ha.clone(), &group, 0, meta)?;
+            if let Some(tier) = tier {
+                tier.set_writer(true);
+                primary.set_cold_log(tier);
+            }
             tokio::spawn(primary.serve(Arc::new(listener), stopped))
         }
         Some(addr) => {
@@ -468,14 +487,23 @@ pub async fn run(
     }
     cfg.adopt
         .retain(|a| a.node.as_ref().is_none_or(|n| *n == name) && a.broker_name != name);
-    // Only a group's primary may upload, and a node's role can change at any time under the
-    // controllers; tiering that follows the role is not built yet, so it is off in a group.
-    if cfg.ha.is_some() && cfg.tier.take().is_some() {
-        tracing::warn!(
-            "tiered storage is off on a node of a replicated broker group (not supported yet)"
-        );
-    }
-    let tier = super::standalone::open_tier(cfg.tier.clone(), &mut cfg.store)?;
+    // In a replicated group the members share one tier (the group's broker name in the
+    // prefix): only the primary writes it, the others follow its manifest; a member with an
+    // empty data folder copies the group's log from the primary (which reads what it evicted
+    // back from the tier) instead of restoring from the tier itself.
+    let tier = match cfg.ha.is_some() {
+        true => cfg
+            .tier
+            .clone()
+            .map(|t| {
+                let tier = crate::tier::Tier::open(t).context("opening the tier")?;
+                tier.set_writer(false);
+                cfg.store.tiered = true;
+                anyhow::Ok(tier)
+            })
+            .transpose()?,
+        false => super::standalone::open_tier(cfg.tier.clone(), &mut cfg.store)?,
+    };
     let store = Arc::new(
         MessageStore::open(cfg.store.clone())
             .with_context(|| format!("opening the store at {}", cfg.store.root_dir.display()))?,
@@ -517,7 +545,7 @@ pub async fn run(
     tracing::info!(remoting = %local, %advertised, cluster = %cfg.cluster, broker = %cfg.broker.broker_name, id = cfg.broker_id, namesrv = ?cfg.namesrv, "store node listening");
 
     let mut tasks = super::standalone::spawn_service_tasks(&broker);
-    let tier = match super::standalone::start_tier(tier, &store)? {
+    let tier = match super::standalone::start_tier(tier, &store, cfg.ha.is_none())? {
         Some((tier, task)) => {
             let t = Arc::clone(&tier);
             broker
@@ -592,6 +620,7 @@ pub async fn run(
                 &store,
                 &cfg.store.root_dir,
                 (cfg.broker_id, &reg.broker_id, &advertised),
+                node.tier.clone(),
                 stopped.clone(),
             )
             .await?,

@@ -395,6 +395,16 @@ pub struct Tier {
     /// Held by whatever publishes a manifest version (uploads, retention, metadata), so that
     /// this process never races itself to the next version.
     writer: tokio::sync::Mutex<()>,
+    /// Whether this node writes the tier: always for a lone node; only while primary for a
+    /// member of a replicated group (the others follow the manifest the primary publishes).
+    writing: std::sync::atomic::AtomicBool,
+    /// The manifest may be behind the object store (this node just became the writer, or a
+    /// publish lost a race): reload it before the next write.
+    stale: std::sync::atomic::AtomicBool,
+    /// Appended to the object keys this node writes as a group's primary, so that a deposed
+    /// primary still uploading can never overwrite an object the current primary's manifest
+    /// references (only manifests are conditional writes).
+    key_tag: Mutex<Option<String>>,
 }
 
 /// The metadata files a snapshot holds (in the store's config folder).
@@ -452,6 +462,9 @@ impl Tier {
             read_only,
             last_snapshot: Mutex::default(),
             writer: tokio::sync::Mutex::new(()),
+            writing: std::sync::atomic::AtomicBool::new(!read_only),
+            stale: std::sync::atomic::AtomicBool::new(false),
+            key_tag: Mutex::new(None),
             cfg,
         });
         let m = tier.block_on({
@@ -465,6 +478,44 @@ impl Tier {
 
     pub fn config(&self) -> &TierConfig {
         &self.cfg
+    }
+
+    /// Makes this node the tier's writer (a group's primary) or a follower of the manifest
+    /// another node publishes. A new writer reloads the manifest before its first write, and
+    /// tags the objects it writes.
+    pub fn set_writer(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        if self.read_only {
+            return;
+        }
+        let was = self.writing.swap(on, Ordering::AcqRel);
+        if on && !was {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            *self.key_tag.lock() = Some(format!("{:x}", nanos ^ u64::from(std::process::id())));
+            self.stale.store(true, Ordering::Release);
+        }
+        if on != was {
+            tracing::info!(prefix = %self.cfg.prefix, writer = on, "tier role changed");
+        }
+    }
+
+    pub fn is_writer(&self) -> bool {
+        self.writing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reads the newest manifest from the object store; true when it is newer than ours.
+    pub async fn reload(&self) -> Result<bool, TierError> {
+        let (store, prefix) = (Arc::clone(&self.store), self.cfg.prefix.clone());
+        let m = self
+            .on_tier(async move { manifest::load_latest(store.as_ref(), &prefix).await })
+            .await?;
+        if m.version > self.manifest.read().version {
+            self.set_manifest(m);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -545,24 +596,41 @@ impl Tier {
     }
 
     fn segment_key(&self, base: u64) -> String {
-        format!("{}/commitlog/{base:020}", self.cfg.prefix)
+        self.object_key("commitlog", base)
     }
 
     fn queues_key(&self, base: u64) -> String {
-        format!("{}/queues/{base:020}", self.cfg.prefix)
+        self.object_key("queues", base)
+    }
+
+    fn object_key(&self, dir: &str, base: u64) -> String {
+        match self.key_tag.lock().as_deref() {
+            Some(tag) => format!("{}/{dir}/{base:020}.{tag}", self.cfg.prefix),
+            None => format!("{}/{dir}/{base:020}", self.cfg.prefix),
+        }
     }
 
     /// Uploads every sealed segment not in the manifest yet (the segment, then its queue
     /// entries), publishing a manifest version after each. Returns how many were uploaded.
     pub async fn upload_sealed(&self, store: &MessageStore) -> Result<usize, TierError> {
-        if self.read_only {
+        if self.read_only || !self.is_writer() {
             return Ok(0);
         }
         let _writer = self.writer.lock().await;
         let sealed = store.sealed_segments();
+        // A group's primary uploads only what its in-sync replicas hold: a primary deposed
+        // while cut off cannot confirm what it wrote since, so it never publishes a diverged
+        // segment.
+        let confirmed = match self.key_tag.lock().is_some() {
+            true => store.log_offsets().confirmed,
+            false => u64::MAX,
+        };
         let pending: Vec<SegmentInfo> = {
             let m = self.manifest.read();
-            sealed.into_iter().filter(|s| !m.contains(s.base)).collect()
+            sealed
+                .into_iter()
+                .filter(|s| !m.contains(s.base) && s.end <= confirmed)
+                .collect()
         };
         self.metrics.pending_segments.set(pending.len() as i64);
         let mut pending_bytes: u64 = pending.iter().map(|p| p.end - p.base).sum();
@@ -663,7 +731,7 @@ impl Tier {
     /// removes). Returns how many segments went.
     pub async fn expire(&self, store: &MessageStore) -> Result<usize, TierError> {
         let (age, max_bytes) = (self.cfg.remote_retention, self.cfg.remote_max_bytes);
-        if self.read_only || (age.is_zero() && max_bytes == 0) {
+        if self.read_only || !self.is_writer() || (age.is_zero() && max_bytes == 0) {
             return Ok(0);
         }
         let _writer = self.writer.lock().await;
@@ -767,7 +835,7 @@ impl Tier {
         &self,
         config_dir: &std::path::Path,
     ) -> Result<bool, TierError> {
-        if self.read_only {
+        if self.read_only || !self.is_writer() {
             return Ok(false);
         }
         let _writer = self.writer.lock().await;
@@ -925,10 +993,47 @@ impl Tier {
         let mut pause = self.cfg.upload_interval;
         loop {
             tokio::time::sleep(pause).await;
+            if !self.is_writer() {
+                // A replica: follow the primary's manifest, forget what it expired, and drop
+                // local segments it holds (outside the hot window).
+                pause = self.cfg.upload_interval;
+                match self.reload().await {
+                    Ok(_) => {
+                        let cut = self.manifest.read().expired_before;
+                        if let Err(e) = blocking(|| store.forget_before(cut)) {
+                            tracing::warn!(error = %e, "forgetting expired history failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the group's tier manifest failed")
+                    }
+                }
+                let (s, me) = (Arc::clone(&store), Arc::clone(&self));
+                match tokio::task::spawn_blocking(move || me.evict(&s)).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "tier eviction failed"),
+                    Err(e) => tracing::error!(error = %e, "tier eviction task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                continue;
+            }
+            if self.stale.swap(false, std::sync::atomic::Ordering::AcqRel)
+                && let Err(e) = self.reload().await
+            {
+                self.stale.store(true, std::sync::atomic::Ordering::Release);
+                self.metrics.upload_errors.inc();
+                pause = (pause * 2).min(Duration::from_secs(60));
+                tracing::warn!(error = %e, "reading the tier manifest before writing failed");
+                continue;
+            }
             match self.upload_sealed(&store).await {
                 Ok(_) => pause = self.cfg.upload_interval,
                 Err(e) => {
                     self.metrics.upload_errors.inc();
+                    // In a group another writer may have published meanwhile: start from its
+                    // manifest.
+                    if self.key_tag.lock().is_some() {
+                        self.stale.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     pause = (pause * 2).min(Duration::from_secs(60));
                     tracing::warn!(error = %e, retry_in = ?pause, "tier upload failed; the segment stays local");
                     continue;
@@ -1068,6 +1173,54 @@ impl Tier {
             pos += take as u64;
         }
         Ok(Some(out.freeze()))
+    }
+}
+
+/// A group's primary serves replicas the CommitLog bytes it no longer holds locally from here.
+impl crate::ha::ColdLog for Tier {
+    fn start(&self) -> Option<u64> {
+        self.manifest.read().segments.first().map(|s| s.base)
+    }
+
+    fn chunk(&self, from: u64, max_bytes: u64) -> Result<Option<(u64, Bytes)>, String> {
+        use crate::store::record::{BLANK_MARKER_LEN, MAGIC_BLANK};
+        let Some(seg) = self.manifest.read().segment_for(from).cloned() else {
+            return Ok(None);
+        };
+        let seg_end = seg.base + seg.len;
+        let mut out = BytesMut::new();
+        let mut at = from;
+        while at < seg_end {
+            let Some(head) = self.read_at(&seg, at - seg.base, BLANK_MARKER_LEN)? else {
+                break;
+            };
+            let size = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as u64;
+            let magic = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+            if magic == MAGIC_BLANK {
+                // The segment's end: the marker tells the replica to roll over.
+                out.extend_from_slice(&head);
+                at = seg_end;
+                break;
+            }
+            if size == 0 {
+                break;
+            }
+            if size < BLANK_MARKER_LEN as u64 || at + size > seg_end {
+                return Err(format!(
+                    "tiered segment {} has a record of {size} bytes at {at}",
+                    seg.key
+                ));
+            }
+            if !out.is_empty() && at + size - from > max_bytes {
+                break;
+            }
+            let Some(record) = self.read_at(&seg, at - seg.base, size as usize)? else {
+                break;
+            };
+            out.extend_from_slice(&record);
+            at += size;
+        }
+        Ok((!out.is_empty()).then(|| (at, out.freeze())))
     }
 }
 
