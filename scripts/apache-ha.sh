@@ -18,8 +18,8 @@
 # Brokers are numbered 0..REPLICAS. WORKDIR holds the configs, pid files (namesrv.pid, broker-N.pid,
 # proxy.pid), JVM output (*.out), the controller's DLedger log (controller/), and one folder per broker
 # (broker-N/: store and RocketMQ's own logs under logs/rocketmqlogs/; each broker JVM gets its own
-# user.home because in controller mode they all log as broker-a). Name server and controller logs are
-# in WORKDIR/logs/rocketmqlogs/ (namesrv.log, controller.log), the proxy's in proxy/logs/rocketmqlogs/.
+# user.home because in controller mode they all log as broker-a). The name server and its embedded
+# controller both log to WORKDIR/logs/rocketmqlogs/namesrv.log, the proxy to proxy/logs/rocketmqlogs/.
 #
 # Replication mode. In controller mode the broker's brokerRole setting does not matter: whichever
 # broker the controller elects runs as SYNC_MASTER (ReplicasManager.changeToMaster sets it), and what
@@ -34,7 +34,9 @@
 # names its own timeout in the heartbeat, controllerHeartBeatTimeoutMills (set to 3000 here, default
 # 10000); the controller scans for expired brokers every scanNotActiveBrokerInterval (set to 1000
 # here, default 5000). A killed JVM's connection closes at once, which the controller also treats as
-# inactive, so kill -9 on loopback fails over without waiting for the timeout.
+# inactive, so kill -9 on loopback fails over without waiting for the timeout. The new master
+# re-registers with the name server at once; the proxy refreshes its cached routes only every
+# topicRouteServiceCacheRefreshSeconds (Apache's default 20, left as is).
 #
 # Settings (environment):
 #   APACHE_HA_NAMESRV_PORT     name server (default 19876)
@@ -130,7 +132,7 @@ wait_group() { # deadline nums master_addr watched...
       return 0
     fi
     ((SECONDS < deadline)) || fail "broker-a has no master with $nums in-sync members after the wait: $out" \
-      "$work/logs/rocketmqlogs/controller.log" $(for n in "$@"; do broker_logs "$n"; done)
+      "$work/logs/rocketmqlogs/namesrv.log" $(for n in "$@"; do broker_logs "$n"; done)
     sleep 1
   done
 }
@@ -264,7 +266,7 @@ JSON
     org.apache.rocketmq.namesrv.NamesrvStartup -c "$work/namesrv.conf" >"$work/namesrv.out" 2>&1 &
   echo $! > "$work/namesrv.pid"
   disown
-  ns_logs=("$work/namesrv.out" "$work/logs/rocketmqlogs/namesrv.log" "$work/logs/rocketmqlogs/controller.log")
+  ns_logs=("$work/namesrv.out" "$work/logs/rocketmqlogs/namesrv.log")
   # Ready when the controller's DLedger group has a leader.
   until listening "$ns_port" && listening "$controller_port" &&
     mqadmin getControllerMetaData -a "127.0.0.1:$controller_port" | grep -q '^#ControllerLeaderId[[:space:]]*n0'; do

@@ -83,6 +83,7 @@ fn follow(node: &Node, id: i64, addr: &str) -> watch::Sender<bool> {
         primary: addr.into(),
         meta: Arc::new(OffsetSync(Arc::clone(&node.store))),
         min_epoch: 0,
+        link: None,
     };
     let (stop, rx) = watch::channel(false);
     tokio::spawn(replica.run(rx));

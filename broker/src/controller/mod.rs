@@ -216,6 +216,19 @@ pub struct Heartbeat {
     /// The node's epoch (last in its history) and log end: election prefers the longest log.
     pub epoch: u64,
     pub written: u64,
+    /// A replica whose link to its primary is down.
+    #[serde(default)]
+    pub primary_link_down: bool,
+    /// ... and whose last attempt to reconnect was refused (nothing listens there).
+    #[serde(default)]
+    pub primary_refused: bool,
+    /// How often this node heartbeats.
+    #[serde(default = "default_heartbeat_every_ms")]
+    pub heartbeat_every_ms: u64,
+}
+
+fn default_heartbeat_every_ms() -> u64 {
+    500
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -250,6 +263,12 @@ struct Liveness {
     seen: Instant,
     epoch: u64,
     written: u64,
+    /// A replica reports its primary unreachable.
+    link_down: bool,
+    /// ... and its HA port closed.
+    refused: bool,
+    /// The node's heartbeat interval.
+    every: Duration,
 }
 
 pub struct Controller {
@@ -257,6 +276,8 @@ pub struct Controller {
     sm: StateMachineStore,
     cfg: ControllerConfig,
     live: Mutex<HashMap<(String, i64), Liveness>>,
+    /// Since when this controller leads (elections wait one node timeout after that).
+    leading_since: Mutex<Option<Instant>>,
 }
 
 pub enum WriteOutcome {
@@ -309,6 +330,7 @@ impl Controller {
             sm,
             cfg,
             live: Mutex::new(HashMap::new()),
+            leading_since: Mutex::new(None),
         }))
     }
 
@@ -348,6 +370,9 @@ impl Controller {
                 seen: Instant::now(),
                 epoch: hb.epoch,
                 written: hb.written,
+                link_down: hb.primary_link_down,
+                refused: hb.primary_link_down && hb.primary_refused,
+                every: Duration::from_millis(hb.heartbeat_every_ms.clamp(50, 60_000)),
             },
         );
         let known = self.sm.read(|s| {
@@ -369,6 +394,11 @@ impl Controller {
                 Ok(WriteOutcome::NotLeader(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "registering a node failed"),
             }
+        }
+        // A replica that lost its primary may complete the evidence for an election: hold
+        // it now, so that this reply already carries the outcome.
+        if hb.primary_link_down && self.is_leader() {
+            self.elect_if_needed(&hb.group).await;
         }
         HeartbeatReply {
             is_leader: self.is_leader(),
@@ -451,48 +481,69 @@ impl Controller {
         }
     }
 
-    /// On the leader, every 200 ms: replaces dead primaries. Waits one node timeout after
+    /// On the leader, every 100 ms: replaces dead primaries. Waits one node timeout after
     /// becoming leader, so that every live node has heartbeated to it.
     pub async fn run_elections(self: Arc<Self>) {
-        let mut leader_since: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            if !self.is_leader() {
-                leader_since = None;
-                continue;
+            {
+                let mut since = self.leading_since.lock();
+                match (self.is_leader(), *since) {
+                    (false, _) => *since = None,
+                    (true, None) => *since = Some(Instant::now()),
+                    (true, Some(_)) => {}
+                }
             }
-            let since = *leader_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.cfg.node_timeout {
-                continue;
-            }
-            let groups = self.state().groups;
-            for (name, g) in groups {
-                if let Some(new) = self.pick_primary(&name, &g) {
-                    let req = CtrlRequest::Elect {
-                        group: name.clone(),
-                        expected_epoch: g.epoch,
-                        primary: new,
-                    };
-                    match self.write(req).await {
-                        Ok(WriteOutcome::Done(CtrlResponse::Group(after))) => {
-                            tracing::warn!(group = %name, old = ?g.primary, new, epoch = after.epoch, "elected a new primary")
-                        }
-                        Ok(WriteOutcome::Done(other)) => {
-                            tracing::info!(group = %name, ?other, "election not applied")
-                        }
-                        Ok(WriteOutcome::NotLeader(_)) => break,
-                        Err(e) => tracing::warn!(group = %name, error = %e, "election failed"),
-                    }
+            for name in self.state().groups.into_keys() {
+                if !self.elect_if_needed(&name).await {
+                    break;
                 }
             }
         }
     }
 
+    /// Elects a new primary for `name` if its primary is dead (see [`Self::pick_primary`]).
+    /// Only on a leader that has led for a node timeout. False when leadership was lost.
+    async fn elect_if_needed(&self, name: &str) -> bool {
+        let settled = self
+            .leading_since
+            .lock()
+            .is_some_and(|t| t.elapsed() >= self.cfg.node_timeout);
+        if !settled {
+            return true;
+        }
+        let Some(g) = self.state().groups.get(name).cloned() else {
+            return true;
+        };
+        let Some(new) = self.pick_primary(name, &g) else {
+            return true;
+        };
+        let req = CtrlRequest::Elect {
+            group: name.to_owned(),
+            expected_epoch: g.epoch,
+            primary: new,
+        };
+        match self.write(req).await {
+            Ok(WriteOutcome::Done(CtrlResponse::Group(after))) => {
+                tracing::warn!(group = %name, old = ?g.primary, new, epoch = after.epoch, "elected a new primary")
+            }
+            Ok(WriteOutcome::Done(other)) => {
+                tracing::info!(group = %name, ?other, "election not applied")
+            }
+            Ok(WriteOutcome::NotLeader(_)) => return false,
+            Err(e) => tracing::warn!(group = %name, error = %e, "election failed"),
+        }
+        true
+    }
+
     /// The node to make primary of `group`, if its primary is missing or dead: the live
     /// in-sync member with the longest log (only an in-sync member holds everything
     /// acknowledged); any live member for a group that never had a primary, or with unclean
-    /// election.
+    /// election. A primary is dead when silent for the node timeout, or sooner when every live
+    /// in-sync replica has lost its link to it and it missed its last heartbeat (a process that
+    /// dies closes its connections at once; a primary still heartbeating is never replaced
+    /// this way).
     fn pick_primary(&self, name: &str, g: &GroupState) -> Option<i64> {
         let live = self.live.lock();
         let alive = |id: &i64| {
@@ -501,9 +552,21 @@ impl Controller {
                 .cloned()
         };
         if let Some(p) = g.primary
-            && alive(&p).is_some()
+            && let Some(l) = alive(&p)
         {
-            return None;
+            let reporters: Vec<Liveness> = g
+                .in_sync
+                .iter()
+                .filter(|i| **i != p)
+                .filter_map(alive)
+                .collect();
+            let lost_by_all = !reporters.is_empty()
+                && reporters.iter().all(|r| r.link_down && r.epoch >= g.epoch);
+            // Nobody listens on its HA port any more: the process is gone.
+            let refused_by_all = lost_by_all && reporters.iter().all(|r| r.refused);
+            if !(refused_by_all || lost_by_all && l.seen.elapsed() > l.every * 3 / 2) {
+                return None;
+            }
         }
         let pool: Vec<i64> = if g.epoch == 0
             || self.cfg.unclean_election && !g.in_sync.iter().any(|i| alive(i).is_some())

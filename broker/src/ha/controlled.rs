@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::epoch::EpochFile;
-use super::{ColdLog, HaConfig, InSyncApprover, MetaSync, Primary, Replica};
+use super::{ColdLog, HaConfig, InSyncApprover, MetaSync, Primary, PrimaryLink, Replica};
 use crate::controller::{
     AlterInSync, AlterReply, GroupState, Handover, Heartbeat, HeartbeatReply, MemberInfo,
 };
@@ -164,14 +164,19 @@ impl ControlledNode {
         self.store
             .set_confirm_limit(self.store.log_offsets().dispatched);
         let mut running: Option<Running> = None;
+        let link = Arc::new(PrimaryLink::default());
         let mut tick = tokio::time::interval(self.heartbeat_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                // A replica that lost its primary says so at once.
+                _ = link.down.notified() => {}
                 _ = shutdown.changed() => break,
             }
-            let Some(group) = self.heartbeat(&client).await else {
+            let link_down = matches!(*self.role.borrow(), Role::Replica { .. }) && !link.is_up();
+            let refused = link_down && link.is_refused();
+            let Some(group) = self.heartbeat(&client, link_down, refused).await else {
                 continue;
             };
             let want = match group.primary {
@@ -191,7 +196,10 @@ impl ControlledNode {
             self.meta.on_role_change();
             running = match &want {
                 Role::Primary { epoch } => self.become_primary(&client, &listener, *epoch, &group),
-                Role::Replica { epoch, primary } => self.become_replica(*epoch, *primary, &group),
+                Role::Replica { epoch, primary } => {
+                    link.set(false);
+                    self.become_replica(*epoch, *primary, &group, Arc::clone(&link))
+                }
                 Role::Waiting => None,
             };
             if running.is_some() {
@@ -270,7 +278,12 @@ impl ControlledNode {
 
     /// One heartbeat to every controller; the leader's view of the group, if a leader
     /// answered.
-    async fn heartbeat(&self, client: &reqwest::Client) -> Option<GroupState> {
+    async fn heartbeat(
+        &self,
+        client: &reqwest::Client,
+        link_down: bool,
+        refused: bool,
+    ) -> Option<GroupState> {
         let offsets = self.store.log_offsets();
         let hb = Heartbeat {
             group: self.group.clone(),
@@ -278,6 +291,9 @@ impl ControlledNode {
             member: self.member.clone(),
             epoch: self.epochs.last_epoch(),
             written: offsets.written,
+            primary_link_down: link_down,
+            primary_refused: refused,
+            heartbeat_every_ms: self.heartbeat_every.as_millis() as u64,
         };
         let calls = self.controllers.iter().map(|c| {
             let req = client
@@ -342,7 +358,13 @@ impl ControlledNode {
         })
     }
 
-    fn become_replica(&self, epoch: u64, primary: i64, group: &GroupState) -> Option<Running> {
+    fn become_replica(
+        &self,
+        epoch: u64,
+        primary: i64,
+        group: &GroupState,
+        link: Arc<PrimaryLink>,
+    ) -> Option<Running> {
         let Some(info) = group.members.get(&primary) else {
             tracing::warn!(primary, "the elected primary is not a registered member");
             return None;
@@ -356,6 +378,7 @@ impl ControlledNode {
             primary: info.ha_addr.clone(),
             meta: Arc::clone(&self.meta),
             min_epoch: epoch,
+            link: Some(link),
         };
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(replica.run(rx));

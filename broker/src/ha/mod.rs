@@ -744,6 +744,51 @@ pub struct Replica {
     pub meta: Arc<dyn MetaSync>,
     /// A primary whose history ends before this epoch is stale (a newer one was elected).
     pub min_epoch: u64,
+    /// Whether the link to the primary is up (told to the controllers).
+    pub link: Option<Arc<PrimaryLink>>,
+}
+
+/// A replica's link to its primary, as its heartbeats report it: when every live in-sync
+/// replica has lost the primary and the primary has missed its heartbeats, the controllers
+/// replace it without waiting for the whole node timeout (a killed process closes its
+/// connections at once).
+#[derive(Default)]
+pub struct PrimaryLink {
+    up: std::sync::atomic::AtomicBool,
+    /// The last attempt to reconnect was refused: nothing listens on the primary's HA port.
+    refused: std::sync::atomic::AtomicBool,
+    /// Woken when the link goes down (so that a heartbeat says so at once).
+    pub down: tokio::sync::Notify,
+}
+
+impl PrimaryLink {
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set(&self, up: bool) {
+        if up {
+            self.refused
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        let was = self.up.swap(up, std::sync::atomic::Ordering::AcqRel);
+        if was && !up {
+            self.down.notify_one();
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_refused(&self, refused: bool) {
+        let was = self
+            .refused
+            .swap(refused, std::sync::atomic::Ordering::AcqRel);
+        if refused && !was {
+            self.down.notify_one();
+        }
+    }
 }
 
 impl Replica {
@@ -760,11 +805,17 @@ impl Replica {
                 r = self.follow() => r,
                 _ = shutdown.changed() => return,
             };
+            if let Some(link) = &self.link {
+                link.set(false);
+                let refused = matches!(&result, Err(HaError::Wire(WireError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+                link.set_refused(refused);
+            }
             if let Err(e) = result {
                 tracing::warn!(primary = %self.primary, error = %e, "replication from the primary stopped; reconnecting");
             }
             if started.elapsed() > Duration::from_secs(5) {
-                backoff = Duration::from_millis(100);
+                // A link that was up: the first retry at once (a dead primary's port refuses).
+                backoff = Duration::from_millis(20);
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -822,6 +873,9 @@ impl Replica {
         }
         self.epochs.adopt(&welcome.epochs, u64::MAX)?;
         tracing::info!(group = %self.group, primary = %self.primary, start = welcome.start, "following the primary");
+        if let Some(link) = &self.link {
+            link.set(true);
+        }
         let mut last_ack = Instant::now();
         loop {
             let frame = match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {

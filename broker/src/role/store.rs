@@ -461,6 +461,7 @@ async fn start_ha(
                 primary: addr.clone(),
                 meta,
                 min_epoch: 0,
+                link: None,
             };
             tokio::spawn(replica.run(stopped))
         }
