@@ -73,7 +73,11 @@ log() { echo "apache-ha: $*" >&2; }
 jvm_opts=(-server -XX:+UseG1GC -XX:G1HeapRegionSize=16m -XX:G1ReservePercent=25
   -XX:InitiatingHeapOccupancyPercent=30 -XX:SoftRefLRUPolicyMSPerMB=0 -XX:-OmitStackTraceInFastThrow
   --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/sun.nio.ch=ALL-UNNAMED
-  --add-opens=java.base/java.lang=ALL-UNNAMED --add-exports=java.base/sun.nio.ch=ALL-UNNAMED)
+  --add-opens=java.base/java.lang=ALL-UNNAMED --add-exports=java.base/sun.nio.ch=ALL-UNNAMED
+  # A shared test machine's disk is often more than 90% full by Apache's measure (free space over
+  # total, reserved blocks counted as used): past diskSpaceWarningLevelRatio (0.90) the broker
+  # refuses every write as "disk full". Benchmarks need it writing; this is not a tuning.
+  -Drocketmq.broker.diskSpaceWarningLevelRatio=0.99 -Drocketmq.broker.diskSpaceCleanForciblyRatio=0.98)
 export ROCKETMQ_HOME="$work"
 logconf() { echo "-Drmq.logback.configurationFile=rmq.$1.logback.xml"; }
 
@@ -250,6 +254,7 @@ storePathRootDir=$work/broker-$n/store
 storePathCommitLog=$work/broker-$n/store/commitlog
 flushDiskType=$flush
 mappedFileSizeCommitLog=${APACHE_HA_SEGMENT_BYTES:-1073741824}
+diskMaxUsedSpaceRatio=95
 CONF
   done
   cat > "$work/rmq-proxy.json" <<JSON
