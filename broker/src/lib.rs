@@ -2,6 +2,7 @@
 //! `store` owns files, offsets, flush and recovery; the protocol, service and tiering layers
 //! build on its public API.
 
+pub mod auth;
 pub mod cli;
 pub mod controller;
 pub mod ha;
