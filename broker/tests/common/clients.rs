@@ -35,12 +35,37 @@ fn built_driver(prefix: &str, binary: &str) -> PathBuf {
     dir.path().join(binary)
 }
 
+/// A folder for this test process's compiled Java classes, `<temp>/<prefix>-<pid>`; folders
+/// of earlier test processes that have exited are removed first (every test binary compiles
+/// its own copy, and nothing else would clean them up).
+pub fn class_dir(prefix: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let out = tmp.join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    out
+}
+
 /// `tests/clients/JavaClient.java` compiled once per test process.
 fn java_classes() -> &'static PathBuf {
     static CLASSES: OnceLock<PathBuf> = OnceLock::new();
     CLASSES.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("rmq-java-client-{}", std::process::id()));
-        std::fs::create_dir_all(&out).unwrap();
+        let out = class_dir("rmq-java-client");
         let status = Command::new("javac")
             .arg("-d")
             .arg(&out)

@@ -152,11 +152,7 @@ fn java_classes(client: JavaClient) -> &'static PathBuf {
         JavaClient::V5 => &V5,
     };
     cell.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!(
-            "rmq-remoting-client-{client:?}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&out).unwrap();
+        let out = super::clients::class_dir(&format!("rmq-remoting-client-{client:?}"));
         let source = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/clients/RemotingClient.java"
