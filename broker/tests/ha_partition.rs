@@ -317,6 +317,19 @@ impl Group {
         }
     }
 
+    /// Starts the group and waits until it has a primary and 3 in-sync nodes; returns the
+    /// primary's id and its epoch.
+    async fn start_in_sync() -> (Group, i64, u64) {
+        let group = Group::start().await;
+        let g = wait_group(&group.controllers, "a primary with 3 in-sync nodes", |g| {
+            g["inSync"].as_array().is_some_and(|s| s.len() == 3)
+        })
+        .await;
+        let primary = g["primary"].as_i64().unwrap();
+        let epoch = g["epoch"].as_u64().unwrap();
+        (group, primary, epoch)
+    }
+
     fn addr_of(&self, id: i64) -> String {
         self.nodes[&id].process.endpoint()
     }
@@ -359,14 +372,8 @@ impl Group {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_dropped() {
-    let mut group = Group::start().await;
+    let (mut group, old, epoch) = Group::start_in_sync().await;
     let controllers = group.controllers.clone();
-    let g = wait_group(&controllers, "a primary with 3 in-sync nodes", |g| {
-        g["inSync"].as_array().is_some_and(|s| s.len() == 3)
-    })
-    .await;
-    let old = g["primary"].as_i64().unwrap();
-    let epoch = g["epoch"].as_u64().unwrap();
     let pool = &group.pool;
     let nodes = &group.nodes;
     let addr_of = |id: i64| group.addr_of(id);
@@ -450,14 +457,8 @@ async fn a_primary_cut_off_stops_acknowledging_and_its_divergent_writes_are_drop
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_links_slow_acknowledgements_and_a_late_primary_loses_nothing() {
-    let mut group = Group::start().await;
+    let (mut group, old, epoch) = Group::start_in_sync().await;
     let controllers = group.controllers.clone();
-    let g = wait_group(&controllers, "a primary with 3 in-sync nodes", |g| {
-        g["inSync"].as_array().is_some_and(|s| s.len() == 3)
-    })
-    .await;
-    let old = g["primary"].as_i64().unwrap();
-    let epoch = g["epoch"].as_u64().unwrap();
     let mut acked = BTreeSet::new();
     let mut seq = 0u64;
 

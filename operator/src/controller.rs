@@ -72,8 +72,9 @@ where
     .await
 }
 
-/// A StatefulSet has finished rolling out its current template to `replicas` ready pods.
-fn sts_rolled_out(s: &StatefulSet) -> bool {
+/// A StatefulSet's `replicas` pods all run its current template and are Ready (what an
+/// `OnDelete` StatefulSet, whose current revision never advances, can tell).
+pub(crate) fn sts_pods_updated(s: &StatefulSet) -> bool {
     let want = s.spec.replicas.unwrap_or(1);
     let Some(st) = &s.status else {
         return false;
@@ -82,7 +83,14 @@ fn sts_rolled_out(s: &StatefulSet) -> bool {
         && st.updated_replicas.unwrap_or(0) >= want
         && st.ready_replicas.unwrap_or(0) >= want
         && st.replicas <= want
-        && (st.update_revision.is_none() || st.current_revision == st.update_revision)
+}
+
+/// A StatefulSet has finished rolling out its current template to `replicas` ready pods.
+fn sts_rolled_out(s: &StatefulSet) -> bool {
+    sts_pods_updated(s)
+        && s.status.as_ref().is_some_and(|st| {
+            st.update_revision.is_none() || st.current_revision == st.update_revision
+        })
 }
 
 fn deploy_rolled_out(d: &Deployment) -> bool {

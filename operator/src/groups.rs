@@ -73,18 +73,6 @@ fn pod_settled(p: &Pod) -> bool {
             })
 }
 
-/// A group's StatefulSet has every member on its current template and Ready.
-fn group_rolled_out(s: &StatefulSet) -> bool {
-    let want = s.spec.replicas.unwrap_or(1);
-    let Some(st) = &s.status else {
-        return false;
-    };
-    st.observed_generation >= s.metadata.generation
-        && st.updated_replicas.unwrap_or(0) >= want
-        && st.ready_replicas.unwrap_or(0) >= want
-        && st.replicas <= want
-}
-
 fn ordinal(pod: &str) -> i32 {
     pod.rsplit('-')
         .next()
@@ -295,7 +283,7 @@ pub async fn reconcile(
                 untiered_bytes: None,
             });
         }
-        if !group_rolled_out(sts) {
+        if !crate::controller::sts_pods_updated(sts) {
             out.done = false;
         }
         if rolling || !may_roll {
