@@ -8,14 +8,32 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::Value;
 
+use crate::auth::guard::Credentials;
 use crate::protocol::grpc::client::{receive_request, request, resource as res};
 use crate::protocol::grpc::pb::{self, Code, messaging_service_client::MessagingServiceClient};
 
 #[derive(clap::Args)]
 pub struct AdminArgs {
-    /// The broker's HTTP port.
-    #[arg(long, env = "RMQ_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    /// The broker's HTTP port. Repeat it (or separate with commas) to change users and
+    /// policies on every store node of a cluster; reads ask the first.
+    #[arg(
+        long,
+        env = "RMQ_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub server: Vec<String>,
+    /// Access key to sign requests with (when the broker authenticates).
+    #[arg(long, env = "RMQ_ACCESS_KEY", requires = "secret_key")]
+    pub access_key: Option<String>,
+    /// Secret key to sign requests with.
+    #[arg(
+        long,
+        env = "RMQ_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    pub secret_key: Option<String>,
     /// The broker's gRPC endpoint (for send and receive).
     #[arg(long, env = "RMQ_ENDPOINT", default_value = "127.0.0.1:8081")]
     pub endpoint: String,
@@ -61,6 +79,53 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 0)]
         queue: i32,
     },
+    /// List users.
+    Users,
+    /// Show one user.
+    User { name: String },
+    /// Create a user, or change one (omit --password to keep the secret key).
+    PutUser {
+        name: String,
+        /// The secret key.
+        #[arg(long, env = "RMQ_NEW_USER_SECRET", hide_env_values = true)]
+        password: Option<String>,
+        /// Super or Normal.
+        #[arg(long = "type", default_value = "Normal")]
+        user_type: String,
+        /// enable or disable.
+        #[arg(long = "status", default_value = "enable")]
+        user_status: String,
+    },
+    /// Delete a user and its policy.
+    DeleteUser { name: String },
+    /// Every user's policy.
+    Acls,
+    /// One user's policy.
+    Acl { user: String },
+    /// Add entries to a user's policy (one per resource; an entry for the same resource and
+    /// decision is replaced).
+    PutAcl {
+        user: String,
+        /// Cluster:name, Topic:name, Topic:prefix*, Topic:*, Group:... or *. Repeatable.
+        #[arg(long = "resource", required = true)]
+        resources: Vec<String>,
+        /// Pub, Sub, Create, Update, Delete, Get, List, All (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        /// Allow or Deny.
+        #[arg(long, default_value = "Allow")]
+        decision: String,
+        /// Source addresses or CIDR ranges the entries apply to (comma-separated; any when
+        /// absent).
+        #[arg(long, value_delimiter = ',')]
+        source_ips: Vec<String>,
+    },
+    /// Delete a user's policy, or only its entries for --resource.
+    DeleteAcl {
+        user: String,
+        #[arg(long)]
+        resource: Option<String>,
+    },
     /// Receive messages for a group (and acknowledge them with --ack).
     Receive {
         topic: String,
@@ -81,13 +146,28 @@ fn print(v: &Value) {
 
 fn http(
     agent: &ureq::Agent,
+    creds: Option<&Credentials>,
     method: &str,
     url: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    let headers = creds.map(crate::protocol::grpc::client::auth_headers);
+    let with_auth = |mut r: ureq::RequestBuilder<ureq::typestate::WithBody>| {
+        for (k, v) in headers.iter().flatten() {
+            r = r.header(*k, v);
+        }
+        r
+    };
+    let without_body = |mut r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        for (k, v) in headers.iter().flatten() {
+            r = r.header(*k, v);
+        }
+        r
+    };
     let result = match (method, body) {
-        ("PUT", Some(b)) => agent.put(url).send_json(b),
-        _ => agent.get(url).call(),
+        ("PUT", Some(b)) => with_auth(agent.put(url)).send_json(b),
+        ("DELETE", _) => without_body(agent.delete(url)).call(),
+        _ => without_body(agent.get(url)).call(),
     };
     let mut resp = result.with_context(|| format!("{method} {url}"))?;
     let status = resp.status();
@@ -95,6 +175,9 @@ fn http(
         .body_mut()
         .read_to_string()
         .context("reading the answer")?;
+    if status == 204 {
+        return Ok(Value::Null);
+    }
     let v: Option<Value> = serde_json::from_str(&text).ok();
     if !status.is_success() {
         // Our errors are JSON; a malformed request is answered in plain text.
@@ -107,8 +190,12 @@ fn http(
     v.with_context(|| format!("the broker answered {text:?}"))
 }
 
-fn req<T>(t: T) -> tonic::Request<T> {
-    request(t, "rmq-broker-admin")
+fn req<T>(t: T, creds: Option<&Credentials>) -> tonic::Request<T> {
+    let mut r = request(t, "rmq-broker-admin");
+    if let Some(c) = creds {
+        crate::protocol::grpc::client::sign(&mut r, c);
+    }
+    r
 }
 
 fn check(status: &Option<pb::Status>) -> anyhow::Result<()> {
@@ -127,55 +214,133 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         .http_status_as_error(false)
         .build()
         .into();
-    let base = args.server.trim_end_matches('/');
+    let creds =
+        args.access_key
+            .clone()
+            .zip(args.secret_key.clone())
+            .map(|(access_key, secret_key)| Credentials {
+                access_key,
+                secret_key,
+            });
+    let creds = creds.as_ref();
+    let servers: Vec<String> = args
+        .server
+        .iter()
+        .map(|s| s.trim_end_matches('/').to_owned())
+        .collect();
+    let base = servers
+        .first()
+        .map(String::as_str)
+        .unwrap_or("http://127.0.0.1:8080");
+    let get = |path: &str| http(&agent, creds, "GET", &format!("{base}{path}"), None);
+    // Users and policies change on every server given.
+    let on_all = |method: &str, path: &str, body: Option<Value>| -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        for s in &servers {
+            last = http(&agent, creds, method, &format!("{s}{path}"), body.clone())
+                .with_context(|| format!("on {s}"))?;
+        }
+        Ok(last)
+    };
     match args.command {
-        AdminCommand::Topics => print(&http(&agent, "GET", &format!("{base}/admin/topics"), None)?),
-        AdminCommand::Topic { name } => print(&http(
-            &agent,
-            "GET",
-            &format!("{base}/admin/topics/{name}"),
-            None,
-        )?),
+        AdminCommand::Topics => print(&get("/admin/topics")?),
+        AdminCommand::Topic { name } => print(&get(&format!("/admin/topics/{name}"))?),
         AdminCommand::CreateTopic {
             name,
             queues,
             message_type,
         } => print(&http(
             &agent,
+            creds,
             "PUT",
             &format!("{base}/admin/topics/{name}"),
             Some(
                 serde_json::json!({ "queues": queues, "messageType": message_type.to_ascii_uppercase() }),
             ),
         )?),
-        AdminCommand::Groups => print(&http(&agent, "GET", &format!("{base}/admin/groups"), None)?),
+        AdminCommand::Groups => print(&get("/admin/groups")?),
         AdminCommand::CreateGroup {
             name,
             max_delivery_attempts,
             fifo,
         } => print(&http(
             &agent,
+            creds,
             "PUT",
             &format!("{base}/admin/groups/{name}"),
             Some(serde_json::json!({ "maxDeliveryAttempts": max_delivery_attempts, "fifo": fifo })),
         )?),
-        AdminCommand::Progress { group, topic } => print(&http(
-            &agent,
-            "GET",
-            &format!("{base}/admin/groups/{group}/progress?topic={topic}"),
-            None,
+        AdminCommand::Progress { group, topic } => print(&get(&format!(
+            "/admin/groups/{group}/progress?topic={topic}"
+        ))?),
+        AdminCommand::Users => print(&get("/admin/users")?),
+        AdminCommand::User { name } => print(&get(&format!("/admin/users/{name}"))?),
+        AdminCommand::PutUser {
+            name,
+            password,
+            user_type,
+            user_status,
+        } => print(&on_all(
+            "PUT",
+            &format!("/admin/users/{name}"),
+            Some(serde_json::json!({
+                "password": password.unwrap_or_default(),
+                "userType": user_type,
+                "userStatus": user_status,
+            })),
         )?),
+        AdminCommand::DeleteUser { name } => {
+            on_all("DELETE", &format!("/admin/users/{name}"), None)?;
+            println!("deleted user {name}");
+        }
+        AdminCommand::Acls => print(&get("/admin/acls")?),
+        AdminCommand::Acl { user } => print(&get(&format!("/admin/acls/{user}"))?),
+        AdminCommand::PutAcl {
+            user,
+            resources,
+            actions,
+            decision,
+            source_ips,
+        } => {
+            let entries: Vec<Value> = resources
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "resource": r,
+                        "actions": actions,
+                        "decision": decision,
+                        "sourceIps": source_ips,
+                    })
+                })
+                .collect();
+            print(&on_all(
+                "PUT",
+                &format!("/admin/acls/{user}"),
+                Some(Value::Array(entries)),
+            )?)
+        }
+        AdminCommand::DeleteAcl { user, resource } => {
+            let query = resource
+                .map(|r| format!("?resource={}", r.replace('*', "%2A").replace(':', "%3A")))
+                .unwrap_or_default();
+            on_all("DELETE", &format!("/admin/acls/{user}{query}"), None)?;
+            println!("deleted the policy entries of {user}");
+        }
         AdminCommand::Send { .. } | AdminCommand::Receive { .. } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(grpc(&args.endpoint, args.command))?;
+            rt.block_on(grpc(&args.endpoint, creds, args.command))?;
         }
     }
     Ok(())
 }
 
-async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
+async fn grpc(
+    endpoint: &str,
+    creds: Option<&Credentials>,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
     let mut c = MessagingServiceClient::connect(format!("http://{endpoint}"))
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
@@ -207,7 +372,7 @@ async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
                 body: body.into_bytes().into(),
             };
             let r = c
-                .send_message(req(pb::SendMessageRequest { messages: vec![m] }))
+                .send_message(req(pb::SendMessageRequest { messages: vec![m] }, creds))
                 .await?
                 .into_inner();
             check(&r.status)?;
@@ -232,7 +397,7 @@ async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
                 Duration::from_secs(30),
                 Duration::from_secs(wait),
             );
-            let mut stream = c.receive_message(req(r)).await?.into_inner();
+            let mut stream = c.receive_message(req(r, creds)).await?.into_inner();
             let mut handles = Vec::new();
             while let Some(item) = stream.message().await? {
                 match item.content {
@@ -265,11 +430,14 @@ async fn grpc(endpoint: &str, command: AdminCommand) -> anyhow::Result<()> {
             if ack && !handles.is_empty() {
                 let n = handles.len();
                 let r = c
-                    .ack_message(req(pb::AckMessageRequest {
-                        group: res(&group),
-                        topic: res(&topic),
-                        entries: handles,
-                    }))
+                    .ack_message(req(
+                        pb::AckMessageRequest {
+                            group: res(&group),
+                            topic: res(&topic),
+                            entries: handles,
+                        },
+                        creds,
+                    ))
                     .await?
                     .into_inner();
                 check(&r.status)?;

@@ -12,3 +12,4 @@ pub mod role;
 pub mod service;
 pub mod store;
 pub mod tier;
+pub mod tls;

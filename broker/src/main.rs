@@ -35,12 +35,97 @@ enum Role {
     Admin(broker::cli::AdminArgs),
 }
 
+/// TLS and authentication, for every role that serves clients.
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// Plaintext only (the same as --tls-mode disabled).
+    #[arg(long, env = "RMQ_NO_TLS")]
+    no_tls: bool,
+    /// disabled, permissive (TLS and plaintext on one port) or enforcing (TLS only)
+    /// [default: permissive].
+    #[arg(long, env = "RMQ_TLS_MODE")]
+    tls_mode: Option<broker::tls::TlsMode>,
+    /// PEM certificate chain for TLS (with --tls-key); self-signed when absent. Re-read when
+    /// the file changes.
+    #[arg(long, env = "RMQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: verify client certificates and the nodes this one links to (links
+    /// use TLS only when this is given).
+    #[arg(long, env = "RMQ_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by --tls-ca
+    /// (none, optional, required) [default: none].
+    #[arg(long, env = "RMQ_TLS_CLIENT_AUTH")]
+    tls_client_auth: Option<broker::tls::ClientAuth>,
+    /// Requests must be signed by a known user (RocketMQ ACL 2.0).
+    #[arg(long, env = "RMQ_AUTHENTICATION")]
+    authentication: bool,
+    /// Requests must be allowed by the user's policy.
+    #[arg(long, env = "RMQ_AUTHORIZATION")]
+    authorization: bool,
+    /// Log what authentication and authorization would refuse, refuse nothing.
+    #[arg(long, env = "RMQ_AUTH_MIGRATION")]
+    auth_migration: bool,
+    /// Access key of the administrator (a super user; nodes also sign their requests to
+    /// each other with it).
+    #[arg(long, env = "RMQ_ADMIN_ACCESS_KEY", requires = "admin_secret_key")]
+    admin_access_key: Option<String>,
+    /// Secret key of the administrator.
+    #[arg(
+        long,
+        env = "RMQ_ADMIN_SECRET_KEY",
+        hide_env_values = true,
+        requires = "admin_access_key"
+    )]
+    admin_secret_key: Option<String>,
+}
+
+impl SecurityArgs {
+    /// Flags override the configuration file's `tls` and `auth` sections.
+    fn apply(self, tls: &mut broker::tls::TlsConfig, auth: &mut broker::auth::guard::AuthConfig) {
+        use broker::tls::TlsMode;
+        if let Some(m) = self.tls_mode {
+            tls.mode = m;
+        }
+        if self.no_tls {
+            tls.mode = TlsMode::Disabled;
+        }
+        if let Some(c) = self.tls_cert {
+            tls.cert = Some(c);
+        }
+        if let Some(k) = self.tls_key {
+            tls.key = Some(k);
+        }
+        if let Some(ca) = self.tls_ca {
+            tls.ca = Some(ca);
+        }
+        if let Some(a) = self.tls_client_auth {
+            tls.client_auth = a;
+        }
+        auth.authentication |= self.authentication;
+        auth.authorization |= self.authorization;
+        auth.migration |= self.auth_migration;
+        if let (Some(access_key), Some(secret_key)) = (self.admin_access_key, self.admin_secret_key)
+        {
+            auth.admin = Some(broker::auth::guard::Credentials {
+                access_key,
+                secret_key,
+            });
+        }
+    }
+}
+
 /// Flags override the `--config` file, which overrides the defaults shown.
 #[derive(clap::Args)]
 struct StoreArgs {
     /// YAML or JSON file with the whole configuration; flags override it.
     #[arg(long, env = "RMQ_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Folder for all data [default: data/store].
     #[arg(long, env = "RMQ_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -118,15 +203,8 @@ struct ProxyArgs {
     /// Name servers: host:port, repeatable or separated by ';' [default: 127.0.0.1:9876].
     #[arg(long, env = "RMQ_NAMESRV")]
     namesrv: Vec<String>,
-    /// Serve plaintext only on the gRPC port (by default TLS and plaintext share it).
-    #[arg(long, env = "RMQ_NO_TLS")]
-    no_tls: bool,
-    /// PEM certificate chain for TLS (with --tls-key); self-signed when absent.
-    #[arg(long, env = "RMQ_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS (with --tls-cert).
-    #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 fn namesrv_list(args: &[String]) -> Vec<String> {
@@ -210,15 +288,8 @@ struct StandaloneArgs {
     /// Repeatable.
     #[arg(long = "group", value_parser = parse_group)]
     groups: Vec<GroupConfig>,
-    /// Serve plaintext only on the gRPC port (by default TLS and plaintext share it).
-    #[arg(long, env = "RMQ_NO_TLS")]
-    no_tls: bool,
-    /// PEM certificate chain for TLS (with --tls-key); self-signed when absent.
-    #[arg(long, env = "RMQ_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS (with --tls-cert).
-    #[arg(long, env = "RMQ_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Milliseconds a transaction may stay undecided before the broker checks back with a
     /// producer of its topic (and between checks) [default: 10000].
     #[arg(long, env = "RMQ_TRANSACTION_CHECK_INTERVAL_MS")]
@@ -351,6 +422,7 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     if let Some(ms) = args.transaction_check_interval_ms {
         cfg.broker.transaction_check_interval = std::time::Duration::from_millis(ms);
     }
+    args.security.apply(&mut cfg.tls, &mut cfg.auth);
     cfg.topics.extend(args.topics);
     cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -376,10 +448,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if !namesrv.is_empty() {
         cfg.namesrv = namesrv;
     }
-    cfg.tls &= !args.no_tls;
-    if let Some(pair) = args.tls_cert.zip(args.tls_key) {
-        cfg.tls_cert_and_key = Some(pair);
-    }
+    args.security.apply(&mut cfg.tls, &mut cfg.auth);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(broker::role::proxy::run(cfg, terminated()))
 }
@@ -471,10 +540,7 @@ fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         let tier = cfg.tier.get_or_insert_with(Default::default);
         tier.backend = broker::tier::TierBackend::Local { path };
     }
-    cfg.tls &= !args.no_tls;
-    if let Some(pair) = args.tls_cert.zip(args.tls_key) {
-        cfg.tls_cert_and_key = Some(pair);
-    }
+    args.security.apply(&mut cfg.tls, &mut cfg.auth);
     cfg.topics.extend(args.topics);
     cfg.groups.extend(args.groups);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -36,7 +36,7 @@ pub struct User {
     pub user_status: UserStatus,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Action {
     Pub,
     Sub,
@@ -48,11 +48,48 @@ pub enum Action {
     All,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum Decision {
     #[default]
     Allow,
     Deny,
+}
+
+/// Names are matched without regard to case, as Apache RocketMQ does (mqadmin passes on what
+/// was typed).
+fn one_of<'de, D: serde::Deserializer<'de>, T: Copy + std::fmt::Debug>(
+    d: D,
+    all: &[T],
+    what: &str,
+) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    all.iter()
+        .find(|v| format!("{v:?}").eq_ignore_ascii_case(s.trim()))
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(|v| format!("{v:?}")).collect();
+            serde::de::Error::custom(format!(
+                "unknown {what} {s:?}: expected one of {}",
+                names.join(", ")
+            ))
+        })
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use Action::*;
+        one_of(
+            d,
+            &[Pub, Sub, Create, Update, Delete, Get, List, All],
+            "action",
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Decision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &[Decision::Allow, Decision::Deny], "decision")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +149,14 @@ impl ResourcePattern {
         match self {
             ResourcePattern::Any => true,
             ResourcePattern::AnyOf(k) => *k == r.kind,
+            // A request that names no cluster is about this node's own.
+            _ if r.kind == ResourceType::Cluster && r.name.is_empty() => {
+                matches!(
+                    self,
+                    ResourcePattern::Literal(ResourceType::Cluster, _)
+                        | ResourcePattern::Prefix(ResourceType::Cluster, _)
+                )
+            }
             ResourcePattern::Literal(k, n) => *k == r.kind && *n == r.name,
             ResourcePattern::Prefix(k, p) => *k == r.kind && r.name.starts_with(p.as_str()),
         }

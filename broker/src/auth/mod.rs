@@ -15,6 +15,8 @@
 //! without echoing secrets or signatures.
 
 pub mod acl;
+pub mod guard;
+pub mod store;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,8 +37,13 @@ pub const SECURITY_TOKEN: &str = "SecurityToken";
 const UNIQUE_KEY_QUERY: &str = "_UNIQUE_KEY_QUERY";
 /// `MQVersion.Version.V4_9_3.ordinal()`.
 const V4_9_3: i32 = 401;
-/// How far a gRPC request's `x-mq-date-time` may be from this node's clock.
+/// How far a gRPC request's `x-mq-date-time` may be from this node's clock, give or take
+/// the time zone: the Java, Go and Python clients stamp their *local* time with a `Z`, so a
+/// client at UTC+14 sends a date 14 hours ahead, one at UTC-12 a date 12 hours behind. A
+/// captured header can be replayed for about a day at most (Apache bounds it not at all).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+const MAX_BEHIND: Duration = Duration::from_secs(12 * 3600 + MAX_CLOCK_SKEW.as_secs());
+const MAX_AHEAD: Duration = Duration::from_secs(14 * 3600 + MAX_CLOCK_SKEW.as_secs());
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -49,7 +56,7 @@ pub enum AuthError {
     },
     #[error("unsupported signature algorithm {0:?} (expected {ALGORITHM})")]
     UnsupportedAlgorithm(String),
-    #[error("{DATE_TIME} is {skew_secs} s away from this node's clock (at most {} s allowed)", MAX_CLOCK_SKEW.as_secs())]
+    #[error("{DATE_TIME} is {skew_secs} s away from this node's clock (allowed: {} s behind to {} s ahead)", MAX_BEHIND.as_secs(), MAX_AHEAD.as_secs())]
     ClockSkew { skew_secs: i64 },
     #[error("the signature does not match (wrong secret key, or the request was altered)")]
     SignatureMismatch,
@@ -97,7 +104,10 @@ pub fn parse_authorization(header: &str) -> Result<GrpcAuthorization, AuthError>
             "Credential" => {
                 let ak = value.trim().split('/').next().unwrap_or_default();
                 if ak.is_empty() {
-                    return Err(malformed(header_name, "Credential names no access key"));
+                    // What the Go and Python clients send when they have no credentials.
+                    return Err(AuthError::MissingCredentials(
+                        "access key (Credential is empty)",
+                    ));
                 }
                 access_key = Some(ak.to_owned());
             }
@@ -127,9 +137,16 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Parses `yyyyMMdd'T'HHmmss'Z'` (UTC) into seconds since the epoch.
+/// Parses `yyyyMMdd'T'HHmmss'Z'` (UTC) into seconds since the epoch; RFC 3339 too (what the
+/// Rust client 5.0.0 sends).
 pub fn parse_date_time(s: &str) -> Result<i64, AuthError> {
     let bad = || malformed(DATE_TIME, "expected yyyyMMddTHHmmssZ (UTC)");
+    if s.len() > 16 && s.as_bytes().get(4) == Some(&b'-') {
+        return s
+            .parse::<jiff::Timestamp>()
+            .map(|t| t.as_second())
+            .map_err(|_| bad());
+    }
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return Err(bad());
@@ -176,7 +193,7 @@ pub fn verify_grpc(
 ) -> Result<(), AuthError> {
     let at = parse_date_time(date_time)?;
     let skew = at - now;
-    if skew.unsigned_abs() > MAX_CLOCK_SKEW.as_secs() {
+    if skew < -(MAX_BEHIND.as_secs() as i64) || skew > MAX_AHEAD.as_secs() as i64 {
         return Err(AuthError::ClockSkew { skew_secs: skew });
     }
     hmac::verify(&key(secret), date_time.as_bytes(), &auth.signature)
@@ -259,10 +276,17 @@ mod tests {
             verify_grpc("wrong", &auth, date, now),
             Err(AuthError::SignatureMismatch)
         );
+        // A client stamping its local time (UTC+8) with a Z: accepted; a day-old date is not.
+        verify_grpc("secret", &auth, date, now - 8 * 3600).unwrap();
         assert!(matches!(
-            verify_grpc("secret", &auth, date, now + 3600),
-            Err(AuthError::ClockSkew { skew_secs: -3600 })
+            verify_grpc("secret", &auth, date, now + 86400),
+            Err(AuthError::ClockSkew { skew_secs: -86400 })
         ));
+        // The Rust client's RFC 3339 form.
+        assert_eq!(
+            parse_date_time("2026-11-30T09:30:00.123456789Z").unwrap(),
+            now
+        );
         // Another date with the same signature: refused.
         assert_eq!(
             verify_grpc("secret", &auth, "20261130T093001Z", now),
@@ -276,7 +300,7 @@ mod tests {
             ("", "malformed"),
             ("MQv2-HMAC-SHA1", "malformed"),
             ("AWS4-HMAC-SHA256 Credential=a, Signature=00", "unsupported"),
-            ("MQv2-HMAC-SHA1 Credential=, Signature=00", "no access key"),
+            ("MQv2-HMAC-SHA1 Credential=, Signature=00", "no credentials"),
             ("MQv2-HMAC-SHA1 Credential=a", "no Signature"),
             ("MQv2-HMAC-SHA1 Signature=00", "no Credential"),
             ("MQv2-HMAC-SHA1 Credential=a, Signature=zz", "not hex"),

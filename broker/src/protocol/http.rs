@@ -18,19 +18,32 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::guard::Guard;
 use crate::service::Broker;
 use crate::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
 
 /// Whether a process is ready for traffic: `Err` says why not (served as 503 on `/readyz`).
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-pub fn router(broker: Arc<Broker>) -> Router {
-    router_with_readiness(broker, Arc::new(|| Ok(())))
+pub fn router(broker: Arc<Broker>, guard: Arc<Guard>) -> Router {
+    router_with_readiness(broker, guard, Arc::new(|| Ok(())))
 }
 
 /// The router with `/readyz` answering from `ready` (a store node is ready once a name server
 /// has its registration, which is what a rolling restart waits for).
-pub fn router_with_readiness(broker: Arc<Broker>, ready: Readiness) -> Router {
+pub fn router_with_readiness(broker: Arc<Broker>, guard: Arc<Guard>, ready: Readiness) -> Router {
+    let admin = Router::new()
+        .route("/admin/topics", get(list_topics))
+        .route("/admin/topics/{name}", get(get_topic).put(put_topic))
+        .route("/admin/groups", get(list_groups))
+        .route("/admin/groups/{name}", get(get_group).put(put_group))
+        .route("/admin/groups/{name}/progress", get(progress))
+        .with_state(broker.clone())
+        .merge(super::http_auth::routes(Arc::clone(&guard)))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::http_auth::admin_auth,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -46,12 +59,8 @@ pub fn router_with_readiness(broker: Arc<Broker>, ready: Readiness) -> Router {
                 }
             }),
         )
-        .route("/admin/topics", get(list_topics))
-        .route("/admin/topics/{name}", get(get_topic).put(put_topic))
-        .route("/admin/groups", get(list_groups))
-        .route("/admin/groups/{name}", get(get_group).put(put_group))
-        .route("/admin/groups/{name}/progress", get(progress))
         .with_state(broker)
+        .merge(admin)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

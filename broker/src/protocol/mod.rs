@@ -2,4 +2,5 @@
 
 pub mod grpc;
 pub mod http;
+pub mod http_auth;
 pub mod remoting;

@@ -28,22 +28,83 @@ pub fn read_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyh
     serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// A bound gRPC port: its address, the one clients are told, and its TLS setup.
+/// Opens a node's users and policies (in `config_dir`, or in memory for a proxy), creates
+/// the `initial` ones, and starts following the configuration file's `auth` section.
+pub fn auth_guard<T: serde::de::DeserializeOwned + Send + 'static>(
+    config: &crate::auth::guard::AuthConfig,
+    config_dir: Option<&std::path::Path>,
+    config_file: Option<std::path::PathBuf>,
+    section: fn(&T) -> crate::auth::guard::AuthConfig,
+) -> anyhow::Result<std::sync::Arc<crate::auth::guard::Guard>> {
+    use crate::auth::store::AuthStore;
+    use anyhow::Context;
+    let users = match config_dir {
+        Some(dir) => AuthStore::open(dir).context("opening users and policies")?,
+        None => AuthStore::in_memory(),
+    };
+    let guard = crate::auth::guard::Guard::new(config.clone(), std::sync::Arc::new(users));
+    if let Some(initial) = &config.initial {
+        crate::auth::guard::apply_initial(&guard.users, initial)?;
+    }
+    if let Some(path) = config_file {
+        tokio::spawn(follow_auth_section(
+            path,
+            section,
+            std::sync::Arc::downgrade(&guard),
+        ));
+    }
+    Ok(guard)
+}
+
+/// Applies edits of the configuration file's `auth` section (switching authentication,
+/// authorization and migration mode without a restart). Flags given at start hold until the
+/// section itself changes; an administrator given by flags stays unless the file names one.
+async fn follow_auth_section<T: serde::de::DeserializeOwned>(
+    path: std::path::PathBuf,
+    section: fn(&T) -> crate::auth::guard::AuthConfig,
+    guard: std::sync::Weak<crate::auth::guard::Guard>,
+) {
+    let read = || read_file::<T>(&path).map(|c| section(&c));
+    let mut last = read().ok();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Some(guard) = guard.upgrade() else { return };
+        match read() {
+            Ok(now) if Some(&now) != last.as_ref() => {
+                let mut next = now.clone();
+                if next.admin.is_none() {
+                    next.admin = guard.settings().admin;
+                }
+                guard.set_settings(next);
+                last = Some(now);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the configuration failed; keeping the current authentication settings")
+            }
+        }
+    }
+}
+
+/// A bound gRPC port: its address, the one clients are told, its TLS setup and the
+/// authentication step its requests pass.
 pub struct GrpcEndpoint {
     listener: tokio::net::TcpListener,
     pub local: std::net::SocketAddr,
     pub advertised: std::net::SocketAddr,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    guard: std::sync::Arc<crate::auth::guard::Guard>,
 }
 
 impl GrpcEndpoint {
-    /// Binds `listen`; `advertise` defaults to it (loopback when it is 0.0.0.0). With `tls`,
-    /// TLS and plaintext share the port (self-signed unless a certificate and key are given).
+    /// Binds `listen`; `advertise` defaults to it (loopback when it is 0.0.0.0). TLS as `tls`
+    /// says (self-signed unless a certificate and key are given).
     pub async fn bind(
         listen: std::net::SocketAddr,
         advertise: Option<std::net::SocketAddr>,
-        tls: bool,
-        cert_and_key: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+        tls: &crate::tls::TlsConfig,
+        guard: std::sync::Arc<crate::auth::guard::Guard>,
     ) -> anyhow::Result<GrpcEndpoint> {
         use anyhow::Context;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -55,20 +116,14 @@ impl GrpcEndpoint {
         } else {
             local
         });
-        let tls = if tls {
-            let paths = cert_and_key.map(|(c, k)| (c.as_path(), k.as_path()));
-            Some(
-                crate::protocol::grpc::listener::tls_config(paths, local)
-                    .context("setting up TLS")?,
-            )
-        } else {
-            None
-        };
+        let tls = crate::tls::ServerTls::new(tls, local, crate::protocol::grpc::listener::ALPN)
+            .context("setting up TLS for the gRPC port")?;
         Ok(GrpcEndpoint {
             listener,
             local,
             advertised,
             tls,
+            guard,
         })
     }
 
@@ -81,9 +136,10 @@ impl GrpcEndpoint {
         use crate::protocol::grpc::pb::messaging_service_server::MessagingServiceServer;
         use crate::protocol::grpc::server::{GrpcService, MAX_DECODING_MESSAGE_SIZE};
         use anyhow::Context;
-        let service = MessagingServiceServer::new(GrpcService::new(backend, self.advertised))
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
+        let service =
+            MessagingServiceServer::new(GrpcService::new(backend, self.advertised, self.guard))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE);
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(

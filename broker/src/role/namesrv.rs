@@ -40,6 +40,9 @@ pub struct NamesrvConfig {
     /// own timeout.
     #[serde(with = "crate::store::config::millis")]
     pub broker_timeout: Duration,
+    /// TLS on the remoting port (permissive by default). Requests are not authenticated
+    /// here (routes are not secret; Apache RocketMQ's name server does not either).
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl NamesrvConfig {
@@ -55,6 +58,7 @@ impl Default for NamesrvConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9876)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9877)),
             broker_timeout: DEFAULT_BROKER_TIMEOUT,
+            tls: Default::default(),
         }
     }
 }
@@ -507,7 +511,9 @@ pub async fn run(
             }
         })
     };
-    conn::serve(listener, namesrv, DEFAULT_MAX_FRAME, shutdown).await;
+    let tls = crate::tls::ServerTls::new(&cfg.tls, listener.local_addr()?, &[])
+        .context("setting up TLS for the name server port")?;
+    conn::serve(listener, namesrv, DEFAULT_MAX_FRAME, tls, shutdown).await;
     expiry.abort();
     http.abort();
     tracing::info!("name server stopped");

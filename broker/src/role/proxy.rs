@@ -76,15 +76,24 @@ pub struct ProxyConfig {
     pub namesrv: Vec<String>,
     /// Largest message body accepted.
     pub max_body_size: usize,
-    /// Serve TLS next to plaintext on the gRPC port.
-    pub tls: bool,
-    pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// TLS on the gRPC port (permissive by default) and, with a `ca`, on links to the name
+    /// servers and store nodes.
+    pub tls: crate::tls::TlsConfig,
+    /// Authentication and authorization (RocketMQ ACL 2.0) of gRPC requests, against the
+    /// users and policies of the store nodes; off by default. The administrator's
+    /// credentials sign the proxy's own requests to store nodes.
+    pub auth: crate::auth::guard::AuthConfig,
+    /// The file this configuration was read from (followed for `auth` changes).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl ProxyConfig {
     /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<ProxyConfig> {
-        super::read_file(path)
+        let mut cfg: ProxyConfig = super::read_file(path)?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 }
 
@@ -96,8 +105,9 @@ impl Default for ProxyConfig {
             advertise: None,
             namesrv: vec!["127.0.0.1:9876".into()],
             max_body_size: 4 * 1024 * 1024,
-            tls: true,
-            tls_cert_and_key: None,
+            tls: Default::default(),
+            auth: Default::default(),
+            source: None,
         }
     }
 }
@@ -272,7 +282,12 @@ fn split_handle(handle: &str) -> Result<(&str, &str)> {
 }
 
 impl Remote {
-    pub fn new(namesrv: Vec<String>, max_body_size: usize, client_id: String) -> Arc<Remote> {
+    pub fn new(
+        namesrv: Vec<String>,
+        max_body_size: usize,
+        client_id: String,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Arc<Remote> {
         let producers: Producers = Arc::default();
         Arc::new(Remote {
             namesrv,
@@ -282,7 +297,8 @@ impl Remote {
                 }),
                 Duration::from_secs(3),
                 DEFAULT_MAX_FRAME,
-            ),
+            )
+            .with_tls(tls),
             producers,
             addrs: Mutex::default(),
             addrs_at: Mutex::default(),
@@ -429,6 +445,40 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// The users and policies of the store nodes (the first one that answers, in name order;
+    /// every node holds the same, as mqadmin and `rmq-broker admin` write them to all).
+    async fn fetch_auth(&self) -> Result<crate::auth::store::AuthState> {
+        use crate::protocol::remoting::auth::{AUTH_LIST_ACL, AUTH_LIST_USER, state_from};
+        self.refresh_brokers().await?;
+        let mut addrs: Vec<(String, String)> = self.addrs.lock().clone().into_iter().collect();
+        addrs.sort();
+        let mut last = None;
+        for (_, addr) in addrs {
+            let users = self
+                .pool
+                .invoke(&addr, conn::request(AUTH_LIST_USER, []), CALL_TIMEOUT)
+                .await;
+            let acls = self
+                .pool
+                .invoke(&addr, conn::request(AUTH_LIST_ACL, []), CALL_TIMEOUT)
+                .await;
+            match (users, acls) {
+                (Ok(u), Ok(a)) if u.code == rs::SUCCESS && a.code == rs::SUCCESS => {
+                    return state_from(&u.body, &a.body).map_err(ServiceError::Unavailable);
+                }
+                (Ok(r), _) | (_, Ok(r)) if r.code != rs::SUCCESS => {
+                    last = Some(upstream("store node", &r));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    last = Some(ServiceError::Unavailable(format!("{addr}: {e}")));
+                }
+                _ => {}
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| ServiceError::Unavailable("no store node is registered".to_owned())))
     }
 
     /// Calls a store node; a failure to reach it forgets cached routes, so the next call
@@ -1039,32 +1089,59 @@ pub async fn run(
     cfg: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let endpoint = super::GrpcEndpoint::bind(
-        cfg.grpc_listen,
-        cfg.advertise,
-        cfg.tls,
-        cfg.tls_cert_and_key.as_ref(),
-    )
-    .await?;
+    let guard = super::auth_guard(&cfg.auth, None, cfg.source.clone(), |c: &ProxyConfig| {
+        c.auth.clone()
+    })?;
+    let endpoint =
+        super::GrpcEndpoint::bind(cfg.grpc_listen, cfg.advertise, &cfg.tls, Arc::clone(&guard))
+            .await?;
     let (local, advertised) = (endpoint.local, endpoint.advertised);
+    let client_tls = crate::tls::ClientTls::new(&cfg.tls, &[])
+        .context("setting up TLS for links to name servers and store nodes")?;
     let remote = Remote::new(
         cfg.namesrv.clone(),
         cfg.max_body_size,
         format!("proxy@{advertised}"),
+        client_tls,
     );
-    tracing::info!(grpc = %local, %advertised, namesrv = ?cfg.namesrv, tls = cfg.tls, "proxy listening");
+    remote.pool.set_credentials(guard.internal_credentials());
+    tracing::info!(grpc = %local, %advertised, namesrv = ?cfg.namesrv, tls = ?cfg.tls.mode, authentication = cfg.auth.authentication, authorization = cfg.auth.authorization, "proxy listening");
+    // Users and policies follow the store nodes' (every 3 s).
+    let auth_refresh = {
+        let (r, guard) = (Arc::clone(&remote), Arc::clone(&guard));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                tick.tick().await;
+                r.pool.set_credentials(guard.internal_credentials());
+                if !guard.is_enabled() {
+                    continue;
+                }
+                match r.fetch_auth().await {
+                    Ok(state) => {
+                        if let Err(e) = guard.users.replace(state) {
+                            tracing::warn!(error = %e, "keeping users and policies");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetching users and policies from the store nodes failed; keeping the last ones")
+                    }
+                }
+            }
+        })
+    };
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health) listening");
     let http = {
-        let r = Arc::clone(&remote);
+        let (r, guard) = (Arc::clone(&remote), Arc::clone(&guard));
         let router = axum::Router::new()
             .route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let r = Arc::clone(&r);
-                    async move { r.encode_metrics() }
+                    let (r, guard) = (Arc::clone(&r), Arc::clone(&guard));
+                    async move { r.encode_metrics() + &guard.encode_metrics() }
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -1087,6 +1164,7 @@ pub async fn run(
     };
     endpoint.serve(Arc::clone(&remote), shutdown).await?;
     heartbeats.abort();
+    auth_refresh.abort();
     http.abort();
     remote.pool.close_all();
     tracing::info!("proxy stopped");

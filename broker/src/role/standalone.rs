@@ -27,11 +27,14 @@ pub struct StandaloneConfig {
     /// Topics and groups to create (or update) at start.
     pub topics: Vec<TopicConfig>,
     pub groups: Vec<GroupConfig>,
-    /// Serve TLS next to plaintext on the gRPC port (on by default: the Java and Go clients
-    /// use TLS unless told otherwise).
-    pub tls: bool,
-    /// PEM certificate chain and private key; a self-signed certificate when absent.
-    pub tls_cert_and_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// TLS on the gRPC port (permissive by default: the Java and Go clients use TLS unless
+    /// told otherwise, the others do not).
+    pub tls: crate::tls::TlsConfig,
+    /// Authentication and authorization (RocketMQ ACL 2.0), off by default.
+    pub auth: crate::auth::guard::AuthConfig,
+    /// The file this configuration was read from (followed for `auth` changes).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
     /// Tiered storage: sealed CommitLog segments move to object storage (off when absent).
     pub tier: Option<crate::tier::TierConfig>,
 }
@@ -49,8 +52,9 @@ impl Default for StandaloneConfig {
             advertise: None,
             topics: Vec::new(),
             groups: Vec::new(),
-            tls: true,
-            tls_cert_and_key: None,
+            tls: Default::default(),
+            auth: Default::default(),
+            source: None,
             tier: None,
         }
     }
@@ -59,7 +63,9 @@ impl Default for StandaloneConfig {
 impl StandaloneConfig {
     /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<StandaloneConfig> {
-        super::read_config(path, |c: &StandaloneConfig| &c.store)
+        let mut cfg: StandaloneConfig = super::read_config(path, |c: &StandaloneConfig| &c.store)?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 }
 
@@ -99,22 +105,30 @@ pub async fn run(
             .put_group(g.clone())
             .with_context(|| format!("creating group {}", g.name))?;
     }
-    let endpoint = super::GrpcEndpoint::bind(
-        cfg.grpc_listen,
-        cfg.advertise,
-        cfg.tls,
-        cfg.tls_cert_and_key.as_ref(),
-    )
-    .await?;
+    let guard = super::auth_guard(
+        &cfg.auth,
+        Some(&cfg.store.config_dir()),
+        cfg.source.clone(),
+        |c: &StandaloneConfig| c.auth.clone(),
+    )?;
+    let endpoint =
+        super::GrpcEndpoint::bind(cfg.grpc_listen, cfg.advertise, &cfg.tls, Arc::clone(&guard))
+            .await?;
     let (local, advertised) = (endpoint.local, endpoint.advertised);
-    tracing::info!(grpc = %local, %advertised, tls = cfg.tls, "gRPC endpoint listening (TLS and plaintext on one port)");
+    tracing::info!(grpc = %local, %advertised, tls = ?cfg.tls.mode, authentication = cfg.auth.authentication, authorization = cfg.auth.authorization, "gRPC endpoint listening");
+    {
+        let guard = Arc::clone(&guard);
+        broker
+            .metrics
+            .add_source(Arc::new(move || guard.encode_metrics()));
+    }
 
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
     let http = {
-        let router = crate::protocol::http::router(Arc::clone(&broker));
+        let router = crate::protocol::http::router(Arc::clone(&broker), Arc::clone(&guard));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
                 tracing::error!(error = %e, "HTTP server failed");

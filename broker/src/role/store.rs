@@ -55,6 +55,14 @@ pub struct StoreNodeConfig {
     pub adopt: Vec<AdoptConfig>,
     /// Replication in the broker group (`brokerName`): absent for a node without replicas.
     pub ha: Option<crate::ha::HaConfig>,
+    /// TLS on the remoting port (permissive by default) and, with a `ca`, on links to the
+    /// name servers.
+    pub tls: crate::tls::TlsConfig,
+    /// Authentication and authorization (RocketMQ ACL 2.0), off by default.
+    pub auth: crate::auth::guard::AuthConfig,
+    /// The file this configuration was read from (followed for `auth` changes).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// One adopted node: another store node's tier, served for reads under that node's name.
@@ -97,6 +105,9 @@ impl Default for StoreNodeConfig {
             tier: None,
             adopt: Vec::new(),
             ha: None,
+            tls: Default::default(),
+            auth: Default::default(),
+            source: None,
         }
     }
 }
@@ -104,7 +115,9 @@ impl Default for StoreNodeConfig {
 impl StoreNodeConfig {
     /// Reads a YAML or JSON configuration file. Errors name the file and the bad field.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<StoreNodeConfig> {
-        super::read_config(path, |c: &StoreNodeConfig| &c.store)
+        let mut cfg: StoreNodeConfig = super::read_config(path, |c: &StoreNodeConfig| &c.store)?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 }
 
@@ -269,7 +282,11 @@ struct Adopted {
 /// Opens another node's tier read-only and a local store for it under
 /// `<rootDir>/adopted/<brokerName>`: its metadata (topics, groups, consumer offsets) and its
 /// ConsumeQueues come from the tier on the first start, its messages are read from the tier.
-async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted> {
+async fn adopt(
+    a: &AdoptConfig,
+    cfg: &StoreNodeConfig,
+    guard: &Arc<crate::auth::guard::Guard>,
+) -> anyhow::Result<Adopted> {
     let what = || format!("adopting {} (prefix {})", a.broker_name, a.tier.prefix);
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -314,7 +331,7 @@ async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted
         )
         .with_context(what)?,
     );
-    let handler = BrokerHandler::new(broker, &cfg.cluster, &advertised);
+    let handler = BrokerHandler::new(broker, &cfg.cluster, &advertised, Arc::clone(guard));
     handler.set_read_only(true);
     let m = tier.manifest();
     tracing::info!(broker = %a.broker_name, remoting = %a.listen, %advertised, segments = m.segments.len(), tiered_bytes = m.bytes(), "serving an adopted node's tiered history (read-only)");
@@ -337,13 +354,16 @@ async fn adopt(a: &AdoptConfig, cfg: &StoreNodeConfig) -> anyhow::Result<Adopted
 
 /// What a replica takes from its primary besides the CommitLog: topics, groups and consumer
 /// offsets.
-struct BrokerMeta(Arc<Broker>);
+struct BrokerMeta(Arc<Broker>, Arc<crate::auth::guard::Guard>);
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MetaSnapshot {
     topics: Vec<TopicConfig>,
     groups: Vec<GroupConfig>,
     offsets: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, u64>>,
+    /// Users and policies (absent from nodes of earlier versions).
+    #[serde(default)]
+    auth: Option<crate::auth::store::AuthState>,
 }
 
 impl crate::ha::MetaSync for BrokerMeta {
@@ -352,6 +372,7 @@ impl crate::ha::MetaSync for BrokerMeta {
             topics: self.0.metadata.topics(),
             groups: self.0.metadata.groups(),
             offsets: self.0.store.consumer_offsets().export().1,
+            auth: Some(self.1.users.state()),
         };
         bytes::Bytes::from(serde_json::to_vec(&snapshot).expect("plain data"))
     }
@@ -370,6 +391,9 @@ impl crate::ha::MetaSync for BrokerMeta {
             }
         }
         self.0.store.consumer_offsets().import(s.offsets);
+        if let Some(auth) = s.auth {
+            self.1.users.replace(auth).map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -395,7 +419,7 @@ async fn start_ha(
         .map_err(|e| anyhow::anyhow!("invalid ha configuration: {e}"))?;
     let broker = &handler.broker;
     let epochs = Arc::new(crate::ha::epoch::EpochFile::open(root)?);
-    let meta = Arc::new(BrokerMeta(Arc::clone(broker)));
+    let meta = Arc::new(BrokerMeta(Arc::clone(broker), Arc::clone(&handler.guard)));
     let group = broker.config.broker_name.clone();
     if !ha.controllers.is_empty() {
         let listener = tokio::net::TcpListener::bind(ha.listen)
@@ -542,7 +566,28 @@ pub async fn run(
             message_type: crate::service::metadata::TopicMessageType::Normal,
         })?;
     }
-    let handler = BrokerHandler::new(Arc::clone(&broker), &cfg.cluster, &advertised);
+    let guard = super::auth_guard(
+        &cfg.auth,
+        Some(&cfg.store.config_dir()),
+        cfg.source.clone(),
+        |c: &StoreNodeConfig| c.auth.clone(),
+    )?;
+    {
+        let guard = Arc::clone(&guard);
+        broker
+            .metrics
+            .add_source(Arc::new(move || guard.encode_metrics()));
+    }
+    let tls = crate::tls::ServerTls::new(&cfg.tls, local, &[])
+        .context("setting up TLS for the remoting port")?;
+    let client_tls = crate::tls::ClientTls::new(&cfg.tls, &[])
+        .context("setting up TLS for links to the name servers")?;
+    let handler = BrokerHandler::new(
+        Arc::clone(&broker),
+        &cfg.cluster,
+        &advertised,
+        Arc::clone(&guard),
+    );
     tracing::info!(remoting = %local, %advertised, cluster = %cfg.cluster, broker = %cfg.broker.broker_name, id = cfg.broker_id, namesrv = ?cfg.namesrv, "store node listening");
 
     let mut tasks = super::standalone::spawn_service_tasks(&broker);
@@ -576,19 +621,22 @@ pub async fn run(
                 Err("not registered with any name server yet".to_owned())
             }
         });
-        let router = crate::protocol::http::router_with_readiness(Arc::clone(&broker), ready)
-            .merge(node.router());
+        let router = crate::protocol::http::router_with_readiness(
+            Arc::clone(&broker),
+            Arc::clone(&guard),
+            ready,
+        )
+        .merge(node.router());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http_listener, router).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         })
     };
-    let pool = Arc::new(Pool::new(
-        Arc::new(NoRequests),
-        CALL_TIMEOUT,
-        DEFAULT_MAX_FRAME,
-    ));
+    let pool = Arc::new(
+        Pool::new(Arc::new(NoRequests), CALL_TIMEOUT, DEFAULT_MAX_FRAME).with_tls(client_tls),
+    );
+    pool.set_credentials(guard.internal_credentials());
     let controlled = cfg.ha.as_ref().is_some_and(|h| !h.controllers.is_empty());
     if controlled && cfg.broker_id < 1 {
         anyhow::bail!(
@@ -629,7 +677,7 @@ pub async fn run(
     }
     let mut adopted = Vec::new();
     for a in &cfg.adopt {
-        let mut node = adopt(a, &cfg).await?;
+        let mut node = adopt(a, &cfg, &guard).await?;
         node.tasks.push(spawn_registration(
             Arc::clone(&pool),
             Arc::clone(&node.handler),
@@ -642,6 +690,7 @@ pub async fn run(
             node.listener,
             Arc::clone(&node.handler),
             DEFAULT_MAX_FRAME,
+            tls.clone(),
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },
@@ -650,7 +699,14 @@ pub async fn run(
         adopted.push((node.reg, node.handler, node.store, node.tasks));
     }
 
-    conn::serve(listener, Arc::clone(&handler), DEFAULT_MAX_FRAME, shutdown).await;
+    conn::serve(
+        listener,
+        Arc::clone(&handler),
+        DEFAULT_MAX_FRAME,
+        tls,
+        shutdown,
+    )
+    .await;
     let _ = stop.send(true);
     // A primary hands its role to an in-sync replica before it goes (bounded).
     if let Some(t) = ha_task

@@ -1,8 +1,14 @@
 // Drives a running broker with the official Java client (Maven
 // org.apache.rocketmq:rocketmq-client-java), with its default settings: TLS on.
 // Usage: java -cp <jar>:<classes> JavaClient SCENARIO ENDPOINT TOPIC GROUP
+// Environment: RMQ_ACCESS_KEY (and RMQ_SECRET_KEY) sign requests with these credentials;
+// RMQ_TLS=1 / RMQ_TLS=0 turns TLS on / off (the client trusts any server certificate).
+// Any error (a refused request too) is printed to stderr with exit status 1.
 // Prints one JSON line. Scenarios:
 //   send_receive_ack  10 messages with tag, key and a user property; SimpleConsumer receive + ack
+//   send_only         the 10 messages of send_receive_ack; prints {"sent":[ids]}
+//   receive_only      receives and acks what arrives within RMQ_RECEIVE_DEADLINE_SECS (default
+//                     5) s; prints {"received":[..]} (as send_receive_ack prints them)
 //   push              10 messages consumed by a PushConsumer
 //   fifo              10 messages of one message group; prints bodies in receive order
 //   delay             3 messages due in 3 s; prints bodies with receive time minus due time
@@ -20,7 +26,9 @@ import java.util.List;
 import java.util.concurrent.ConcurrentLinkedQueue;
 
 import org.apache.rocketmq.client.apis.ClientConfiguration;
+import org.apache.rocketmq.client.apis.ClientConfigurationBuilder;
 import org.apache.rocketmq.client.apis.ClientServiceProvider;
+import org.apache.rocketmq.client.apis.StaticSessionCredentialsProvider;
 import org.apache.rocketmq.client.apis.consumer.ConsumeResult;
 import org.apache.rocketmq.client.apis.consumer.FilterExpression;
 import org.apache.rocketmq.client.apis.consumer.FilterExpressionType;
@@ -152,6 +160,30 @@ public class JavaClient {
     static boolean special(ClientServiceProvider provider, ClientConfiguration config, String scenario,
                            String topic, String group) throws Exception {
         switch (scenario) {
+            case "send_only": {
+                System.out.println("{\"sent\":[" + String.join(",",
+                    sendTen(provider, config, topic).stream().map(JavaClient::quote).toList()) + "]}");
+                return true;
+            }
+            case "receive_only": {
+                String secs = System.getenv("RMQ_RECEIVE_DEADLINE_SECS");
+                long end = System.currentTimeMillis() + 1000L * (secs == null ? 5 : Long.parseLong(secs));
+                List<String> got = new ArrayList<>();
+                FilterExpression all = new FilterExpression("*", FilterExpressionType.TAG);
+                try (SimpleConsumer consumer = provider.newSimpleConsumerBuilder()
+                        .setClientConfiguration(config).setConsumerGroup(group)
+                        .setSubscriptionExpressions(Collections.singletonMap(topic, all))
+                        .setAwaitDuration(Duration.ofSeconds(2)).build()) {
+                    while (System.currentTimeMillis() < end) {
+                        for (MessageView m : consumer.receive(32, Duration.ofSeconds(15))) {
+                            got.add(view(m));
+                            consumer.ack(m);
+                        }
+                    }
+                }
+                System.out.println("{\"received\":[" + String.join(",", got) + "]}");
+                return true;
+            }
             case "fifo": {
                 try (Producer producer = provider.newProducerBuilder()
                         .setClientConfiguration(config).setTopics(topic).build()) {
@@ -201,20 +233,9 @@ public class JavaClient {
         }
     }
 
-    public static void main(String[] args) throws Exception {
-        String scenario = args[0], endpoint = args[1], topic = args[2], group = args[3];
-        ClientServiceProvider provider = ClientServiceProvider.loadService();
-        ClientConfiguration config = ClientConfiguration.newBuilder()
-            .setEndpoints(endpoint)
-            .setRequestTimeout(Duration.ofSeconds(10))
-            .build();
-        if (scenario.equals("chaos")) {
-            chaos(provider, config, topic, group, args[4]);
-            System.exit(0);
-        }
-        if (special(provider, config, scenario, topic, group)) {
-            System.exit(0);
-        }
+    /// Sends the 10 messages of send_receive_ack; returns their ids.
+    static List<String> sendTen(ClientServiceProvider provider, ClientConfiguration config,
+                                String topic) throws Exception {
         List<String> sent = new ArrayList<>();
         try (Producer producer = provider.newProducerBuilder()
                 .setClientConfiguration(config).setTopics(topic).build()) {
@@ -227,6 +248,44 @@ public class JavaClient {
                 sent.add(producer.send(m).getMessageId().toString());
             }
         }
+        return sent;
+    }
+
+    public static void main(String[] args) {
+        try {
+            run(args);
+        } catch (Throwable e) {
+            // A refused request (UNAUTHORIZED, FORBIDDEN) ends up here too.
+            e.printStackTrace();
+            System.exit(1);
+        }
+    }
+
+    static void run(String[] args) throws Exception {
+        String scenario = args[0], endpoint = args[1], topic = args[2], group = args[3];
+        ClientServiceProvider provider = ClientServiceProvider.loadService();
+        ClientConfigurationBuilder builder = ClientConfiguration.newBuilder()
+            .setEndpoints(endpoint)
+            .setRequestTimeout(Duration.ofSeconds(10));
+        String accessKey = System.getenv("RMQ_ACCESS_KEY");
+        if (accessKey != null) {
+            String secretKey = System.getenv("RMQ_SECRET_KEY");
+            builder.setCredentialProvider(new StaticSessionCredentialsProvider(
+                accessKey, secretKey == null ? "" : secretKey));
+        }
+        String tls = System.getenv("RMQ_TLS");
+        if ("1".equals(tls) || "0".equals(tls)) {
+            builder.enableSsl(tls.equals("1"));
+        }
+        ClientConfiguration config = builder.build();
+        if (scenario.equals("chaos")) {
+            chaos(provider, config, topic, group, args[4]);
+            System.exit(0);
+        }
+        if (special(provider, config, scenario, topic, group)) {
+            System.exit(0);
+        }
+        List<String> sent = sendTen(provider, config, topic);
         FilterExpression all = new FilterExpression("*", FilterExpressionType.TAG);
         List<String> received = Collections.synchronizedList(new ArrayList<>());
         long end = System.currentTimeMillis() + 60_000;

@@ -6,6 +6,7 @@ pub mod pb {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod listener;

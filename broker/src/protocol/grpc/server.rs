@@ -12,8 +12,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
+use super::auth::{Wants, settings_wants};
 use super::backend::{Backend, OffsetPolicy, Pull, QueueSet, Receive, Received};
 use super::pb::{self, Code, messaging_service_server::MessagingService};
+use crate::auth::guard::{Guard, Proof, Refused, Want};
 use crate::service::filter::{FilterError, TagFilter};
 use crate::service::metadata::TopicMessageType;
 use crate::service::transaction::CheckRequest;
@@ -34,15 +36,68 @@ pub struct GrpcService<B> {
     backend: Arc<B>,
     /// Address put into routes when the client did not say which one it used.
     advertised: SocketAddr,
+    /// Authentication and authorization, before any handler runs.
+    guard: Arc<Guard>,
 }
 
 impl<B: Backend> GrpcService<B> {
-    pub fn new(backend: Arc<B>, advertised: SocketAddr) -> Self {
+    pub fn new(backend: Arc<B>, advertised: SocketAddr, guard: Arc<Guard>) -> Self {
         GrpcService {
             backend,
             advertised,
+            guard,
         }
     }
+
+    /// Checks a request's credentials and what it touches; the refusal is the status to
+    /// answer with (UNAUTHORIZED or FORBIDDEN, as Apache's proxy answers).
+    fn authorize<T: Wants>(&self, req: &Request<T>) -> Result<(), pb::Status> {
+        if !self.guard.is_enabled() {
+            return Ok(());
+        }
+        self.check(req, &req.get_ref().wants())
+    }
+
+    /// The user a request's `authorization` header names (once it has been checked).
+    fn guard_user<T>(&self, req: &Request<T>) -> Option<String> {
+        let h = req
+            .metadata()
+            .get(crate::auth::AUTHORIZATION)?
+            .to_str()
+            .ok()?;
+        crate::auth::parse_authorization(h)
+            .ok()
+            .map(|a| a.access_key)
+    }
+
+    fn check<T>(&self, req: &Request<T>, wants: &[Want]) -> Result<(), pb::Status> {
+        let header = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok());
+        let proof = Proof::Grpc {
+            authorization: header(crate::auth::AUTHORIZATION),
+            date_time: header(crate::auth::DATE_TIME),
+        };
+        let source = req.remote_addr().map(|a| a.ip());
+        match self.guard.check("grpc", proof, source, wants) {
+            Ok(_) => Ok(()),
+            Err(e @ Refused::Unauthenticated(_)) => Err(status(Code::Unauthorized, e.to_string())),
+            Err(e @ Refused::Forbidden(_)) => Err(status(Code::Forbidden, e.to_string())),
+        }
+    }
+}
+
+/// Answers a refused request with a response that carries only the status.
+macro_rules! refuse_unless_authorized {
+    ($self:ident, $req:ident, $resp:ident) => {
+        if let Err(s) = $self.authorize(&$req) {
+            // Some responses have only the status.
+            #[allow(clippy::needless_update)]
+            let response = pb::$resp {
+                status: Some(s),
+                ..Default::default()
+            };
+            return Ok(Response::new(response));
+        }
+    };
 }
 
 fn status(code: Code, message: impl Into<String>) -> pb::Status {
@@ -531,6 +586,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::QueryRouteRequest>,
     ) -> GrpcResult<pb::QueryRouteResponse> {
+        refuse_unless_authorized!(self, req, QueryRouteResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::QueryRouteResponse {
                 status: Some(s),
@@ -565,6 +621,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> GrpcResult<pb::HeartbeatResponse> {
+        refuse_unless_authorized!(self, req, HeartbeatResponse);
         if let Some(id) = client_id(&req) {
             self.backend.client_seen(id);
         }
@@ -576,6 +633,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> GrpcResult<pb::SendMessageResponse> {
+        refuse_unless_authorized!(self, req, SendMessageResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::SendMessageResponse {
                 status: Some(s),
@@ -647,6 +705,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::QueryAssignmentRequest>,
     ) -> GrpcResult<pb::QueryAssignmentResponse> {
+        refuse_unless_authorized!(self, req, QueryAssignmentResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::QueryAssignmentResponse {
                 status: Some(s),
@@ -694,6 +753,9 @@ impl<B: Backend> MessagingService for GrpcService<B> {
                 content: Some(Content::Status(s)),
             })))
         };
+        if let Err(s) = self.authorize(&req) {
+            return fail(s);
+        }
         if let Err(s) = require_client_id(&req) {
             return fail(s);
         }
@@ -756,6 +818,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::AckMessageRequest>,
     ) -> GrpcResult<pb::AckMessageResponse> {
+        refuse_unless_authorized!(self, req, AckMessageResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::AckMessageResponse {
                 status: Some(s),
@@ -812,6 +875,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> GrpcResult<pb::ForwardMessageToDeadLetterQueueResponse> {
+        refuse_unless_authorized!(self, req, ForwardMessageToDeadLetterQueueResponse);
         let s = match require_client_id(&req) {
             Err(s) => s,
             Ok(()) => {
@@ -843,6 +907,9 @@ impl<B: Backend> MessagingService for GrpcService<B> {
                 content: Some(Content::Status(s)),
             })))
         };
+        if let Err(s) = self.authorize(&req) {
+            return fail(s);
+        }
         if let Err(s) = require_client_id(&req) {
             return fail(s);
         }
@@ -905,6 +972,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::UpdateOffsetRequest>,
     ) -> GrpcResult<pb::UpdateOffsetResponse> {
+        refuse_unless_authorized!(self, req, UpdateOffsetResponse);
         let s = match require_client_id(&req) {
             Err(s) => s,
             Ok(()) => {
@@ -938,6 +1006,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::GetOffsetRequest>,
     ) -> GrpcResult<pb::GetOffsetResponse> {
+        refuse_unless_authorized!(self, req, GetOffsetResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::GetOffsetResponse {
                 status: Some(s),
@@ -975,6 +1044,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::QueryOffsetRequest>,
     ) -> GrpcResult<pb::QueryOffsetResponse> {
+        refuse_unless_authorized!(self, req, QueryOffsetResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::QueryOffsetResponse {
                 status: Some(s),
@@ -1019,6 +1089,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::EndTransactionRequest>,
     ) -> GrpcResult<pb::EndTransactionResponse> {
+        refuse_unless_authorized!(self, req, EndTransactionResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::EndTransactionResponse {
                 status: Some(s),
@@ -1059,16 +1130,47 @@ impl<B: Backend> MessagingService for GrpcService<B> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        // The stream is authenticated once, when it opens; each settings command it carries
+        // is authorized for that user.
+        let user = if self.guard.is_enabled() {
+            match self.check(&req, &[]) {
+                Ok(()) => self.guard_user(&req),
+                Err(s) if s.code == Code::Unauthorized as i32 => {
+                    return Err(GrpcStatus::unauthenticated(s.message));
+                }
+                Err(s) => return Err(GrpcStatus::permission_denied(s.message)),
+            }
+        } else {
+            None
+        };
+        let source = req.remote_addr().map(|a| a.ip());
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = GrpcService {
             backend: Arc::clone(&self.backend),
             advertised: self.advertised,
+            guard: Arc::clone(&self.guard),
         };
         tokio::spawn(async move {
             let mut forwarder: Option<tokio::task::JoinHandle<()>> = None;
             while let Ok(Some(cmd)) = inbound.message().await {
+                let refusal = match &cmd.command {
+                    Some(pb::telemetry_command::Command::Settings(s)) => this
+                        .guard
+                        .authorize_as("grpc", user.as_deref(), source, &settings_wants(s))
+                        .err(),
+                    _ => None,
+                };
                 let reply = match cmd.command {
+                    Some(pb::telemetry_command::Command::Settings(_)) if refusal.is_some() => {
+                        pb::TelemetryCommand {
+                            status: Some(status(
+                                Code::Forbidden,
+                                refusal.map(|e| e.to_string()).unwrap_or_default(),
+                            )),
+                            command: None,
+                        }
+                    }
                     Some(pb::telemetry_command::Command::Settings(s)) => {
                         // A producer: it may be asked to resolve orphaned transactions.
                         if let Some(pb::settings::PubSub::Publishing(p)) = &s.pub_sub
@@ -1124,6 +1226,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::NotifyClientTerminationRequest>,
     ) -> GrpcResult<pb::NotifyClientTerminationResponse> {
+        refuse_unless_authorized!(self, req, NotifyClientTerminationResponse);
         if let Some(id) = client_id(&req) {
             self.backend.client_gone(id);
         }
@@ -1137,6 +1240,7 @@ impl<B: Backend> MessagingService for GrpcService<B> {
         &self,
         req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> GrpcResult<pb::ChangeInvisibleDurationResponse> {
+        refuse_unless_authorized!(self, req, ChangeInvisibleDurationResponse);
         if let Err(s) = require_client_id(&req) {
             return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
                 status: Some(s),
@@ -1167,8 +1271,9 @@ impl<B: Backend> MessagingService for GrpcService<B> {
 
     async fn recall_message(
         &self,
-        _req: Request<pb::RecallMessageRequest>,
+        req: Request<pb::RecallMessageRequest>,
     ) -> GrpcResult<pb::RecallMessageResponse> {
+        refuse_unless_authorized!(self, req, RecallMessageResponse);
         Ok(Response::new(pb::RecallMessageResponse {
             status: Some(status(
                 Code::NotImplemented,
@@ -1180,8 +1285,9 @@ impl<B: Backend> MessagingService for GrpcService<B> {
 
     async fn sync_lite_subscription(
         &self,
-        _req: Request<pb::SyncLiteSubscriptionRequest>,
+        req: Request<pb::SyncLiteSubscriptionRequest>,
     ) -> GrpcResult<pb::SyncLiteSubscriptionResponse> {
+        refuse_unless_authorized!(self, req, SyncLiteSubscriptionResponse);
         Ok(Response::new(pb::SyncLiteSubscriptionResponse {
             status: Some(status(
                 Code::NotImplemented,

@@ -20,6 +20,7 @@ use super::body::{
 use super::codes::{request as rq, response as rs};
 use super::conn::{self, Connection, Handler};
 use super::{FieldError, Fields, RemotingCommand};
+use crate::auth::guard::{Guard, Proof};
 use crate::service::filter::TagFilter;
 use crate::service::metadata::{GroupConfig, TopicConfig, TopicMessageType};
 use crate::service::pop::{AckOutcome, ReceiptHandle};
@@ -130,6 +131,8 @@ type LockKey = (String, String, i32);
 /// The remoting side of one store node.
 pub struct BrokerHandler {
     pub broker: Arc<Broker>,
+    /// Authentication and authorization, before any handler runs.
+    pub guard: Arc<Guard>,
     cluster: String,
     /// `host:port` clients are told to use.
     advertised: String,
@@ -287,9 +290,15 @@ fn mq_key(topic: &str, broker: &str, queue: i32) -> String {
 }
 
 impl BrokerHandler {
-    pub fn new(broker: Arc<Broker>, cluster: &str, advertised: &str) -> Arc<BrokerHandler> {
+    pub fn new(
+        broker: Arc<Broker>,
+        cluster: &str,
+        advertised: &str,
+        guard: Arc<Guard>,
+    ) -> Arc<BrokerHandler> {
         Arc::new(BrokerHandler {
             broker,
+            guard,
             cluster: cluster.to_owned(),
             advertised: advertised.to_owned(),
             clients: Mutex::new(Clients::default()),
@@ -1447,6 +1456,27 @@ impl Handler for BrokerHandler {
         conn: Arc<Connection>,
         req: RemotingCommand,
     ) -> Option<RemotingCommand> {
+        if self.guard.is_enabled()
+            && let Err(e) = self.guard.check(
+                "remoting",
+                Proof::Remoting {
+                    fields: &req.ext_fields,
+                    version: req.version,
+                    body: &req.body,
+                },
+                Some(conn.peer.ip()),
+                &super::auth::wants(&req),
+            )
+        {
+            return Some(RemotingCommand::response_to(
+                &req,
+                rs::NO_PERMISSION,
+                e.to_string(),
+            ));
+        }
+        if let Some(r) = super::auth::handle(&self.guard, &req) {
+            return Some(r);
+        }
         let response = match self.dispatch(&conn, &req).await {
             Ok(r) => r,
             Err(Refusal(code, remark)) => {

@@ -106,12 +106,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Starts the reader and writer tasks of an accepted or connected stream.
+    /// Starts the reader and writer tasks of an accepted or connected TCP stream.
     pub fn spawn<H: Handler>(stream: TcpStream, handler: Arc<H>, max_frame: usize) -> Arc<Self> {
+        let _ = stream.set_nodelay(true);
+        Self::spawn_stream(crate::tls::Stream::Plain(stream), handler, max_frame)
+    }
+
+    /// Starts the reader and writer tasks of a stream, TLS or not.
+    pub fn spawn_stream<H: Handler>(
+        stream: crate::tls::Stream,
+        handler: Arc<H>,
+        max_frame: usize,
+    ) -> Arc<Self> {
         let peer = stream
+            .tcp()
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _ = stream.set_nodelay(true);
         let (out, out_rx) = mpsc::channel(OUTGOING);
         let (close_tx, close_rx) = watch::channel(false);
         let conn = Arc::new(Connection {
@@ -123,7 +133,7 @@ impl Connection {
             closed: AtomicBool::new(false),
             close_tx,
         });
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = tokio::io::split(stream);
         tokio::spawn(write_loop(Arc::clone(&conn), writer, out_rx, close_rx));
         tokio::spawn(read_loop(Arc::clone(&conn), reader, handler, max_frame));
         conn
@@ -188,7 +198,7 @@ impl Connection {
 
 async fn write_loop(
     conn: Arc<Connection>,
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: tokio::io::WriteHalf<crate::tls::Stream>,
     mut rx: mpsc::Receiver<RemotingCommand>,
     mut close: watch::Receiver<bool>,
 ) {
@@ -221,7 +231,7 @@ async fn write_loop(
 
 async fn read_loop<H: Handler>(
     conn: Arc<Connection>,
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: tokio::io::ReadHalf<crate::tls::Stream>,
     handler: Arc<H>,
     max_frame: usize,
 ) {
@@ -284,19 +294,29 @@ async fn read_loop<H: Handler>(
     handler.closed(&conn);
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, sorting each by the listener's TLS mode
+/// off the accept loop.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     max_frame: usize,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    Connection::spawn(stream, Arc::clone(&handler), max_frame);
+                Ok((stream, peer)) => {
+                    let (handler, tls) = (Arc::clone(&handler), tls.clone());
+                    tokio::spawn(async move {
+                        match crate::tls::accept(stream, tls.as_deref()).await {
+                            Ok(s) => {
+                                Connection::spawn_stream(s, handler, max_frame);
+                            }
+                            Err(e) => tracing::info!(%peer, error = %e, "remoting connection refused"),
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a remoting connection failed");
@@ -315,6 +335,10 @@ pub struct Pool<H: Handler> {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     connect_timeout: Duration,
     max_frame: usize,
+    /// TLS to the peers (verifying the name they were dialled by).
+    tls: Option<crate::tls::ClientTls>,
+    /// Requests are signed with these (RocketMQ ACL 2.0), as a node's own.
+    credentials: parking_lot::RwLock<Option<crate::auth::guard::Credentials>>,
 }
 
 impl<H: Handler> Pool<H> {
@@ -324,6 +348,25 @@ impl<H: Handler> Pool<H> {
             connections: Mutex::new(HashMap::new()),
             connect_timeout,
             max_frame,
+            tls: None,
+            credentials: parking_lot::RwLock::new(None),
+        }
+    }
+
+    /// Connects with TLS.
+    pub fn with_tls(mut self, tls: Option<crate::tls::ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Signs every request with `credentials` (or stops signing with `None`).
+    pub fn set_credentials(&self, credentials: Option<crate::auth::guard::Credentials>) {
+        *self.credentials.write() = credentials;
+    }
+
+    fn sign(&self, request: &mut RemotingCommand) {
+        if let Some(c) = self.credentials.read().as_ref() {
+            c.sign(request);
         }
     }
 
@@ -341,7 +384,20 @@ impl<H: Handler> Pool<H> {
                 addr: addr.to_owned(),
                 source,
             })?;
-        let conn = Connection::spawn(stream, Arc::clone(&self.handler), self.max_frame);
+        let conn = match &self.tls {
+            None => Connection::spawn(stream, Arc::clone(&self.handler), self.max_frame),
+            Some(tls) => {
+                let _ = stream.set_nodelay(true);
+                let stream = tls
+                    .connect(crate::tls::host_of(addr), stream)
+                    .await
+                    .map_err(|source| RemotingError::Connect {
+                        addr: addr.to_owned(),
+                        source,
+                    })?;
+                Connection::spawn_stream(stream, Arc::clone(&self.handler), self.max_frame)
+            }
+        };
         let mut connections = self.connections.lock();
         match connections.get(addr) {
             // Another task connected meanwhile: use its connection, drop ours.
@@ -368,9 +424,10 @@ impl<H: Handler> Pool<H> {
     pub async fn invoke(
         &self,
         addr: &str,
-        request: RemotingCommand,
+        mut request: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand, RemotingError> {
+        self.sign(&mut request);
         let conn = self.connection(addr).await?;
         let result = conn.invoke(request, timeout).await;
         if matches!(result, Err(RemotingError::Timeout { .. })) {
@@ -380,7 +437,12 @@ impl<H: Handler> Pool<H> {
     }
 
     /// Sends a request that expects no response.
-    pub async fn oneway(&self, addr: &str, request: RemotingCommand) -> Result<(), RemotingError> {
+    pub async fn oneway(
+        &self,
+        addr: &str,
+        mut request: RemotingCommand,
+    ) -> Result<(), RemotingError> {
+        self.sign(&mut request);
         self.connection(addr).await?.oneway(request).await
     }
 
@@ -445,6 +507,7 @@ mod tests {
             listener,
             Arc::new(Echo),
             1 << 20,
+            None,
             std::future::pending(),
         ));
         let pool = Arc::new(Pool::new(
@@ -493,6 +556,7 @@ mod tests {
             listener,
             Arc::new(Echo),
             1 << 20,
+            None,
             std::future::pending(),
         ));
         let mut raw = TcpStream::connect(addr).await.unwrap();

@@ -2,6 +2,7 @@
 //! the frame codec, request and response codes, typed access to request headers, and
 //! connections on which either side may send requests.
 
+pub mod auth;
 pub mod body;
 pub mod broker;
 pub mod codec;
