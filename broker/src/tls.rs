@@ -439,26 +439,35 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// A new CA and a certificate it signed for `names` (host names or IP addresses), written as
+/// `tls.crt`, `tls.key` and `ca.crt` in `dir` (the keys cert-manager writes): for tests and
+/// for trying TLS out.
+pub fn generate_pki(dir: &Path, names: &[&str]) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "rmq-broker test CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+    let (c, k, a) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    std::fs::write(&a, ca.pem())?;
+    Ok((c, k, a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A CA and a server certificate it signed for `127.0.0.1` and `localhost`, as PEM files.
-    pub fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let (c, k, a) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        std::fs::write(&a, ca.pem()).unwrap();
-        (c, k, a)
+    fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        generate_pki(dir, &["localhost", "127.0.0.1"]).unwrap()
     }
 
     async fn serve_once(tls: Arc<ServerTls>) -> SocketAddr {

@@ -28,6 +28,8 @@ pub enum UserStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
+    /// (In a file of initial users, the key names the user.)
+    #[serde(default)]
     pub username: String,
     pub password: String,
     #[serde(default)]

@@ -106,6 +106,22 @@ pub fn cache() -> &'static PathBuf {
 
 /// Runs one scenario; returns the last JSON line the client printed.
 pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, &str)]) -> Value {
+    match run_result(client, broker, args, env) {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{client:?} scenario {args:?} failed {e}\nbroker log:\n{}",
+            broker.logs()
+        ),
+    }
+}
+
+/// Runs one scenario; the last JSON line the client printed, or what it said when it failed.
+pub fn run_result(
+    client: Client,
+    broker: &BrokerProcess,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Value, String> {
     let home = tempfile::tempdir().unwrap(); // clients log under ~/logs
     let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
     let mut cmd = match client {
@@ -144,13 +160,12 @@ pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, 
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().rev().find(|l| l.starts_with('{'));
     match last {
-        Some(l) if out.status.success() => serde_json::from_str(l).unwrap(),
-        _ => panic!(
-            "{client:?} scenario {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nbroker log:\n{}",
+        Some(l) if out.status.success() => Ok(serde_json::from_str(l).unwrap()),
+        _ => Err(format!(
+            "({}):\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            broker.logs()
-        ),
+        )),
     }
 }
 
