@@ -441,3 +441,102 @@ async fn a_replaced_certificate_is_served_to_new_connections_and_established_one
     let sent = sender.await.unwrap().unwrap();
     assert!(sent > 100, "only {sent} sends in 8 s");
 }
+
+/// `rmq-broker admin` as the administrator against several HTTP ports (users and policies are
+/// written to each).
+fn admin_all(servers: &[&BrokerProcess], args: &[&str]) {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{}", s.http))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_rmq-broker"))
+        .arg("admin")
+        .arg("--server")
+        .arg(list.join(","))
+        .args(["--access-key", ROOT.0, "--secret-key", ROOT.1])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_proxy_authenticates_against_the_store_nodes_users_and_signs_its_own_calls() {
+    let auth: &[&str] = &[
+        "--authentication",
+        "--authorization",
+        "--admin-access-key",
+        ROOT.0,
+        "--admin-secret-key",
+        ROOT.1,
+        "--topic",
+        "ClusterSec:4",
+    ];
+    let cluster = common::remoting::Cluster::start(1, &[("broker-a", auth), ("broker-b", auth)]);
+    let ns = cluster.namesrv();
+    let mut proxy_args = vec!["--namesrv", &ns];
+    proxy_args.extend_from_slice(&auth[..6]);
+    let proxy = BrokerProcess::start_role("proxy", &cluster.dir.path().join("proxy"), &proxy_args);
+    let stores: Vec<&BrokerProcess> = cluster.stores.iter().collect();
+    admin_all(
+        &stores,
+        &["put-user", "carol", "--password", "carol-secret"],
+    );
+    admin_all(
+        &stores,
+        &[
+            "put-acl",
+            "carol",
+            "--resource",
+            "Topic:ClusterSec",
+            "--resource",
+            "Group:CG",
+            "--actions",
+            "Pub,Sub",
+        ],
+    );
+    // The store nodes refuse unsigned remoting calls; the proxy signs its own.
+    let env = [
+        ("RMQ_ACCESS_KEY", "carol"),
+        ("RMQ_SECRET_KEY", "carol-secret"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        // The proxy refreshes users every 3 s.
+        match clients::run_result(
+            Client::Go,
+            &proxy,
+            &["send_receive_ack", "ClusterSec", "CG"],
+            &env,
+        ) {
+            Ok(v) => break v,
+            Err(e) if Instant::now() < deadline && e.contains("UNAUTHORIZED") => {
+                std::thread::sleep(Duration::from_secs(1))
+            }
+            Err(e) => panic!("{e}\nproxy:\n{}\n{}", proxy.logs(), cluster.logs()),
+        }
+    };
+    check_send_receive_ack(&v);
+    // Another group is not carol's.
+    refused(
+        Client::Go,
+        &proxy,
+        &["receive_only", "ClusterSec", "OtherGroup"],
+        &env,
+        &["40300", "FORBIDDEN", "PermissionDenied desc = access denied"],
+    );
+    // A deleted user is refused once the proxy has refreshed.
+    admin_all(&stores, &["delete-user", "carol"]);
+    std::thread::sleep(Duration::from_secs(4));
+    refused(
+        Client::Go,
+        &proxy,
+        &["send_only", "ClusterSec", "CG"],
+        &env,
+        &["40100", "UNAUTHORIZED"],
+    );
+}

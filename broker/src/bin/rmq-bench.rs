@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use broker::protocol::grpc::client::{receive_request, request, resource as res};
+use broker::protocol::grpc::client::{receive_request, resource as res};
 use broker::protocol::grpc::pb::{self, Code, messaging_service_client::MessagingServiceClient};
 
 #[derive(Parser, Clone)]
@@ -76,6 +76,32 @@ struct Args {
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Connect with TLS, verifying the server against this PEM CA.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Sign every request as this user (RocketMQ ACL 2.0), as the official clients do.
+    #[arg(long, env = "RMQ_ACCESS_KEY", requires = "secret_key")]
+    access_key: Option<String>,
+    #[arg(
+        long,
+        env = "RMQ_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
+    secret_key: Option<String>,
+}
+
+/// The credentials every request is signed with, if any.
+static CREDENTIALS: std::sync::OnceLock<broker::auth::guard::Credentials> =
+    std::sync::OnceLock::new();
+
+/// A request with the official clients' headers, signed when credentials are set.
+fn request<T>(message: T, client_id: &str) -> tonic::Request<T> {
+    let mut r = broker::protocol::grpc::client::request(message, client_id);
+    if let Some(c) = CREDENTIALS.get() {
+        broker::protocol::grpc::client::sign(&mut r, c);
+    }
+    r
 }
 
 impl Args {
@@ -426,10 +452,39 @@ async fn main() -> anyhow::Result<()> {
     if args.producers == 0 && args.expect == 0 {
         bail!("--producers 0 (consume only) needs --expect N");
     }
-    let channel = Channel::from_shared(format!("http://{}", args.endpoint))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.endpoint))?;
+    if let (Some(access_key), Some(secret_key)) = (args.access_key.clone(), args.secret_key.clone())
+    {
+        let _ = CREDENTIALS.set(broker::auth::guard::Credentials {
+            access_key,
+            secret_key,
+        });
+    }
+    let endpoint = Channel::from_shared(format!("http://{}", args.endpoint))?;
+    let channel = match &args.tls_ca {
+        None => endpoint.connect().await,
+        Some(ca) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let cfg = broker::tls::TlsConfig {
+                ca: Some(ca.clone()),
+                ..Default::default()
+            };
+            let tls = broker::tls::ClientTls::new(&cfg, broker::protocol::grpc::listener::ALPN)?
+                .context("a CA is given")?;
+            let addr = args.endpoint.clone();
+            endpoint
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let (tls, addr) = (tls.clone(), addr.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                        tcp.set_nodelay(true)?;
+                        let s = tls.connect(broker::tls::host_of(&addr), tcp).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }))
+                .await
+        }
+    }
+    .with_context(|| format!("connecting to {}", args.endpoint))?;
     let client = MessagingServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);

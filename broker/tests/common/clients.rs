@@ -104,6 +104,9 @@ pub fn cache() -> &'static PathBuf {
     })
 }
 
+/// The longest a client scenario may run.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Runs one scenario; returns the last JSON line the client printed.
 pub fn run(client: Client, broker: &BrokerProcess, args: &[&str], env: &[(&str, &str)]) -> Value {
     match run_result(client, broker, args, env) {
@@ -149,23 +152,42 @@ pub fn run_result(
             c
         }
     };
-    let out = cmd
+    let out_file = home.path().join("stdout");
+    let err_file = home.path().join("stderr");
+    let mut child = cmd
         .arg(args[0])
         .arg(broker.endpoint())
         .args(&args[1..])
         .env("HOME", home.path())
         .envs(env.iter().copied())
-        .output()
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
         .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A client that hangs fails the test instead of holding it forever.
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+    let Some(status) = status else {
+        return Err(format!(
+            "(killed after {CLIENT_TIMEOUT:?}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        ));
+    };
     let last = stdout.lines().rev().find(|l| l.starts_with('{'));
     match last {
-        Some(l) if out.status.success() => Ok(serde_json::from_str(l).unwrap()),
-        _ => Err(format!(
-            "({}):\nstdout:\n{stdout}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-        )),
+        Some(l) if status.success() => Ok(serde_json::from_str(l).unwrap()),
+        _ => Err(format!("({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}")),
     }
 }
 

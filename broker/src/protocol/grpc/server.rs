@@ -1210,7 +1210,17 @@ impl<B: Backend> MessagingService for GrpcService<B> {
                     // Answers to commands we do not send, and anything unknown.
                     _ => continue,
                 };
+                // A refused stream gets one answer with the status (as Apache's proxy), then
+                // ends with the reason as a gRPC error too (the Go client reads only that).
+                let refused = reply
+                    .command
+                    .is_none()
+                    .then(|| reply.status.clone().unwrap_or_default().message);
                 if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+                if let Some(reason) = refused {
+                    let _ = tx.send(Err(GrpcStatus::permission_denied(reason))).await;
                     break;
                 }
             }
