@@ -84,6 +84,7 @@ fn follow(node: &Node, id: i64, addr: &str) -> watch::Sender<bool> {
         meta: Arc::new(OffsetSync(Arc::clone(&node.store))),
         min_epoch: 0,
         link: None,
+        tls: None,
     };
     let (stop, rx) = watch::channel(false);
     tokio::spawn(replica.run(rx));

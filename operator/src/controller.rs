@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -461,6 +462,23 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     }
     for role in pdbs {
         apply::<PodDisruptionBudget>(client, &ns, &render::pdb(c, role)).await?;
+    }
+    match render::network_policy(c) {
+        Some(np) => {
+            apply::<NetworkPolicy>(client, &ns, &np).await?;
+        }
+        None => {
+            // Switched off (or never on): gone.
+            let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+            match api
+                .delete(&render::names(c).network_policy(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     // Name servers, then store nodes once the name servers are rolled out, then proxies once

@@ -66,6 +66,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/rocketmq-rs/rmq-broker:0.1.0";
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.tieredStorage) || !self.tieredStorage.enabled || self.tieredStorage.backend == 'filesystem' || (has(self.tieredStorage.bucket) && self.tieredStorage.bucket != '')").message("tieredStorage.bucket is required when tiered storage is enabled with an s3, gcs or azure backend"))]
+#[x_kube(validation = Rule::new("!has(self.security) || !(self.security.authentication || self.security.authorization) || has(self.security.adminSecretRef)").message("security.adminSecretRef (a Secret with accessKey and secretKey) is required when authentication or authorization is on: the nodes sign their calls to each other with it"))]
 #[serde(rename_all = "camelCase")]
 pub struct RocketMQClusterSpec {
     /// Container image of the broker (every role runs the same `rmq-broker` binary).
@@ -93,6 +94,82 @@ pub struct RocketMQClusterSpec {
     /// What happens to PersistentVolumeClaims when the cluster is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// TLS, authentication and authorization (RocketMQ ACL 2.0), and network access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecuritySpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// TLS on every client and internal port, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Requests must be signed by a known, enabled user (switchable without a restart).
+    #[serde(default)]
+    pub authentication: bool,
+    /// Requests must be allowed by the user's policy (switchable without a restart).
+    #[serde(default)]
+    pub authorization: bool,
+    /// Log what would be refused, refuse nothing (for moving a running cluster to
+    /// authentication).
+    #[serde(default)]
+    pub migration: bool,
+    /// A Secret with keys `accessKey` and `secretKey`: the administrator, a super user the
+    /// nodes also sign their calls to each other with. Never copied into ConfigMaps or status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret_ref: Option<SecretRef>,
+    /// A Secret (or ConfigMap) with key `users.yaml`: users and policies created at start
+    /// where missing (`users: {name: {password, userType, userStatus}}`, `policies: {name:
+    /// [{resource, actions, decision, sourceIps}]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_users: Option<InitialUsers>,
+    /// A NetworkPolicy that admits, from outside the cluster's own pods, only the client
+    /// ports (gRPC, name server, store remoting) and the operator.
+    #[serde(default)]
+    pub network_policy: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret with `tls.crt`, `tls.key` and `ca.crt` (what cert-manager writes). Its names
+    /// must cover the Services and the pods' stable names (`*.<cluster>-broker.<namespace>.svc`
+    /// and so on): nodes verify each other with `ca.crt`. Renewals are picked up without a
+    /// restart.
+    #[schemars(length(min = 1))]
+    pub secret_name: String,
+    /// Permissive: TLS and plaintext on the same ports. Enforcing: TLS only.
+    #[serde(default)]
+    pub mode: TlsModeSpec,
+    /// Mutual TLS: clients present a certificate signed by `ca.crt`.
+    #[serde(default)]
+    pub client_auth: ClientAuthSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsModeSpec {
+    Permissive,
+    #[default]
+    Enforcing,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClientAuthSpec {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretName) != has(self.configMapName)").message("initialUsers names either a secretName or a configMapName"))]
+pub struct InitialUsers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
 }
 
 fn default_image() -> String {

@@ -23,14 +23,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use broker::auth::guard::AuthConfig;
 use broker::controller::ControllerConfig;
 use broker::ha::{HaConfig, ReplicationMode};
 use broker::role::namesrv::NamesrvConfig;
 use broker::role::proxy::ProxyConfig;
 use broker::role::store::{AdoptConfig, StoreNodeConfig};
 use broker::tier::{TierBackend, TierConfig};
+use broker::tls::{ClientAuth, TlsConfig, TlsMode};
 
-use crate::crd::{ReplicationPolicy, RocketMQCluster, TierBackendKind, ZoneSpread};
+use crate::crd::{
+    ClientAuthSpec, ReplicationPolicy, RocketMQCluster, TierBackendKind, TlsModeSpec, ZoneSpread,
+};
 
 pub const NAMESRV_PORT: i32 = 9876;
 pub const NAMESRV_HTTP_PORT: i32 = 9877;
@@ -96,6 +100,9 @@ impl Names<'_> {
         format!("{}-config", self.cluster)
     }
     pub fn service_account(&self) -> String {
+        format!("{}-rocketmq", self.cluster)
+    }
+    pub fn network_policy(&self) -> String {
         format!("{}-rocketmq", self.cluster)
     }
     /// The client Service of the proxies.
@@ -266,6 +273,8 @@ pub fn store_config(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Resul
     cfg.http_listen = ([0, 0, 0, 0], STORE_HTTP_PORT as u16).into();
     cfg.namesrv = n.namesrv_list(c.spec.name_server.replicas);
     cfg.tier = tier_config(c, "{brokerName}");
+    cfg.tls = tls_config(c);
+    cfg.auth = auth_config(c, true);
     if let Some(ha) = &b.ha {
         cfg.ha = Some(HaConfig {
             listen: ([0, 0, 0, 0], HA_PORT as u16).into(),
@@ -319,11 +328,56 @@ fn merge(base: &mut serde_json::Value, extra: &serde_json::Value) {
     }
 }
 
-pub fn namesrv_config() -> NamesrvConfig {
+pub fn namesrv_config(c: &RocketMQCluster) -> NamesrvConfig {
     NamesrvConfig {
         listen: ([0, 0, 0, 0], NAMESRV_PORT as u16).into(),
         http_listen: ([0, 0, 0, 0], NAMESRV_HTTP_PORT as u16).into(),
+        tls: tls_config(c),
         ..NamesrvConfig::default()
+    }
+}
+
+/// Where the TLS Secret is mounted.
+const TLS_DIR: &str = "/etc/rocketmq-tls";
+/// Where the initial users file is mounted.
+const USERS_DIR: &str = "/etc/rocketmq-users";
+
+/// TLS from the Secret in `spec.security.tls` (cert-manager's keys); without it, the default
+/// (permissive, self-signed).
+fn tls_config(c: &RocketMQCluster) -> TlsConfig {
+    let Some(t) = c.spec.security.as_ref().and_then(|s| s.tls.as_ref()) else {
+        return TlsConfig::default();
+    };
+    TlsConfig {
+        mode: match t.mode {
+            TlsModeSpec::Permissive => TlsMode::Permissive,
+            TlsModeSpec::Enforcing => TlsMode::Enforcing,
+        },
+        cert: Some(format!("{TLS_DIR}/tls.crt").into()),
+        key: Some(format!("{TLS_DIR}/tls.key").into()),
+        ca: Some(format!("{TLS_DIR}/ca.crt").into()),
+        client_auth: match t.client_auth {
+            ClientAuthSpec::None => ClientAuth::None,
+            ClientAuthSpec::Optional => ClientAuth::Optional,
+            ClientAuthSpec::Required => ClientAuth::Required,
+        },
+    }
+}
+
+/// The `auth` section: the switches (followed at run time), and the initial users file for
+/// the store nodes. The administrator's keys come from the Secret through the environment,
+/// never through the ConfigMap.
+fn auth_config(c: &RocketMQCluster, store: bool) -> AuthConfig {
+    let Some(s) = &c.spec.security else {
+        return AuthConfig::default();
+    };
+    AuthConfig {
+        authentication: s.authentication,
+        authorization: s.authorization,
+        migration: s.migration,
+        admin: None,
+        initial: (store && s.initial_users.is_some())
+            .then(|| format!("{USERS_DIR}/users.yaml").into()),
     }
 }
 
@@ -353,6 +407,8 @@ pub fn proxy_config(c: &RocketMQCluster) -> ProxyConfig {
         grpc_listen: ([0, 0, 0, 0], c.spec.proxy.grpc_port as u16).into(),
         http_listen: ([0, 0, 0, 0], PROXY_HTTP_PORT as u16).into(),
         namesrv: names(c).namesrv_list(c.spec.name_server.replicas),
+        tls: tls_config(c),
+        auth: auth_config(c, false),
         ..ProxyConfig::default()
     }
 }
@@ -362,7 +418,7 @@ pub fn config_map(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Result<
     let mut data = BTreeMap::from([
         (
             "namesrv.yaml".to_owned(),
-            serde_saphyr::to_string(&namesrv_config())?,
+            serde_saphyr::to_string(&namesrv_config(c))?,
         ),
         (
             "store.yaml".to_owned(),
@@ -387,13 +443,23 @@ pub fn config_map(c: &RocketMQCluster, adoptions: &Adoptions) -> anyhow::Result<
 }
 
 /// A stable hash of the configuration a role's pods run with (pods roll when it changes).
+/// The switches of the `auth` section are left out: the nodes follow them in the mounted file
+/// without a restart.
 pub fn config_hash(cm: &ConfigMap, role: Role, image: &str) -> String {
-    let text = cm
+    let mut text = cm
         .data
         .as_ref()
         .and_then(|d| d.get(role.config_file()))
         .cloned()
         .unwrap_or_default();
+    if let Ok(mut v) = serde_saphyr::from_str::<serde_json::Value>(&text) {
+        if let Some(auth) = v.get_mut("auth").and_then(|a| a.as_object_mut()) {
+            for live in ["authentication", "authorization", "migration"] {
+                auth.remove(live);
+            }
+        }
+        text = v.to_string();
+    }
     let mut h = crc32fast::Hasher::new();
     h.update(text.as_bytes());
     h.update(image.as_bytes());
@@ -592,6 +658,146 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 /// The pod template of a role (of one broker group, with `broker.ha`), with the user's
 /// overrides and the config hash.
+/// The TLS Secret (every role but the controllers, whose port has no TLS yet), the initial
+/// users (store nodes) and the administrator's keys from their Secret (store nodes and
+/// proxies, through the environment: never in the ConfigMap).
+fn security_mounts(
+    c: &RocketMQCluster,
+    role: Role,
+    env_vars: &mut Vec<EnvVar>,
+    mounts: &mut Vec<VolumeMount>,
+    volumes: &mut Vec<k8s_openapi::api::core::v1::Volume>,
+) {
+    use k8s_openapi::api::core::v1::{EnvVarSource, SecretKeySelector, SecretVolumeSource, Volume};
+    let Some(s) = &c.spec.security else { return };
+    if let Some(t) = s.tls.as_ref().filter(|_| role != Role::Controller) {
+        volumes.push(Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(t.secret_name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    if role == Role::Broker
+        && let Some(u) = &s.initial_users
+    {
+        volumes.push(Volume {
+            name: "users".to_owned(),
+            secret: u.secret_name.as_ref().map(|name| SecretVolumeSource {
+                secret_name: Some(name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            config_map: u
+                .config_map_name
+                .as_ref()
+                .map(|name| ConfigMapVolumeSource {
+                    name: name.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "users".to_owned(),
+            mount_path: USERS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    if matches!(role, Role::Broker | Role::Proxy)
+        && let Some(secret) = &s.admin_secret_ref
+    {
+        for (var, key) in [
+            ("RMQ_ADMIN_ACCESS_KEY", "accessKey"),
+            ("RMQ_ADMIN_SECRET_KEY", "secretKey"),
+        ] {
+            env_vars.push(EnvVar {
+                name: var.to_owned(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: key.to_owned(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+}
+
+/// With `spec.security.networkPolicy`: the cluster's pods admit each other, the operator,
+/// and from anywhere only the client ports (proxy gRPC, name server and store remoting).
+pub fn network_policy(
+    c: &RocketMQCluster,
+) -> Option<k8s_openapi::api::networking::v1::NetworkPolicy> {
+    use k8s_openapi::api::networking::v1::{
+        NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+        NetworkPolicySpec,
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    if !c.spec.security.as_ref().is_some_and(|s| s.network_policy) {
+        return None;
+    }
+    let n = names(c);
+    let cluster_pods = LabelSelector {
+        match_labels: Some(labels(c, None)),
+        ..LabelSelector::default()
+    };
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    Some(NetworkPolicy {
+        metadata: meta(c, n.network_policy(), None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(cluster_pods.clone()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![
+                        NetworkPolicyPeer {
+                            pod_selector: Some(cluster_pods),
+                            ..NetworkPolicyPeer::default()
+                        },
+                        // The operator (drains store nodes, reads the controllers).
+                        NetworkPolicyPeer {
+                            namespace_selector: Some(LabelSelector::default()),
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(BTreeMap::from([(
+                                    "app.kubernetes.io/name".to_owned(),
+                                    "rocketmq-operator".to_owned(),
+                                )])),
+                                ..LabelSelector::default()
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        },
+                    ]),
+                    ports: None,
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![
+                        port(c.spec.proxy.grpc_port),
+                        port(NAMESRV_PORT),
+                        port(STORE_PORT),
+                    ]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
 fn pod_template(
     c: &RocketMQCluster,
     role: Role,
@@ -700,6 +906,15 @@ fn pod_template(
             });
         }
     }
+    let mut volumes = vec![k8s_openapi::api::core::v1::Volume {
+        name: "config".to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: n.config_map(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Default::default()
+    }];
+    security_mounts(c, role, &mut env_vars, &mut mounts, &mut volumes);
     let mut labels = labels(c, Some(role));
     labels.extend(o.labels.clone());
     if let Some(g) = group {
@@ -781,19 +996,16 @@ fn pod_template(
                     SecurityContext {
                         allow_privilege_escalation: Some(false),
                         read_only_root_filesystem: Some(true),
+                        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                            drop: Some(vec!["ALL".to_owned()]),
+                            ..Default::default()
+                        }),
                         ..SecurityContext::default()
                     },
                 )),
                 ..Container::default()
             }],
-            volumes: Some(vec![k8s_openapi::api::core::v1::Volume {
-                name: "config".to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: n.config_map(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(volumes),
             ..PodSpec::default()
         }),
     }
@@ -1095,11 +1307,111 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            let mut c: RocketMQCluster =
-                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            c.metadata.namespace = Some("mq".into());
-            c.metadata.uid = Some("uid-1".into());
-            config_map(&c, &Adoptions::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // A file may hold other objects too (a cert-manager Certificate).
+            for doc in text
+                .split("\n---\n")
+                .filter(|d| d.contains("kind: RocketMQCluster"))
+            {
+                let mut c: RocketMQCluster = serde_saphyr::from_str(doc)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                c.metadata.namespace = Some("mq".into());
+                c.metadata.uid = Some("uid-1".into());
+                config_map(&c, &Adoptions::new())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
         }
+    }
+
+    #[test]
+    fn security_mounts_the_tls_secret_takes_the_admin_from_its_secret_and_never_into_the_config_map()
+     {
+        let c = cluster(serde_json::json!({
+            "security": {
+                "tls": {"secretName": "demo-tls", "clientAuth": "Optional"},
+                "authentication": true,
+                "authorization": true,
+                "adminSecretRef": {"name": "demo-admin"},
+                "initialUsers": {"secretName": "demo-users"},
+                "networkPolicy": true,
+            }
+        }));
+        let cm = config_map(&c, &Adoptions::new()).unwrap();
+        let data = cm.data.unwrap();
+        let store: StoreNodeConfig = serde_saphyr::from_str(&data["store.yaml"]).unwrap();
+        assert_eq!(store.tls.mode, TlsMode::Enforcing);
+        assert_eq!(store.tls.client_auth, ClientAuth::Optional);
+        assert_eq!(
+            store.tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/rocketmq-tls/ca.crt"))
+        );
+        assert!(store.auth.authentication && store.auth.authorization);
+        assert!(
+            store.auth.admin.is_none(),
+            "the admin's keys stay in their Secret"
+        );
+        assert!(store.auth.initial.is_some());
+        let proxy: ProxyConfig = serde_saphyr::from_str(&data["proxy.yaml"]).unwrap();
+        assert!(proxy.auth.initial.is_none() && proxy.auth.authentication);
+        for text in data.values() {
+            assert!(!text.contains("secretKey"), "{text}");
+        }
+        let sts = stateful_set(&c, Role::Broker, 1, "h");
+        let pod = sts.spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        let env = container.env.as_ref().unwrap();
+        let secret_env = env
+            .iter()
+            .find(|e| e.name == "RMQ_ADMIN_SECRET_KEY")
+            .unwrap();
+        let r = secret_env
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("demo-admin", "secretKey")
+        );
+        assert!(secret_env.value.is_none());
+        let volumes = pod.volumes.unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                    == Some("demo-tls"))
+        );
+        assert!(volumes.iter().any(
+            |v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("demo-users")
+        ));
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        // Switching authentication does not roll the pods (the nodes follow the file).
+        let mut off = c.clone();
+        off.spec.security.as_mut().unwrap().authentication = false;
+        let cm_off = config_map(&off, &Adoptions::new()).unwrap();
+        assert_eq!(
+            config_hash(
+                &config_map(&c, &Adoptions::new()).unwrap(),
+                Role::Broker,
+                "i"
+            ),
+            config_hash(&cm_off, Role::Broker, "i")
+        );
+        let np = network_policy(&c).unwrap();
+        let ports: Vec<_> = np.spec.unwrap().ingress.unwrap()[1]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.port.unwrap())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(network_policy(&cluster(serde_json::json!({}))).is_none());
     }
 }

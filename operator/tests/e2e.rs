@@ -719,6 +719,10 @@ fn operator_end_to_end_on_a_real_control_plane() {
         .apply("apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n  broker: {storage: {size: lots}}\n")
         .unwrap_err();
     assert!(bad.contains("storage.size must be a quantity"), "{bad}");
+    let bad = e
+        .apply("apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: bad}\nspec:\n  security: {authentication: true}\n")
+        .unwrap_err();
+    assert!(bad.contains("security.adminSecretRef"), "{bad}");
     assert!(e.get("rmq", "bad").is_none());
 
     // 4. The example cluster: the expected objects, then Ready once KWOK runs the pods.
@@ -767,6 +771,27 @@ fn operator_end_to_end_on_a_real_control_plane() {
             "{kind}/{name}"
         );
     }
+    // A NetworkPolicy follows spec.security.networkPolicy (no pod restarts: the
+    // configuration does not change).
+    step("a NetworkPolicy on and off");
+    e.patch("demo", r#"{"spec":{"security":{"networkPolicy":true}}}"#);
+    let np = wait_for(60, "the NetworkPolicy", || {
+        e.get("networkpolicy", "demo-rocketmq")
+            .ok_or_else(|| "not yet".to_owned())
+    });
+    assert_eq!(np["metadata"]["ownerReferences"][0]["name"], "demo", "{np}");
+    assert_eq!(
+        np["spec"]["ingress"][1]["ports"].as_array().map(Vec::len),
+        Some(3),
+        "{np}"
+    );
+    e.patch("demo", r#"{"spec":{"security":null}}"#);
+    wait_for(60, "the NetworkPolicy to go", || {
+        match e.get("networkpolicy", "demo-rocketmq") {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    });
     let sts = e.get("statefulset", "demo-broker").unwrap();
     assert_eq!(
         sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],

@@ -431,7 +431,8 @@ impl Guard {
             })
     }
 
-    /// `rocketmq_auth_requests_total{protocol, outcome}` in the Prometheus text format.
+    /// `rocketmq_auth_requests_total{protocol, outcome}` in the Prometheus text format (ending
+    /// with `# EOF`, as [`crate::service::metrics::ExtraMetrics`] are).
     pub fn encode_metrics(&self) -> String {
         let mut registry = prometheus_client::registry::Registry::with_prefix("rocketmq_auth");
         registry.register(
@@ -440,7 +441,7 @@ impl Guard {
             self.outcomes.clone(),
         );
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

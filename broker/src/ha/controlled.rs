@@ -55,6 +55,15 @@ pub struct ControlledNode {
     pub role: watch::Sender<Role>,
     /// The group's tier, for replicas that need bytes this node evicted while primary.
     pub cold: Option<Arc<dyn ColdLog>>,
+    /// TLS on the HA port and on the link to the primary.
+    pub tls: HaTls,
+}
+
+/// TLS of the replication links: the HA port's, and the replica side's (with a CA).
+#[derive(Clone, Default)]
+pub struct HaTls {
+    pub server: Option<Arc<crate::tls::ServerTls>>,
+    pub client: Option<crate::tls::ClientTls>,
 }
 
 struct Running {
@@ -349,6 +358,7 @@ impl ControlledNode {
         if let Some(cold) = &self.cold {
             primary.set_cold_log(Arc::clone(cold));
         }
+        primary.set_tls(self.tls.server.clone());
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(Arc::clone(&primary).serve(Arc::clone(listener), rx));
         Some(Running {
@@ -379,6 +389,7 @@ impl ControlledNode {
             meta: Arc::clone(&self.meta),
             min_epoch: epoch,
             link: Some(link),
+            tls: self.tls.client.clone(),
         };
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(replica.run(rx));

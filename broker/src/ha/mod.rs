@@ -208,6 +208,8 @@ pub struct Primary {
     ended: std::sync::atomic::AtomicBool,
     /// Where CommitLog bytes evicted from the local disk are (the group's tier).
     cold: std::sync::OnceLock<Arc<dyn ColdLog>>,
+    /// TLS on the HA port (the node's `tls` section).
+    tls: std::sync::OnceLock<Arc<crate::tls::ServerTls>>,
 }
 
 /// CommitLog bytes the primary no longer holds locally (they were tiered and evicted): a
@@ -295,6 +297,7 @@ impl Primary {
             approving: Default::default(),
             ended: Default::default(),
             cold: Default::default(),
+            tls: Default::default(),
         });
         {
             // Replicas the controllers hold in sync count as such until they are recorded out
@@ -328,6 +331,13 @@ impl Primary {
     /// Serves replicas what was evicted locally from `cold` (the group's tier).
     pub fn set_cold_log(&self, cold: Arc<dyn ColdLog>) {
         let _ = self.cold.set(cold);
+    }
+
+    /// Serves the HA port with TLS as `tls` says.
+    pub fn set_tls(&self, tls: Option<Arc<crate::tls::ServerTls>>) {
+        if let Some(t) = tls {
+            let _ = self.tls.set(t);
+        }
     }
 
     /// The oldest CommitLog offset this primary can send: its local log's, or the tier's.
@@ -462,6 +472,14 @@ impl Primary {
                     let me = Arc::clone(&self);
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
+                        let conn = match crate::tls::accept(conn, me.tls.get().map(|t| &**t)).await
+                        {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "replication link refused");
+                                return;
+                            }
+                        };
                         if let Err(e) = me.serve_replica(conn, shutdown).await {
                             tracing::warn!(%peer, error = %e, "replication link closed");
                         }
@@ -546,11 +564,10 @@ impl Primary {
 
     async fn serve_replica(
         self: Arc<Self>,
-        conn: TcpStream,
+        conn: crate::tls::Stream,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), HaError> {
-        conn.set_nodelay(true)?;
-        let (r, w) = conn.into_split();
+        let (r, w) = tokio::io::split(conn);
         let mut r = BufReader::new(r);
         let mut w = BufWriter::with_capacity(64 << 10, w);
         let hello = match tokio::time::timeout(IDLE_TIMEOUT, Frame::read(&mut r)).await {
@@ -746,6 +763,8 @@ pub struct Replica {
     pub min_epoch: u64,
     /// Whether the link to the primary is up (told to the controllers).
     pub link: Option<Arc<PrimaryLink>>,
+    /// TLS to the primary's HA port (verifying its name), when the node has a CA.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// A replica's link to its primary, as its heartbeats report it: when every live in-sync
@@ -829,7 +848,14 @@ impl Replica {
     pub async fn follow(&self) -> Result<(), HaError> {
         let conn = TcpStream::connect(&self.primary).await?;
         conn.set_nodelay(true)?;
-        let (r, w) = conn.into_split();
+        let conn = match &self.tls {
+            Some(tls) => {
+                tls.connect(crate::tls::host_of(&self.primary), conn)
+                    .await?
+            }
+            None => crate::tls::Stream::Plain(conn),
+        };
+        let (r, w) = tokio::io::split(conn);
         let mut r = BufReader::with_capacity(256 << 10, r);
         let mut w = BufWriter::new(w);
         let offsets = self.store.log_offsets();

@@ -1141,7 +1141,11 @@ pub async fn run(
                 "/metrics",
                 axum::routing::get(move || {
                     let (r, guard) = (Arc::clone(&r), Arc::clone(&guard));
-                    async move { r.encode_metrics() + &guard.encode_metrics() }
+                    async move {
+                        let own = r.encode_metrics();
+                        let own = own.strip_suffix("# EOF\n").unwrap_or(&own).to_owned();
+                        own + &guard.encode_metrics()
+                    }
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }))

@@ -406,6 +406,7 @@ impl crate::ha::MetaSync for BrokerMeta {
 
 /// Starts replication for a node in a broker group: the HA port of a primary, or the link of
 /// a replica to its primary.
+#[allow(clippy::too_many_arguments)]
 async fn start_ha(
     ha: &crate::ha::HaConfig,
     handler: &Arc<BrokerHandler>,
@@ -413,10 +414,17 @@ async fn start_ha(
     root: &std::path::Path,
     (broker_id, registered_id, advertised): (i64, &Arc<std::sync::atomic::AtomicI64>, &str),
     tier: Option<Arc<crate::tier::Tier>>,
+    tls: &crate::tls::TlsConfig,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     ha.validate()
         .map_err(|e| anyhow::anyhow!("invalid ha configuration: {e}"))?;
+    let ha_tls = crate::ha::controlled::HaTls {
+        server: crate::tls::ServerTls::new(tls, ha.listen, &[])
+            .context("setting up TLS for the HA port")?,
+        client: crate::tls::ClientTls::new(tls, &[])
+            .context("setting up TLS for the link to the primary")?,
+    };
     let broker = &handler.broker;
     let epochs = Arc::new(crate::ha::epoch::EpochFile::open(root)?);
     let meta = Arc::new(BrokerMeta(Arc::clone(broker), Arc::clone(&handler.guard)));
@@ -446,6 +454,7 @@ async fn start_ha(
             on_change: Arc::new(move || h.topics_changed.notify_one()),
             role: tokio::sync::watch::Sender::new(Default::default()),
             cold: tier.clone().map(|t| t as Arc<dyn crate::ha::ColdLog>),
+            tls: ha_tls,
         };
         // The tier follows the role: only the primary writes it.
         if let Some(tier) = tier {
@@ -470,6 +479,7 @@ async fn start_ha(
             tracing::info!(ha = %listener.local_addr()?, replication = ?ha.replication, "HA port listening (primary)");
             let primary =
                 crate::ha::Primary::new(Arc::clone(store), epochs, ha.clone(), &group, 0, meta)?;
+            primary.set_tls(ha_tls.server);
             if let Some(tier) = tier {
                 tier.set_writer(true);
                 primary.set_cold_log(tier);
@@ -486,6 +496,7 @@ async fn start_ha(
                 meta,
                 min_epoch: 0,
                 link: None,
+                tls: ha_tls.client,
             };
             tokio::spawn(replica.run(stopped))
         }
@@ -670,6 +681,7 @@ pub async fn run(
                 &cfg.store.root_dir,
                 (cfg.broker_id, &reg.broker_id, &advertised),
                 node.tier.clone(),
+                &cfg.tls,
                 stopped.clone(),
             )
             .await?,
