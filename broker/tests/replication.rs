@@ -460,3 +460,62 @@ async fn a_group_shares_one_tier_that_only_the_primary_writes() {
         (0..3000).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_link_runs_over_tls_and_refuses_a_primary_the_ca_did_not_sign() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = broker::tls::generate_pki(pki.path(), &["127.0.0.1"]).unwrap();
+    let tls = broker::tls::TlsConfig {
+        mode: broker::tls::TlsMode::Enforcing,
+        cert: Some(cert),
+        key: Some(key),
+        ca: Some(ca),
+        client_auth: broker::tls::ClientAuth::Required,
+    };
+    let (a, b, c) = (
+        node(FlushPolicy::AsyncFlush),
+        node(FlushPolicy::AsyncFlush),
+        node(FlushPolicy::AsyncFlush),
+    );
+    let (primary, addr, _stop) = serve_primary(&a, ha(ReplicationMode::Async, 1, 1), 1).await;
+    primary
+        .set_tls(broker::tls::ServerTls::new(&tls, "127.0.0.1:0".parse().unwrap(), &[]).unwrap());
+    let with_tls = |n: &Node, id: i64, client: Option<broker::tls::ClientTls>| {
+        let replica = Replica {
+            store: Arc::clone(&n.store),
+            epochs: Arc::clone(&n.epochs),
+            group: GROUP.into(),
+            broker_id: id,
+            primary: addr.clone(),
+            meta: Arc::new(OffsetSync(Arc::clone(&n.store))),
+            min_epoch: 0,
+            link: None,
+            tls: client,
+        };
+        let (stop, rx) = watch::channel(false);
+        tokio::spawn(replica.run(rx));
+        stop
+    };
+    // A replica with the node's certificate (mutual TLS) and CA: it copies the log.
+    let _b = with_tls(&b, 1, broker::tls::ClientTls::new(&tls, &[]).unwrap());
+    let mut end = 0;
+    for seq in 0..50 {
+        end = put(&a.store, seq).await.unwrap();
+    }
+    wait_until("the TLS replica", Duration::from_secs(10), || {
+        b.store.log_offsets().written >= end
+    })
+    .await;
+    assert_eq!(seqs(&queue_contents(&b.store)), (0..50).collect::<Vec<_>>());
+    // A replica trusting another CA does not get a byte (nor does a plaintext one).
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, other_ca) = broker::tls::generate_pki(other.path(), &["127.0.0.1"]).unwrap();
+    let _c = with_tls(
+        &c,
+        2,
+        Some(broker::tls::ClientTls::with_ca(&other_ca).unwrap()),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.store.log_offsets().written, 0);
+}
