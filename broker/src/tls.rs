@@ -298,6 +298,77 @@ pub async fn accept(stream: TcpStream, tls: Option<&ServerTls>) -> io::Result<St
     }
 }
 
+/// An HTTP port (metrics, health, admin API, controllers) for axum: with TLS on, it serves
+/// TLS and plaintext side by side (never TLS only: the kubelet's probes, Prometheus and the
+/// operator speak plaintext), sorting connections off the accept loop.
+pub struct HttpListener {
+    rx: tokio::sync::mpsc::Receiver<(Stream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl HttpListener {
+    pub fn new(listener: tokio::net::TcpListener, tls: &TlsConfig) -> anyhow::Result<HttpListener> {
+        let local = listener.local_addr()?;
+        let cfg = TlsConfig {
+            mode: match tls.mode {
+                TlsMode::Disabled => TlsMode::Disabled,
+                _ => TlsMode::Permissive,
+            },
+            // Optional client certificates at most: probes have none.
+            client_auth: match tls.client_auth {
+                ClientAuth::None => ClientAuth::None,
+                _ => ClientAuth::Optional,
+            },
+            ..tls.clone()
+        };
+        let tls = ServerTls::new(&cfg, local, &[b"http/1.1"])?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (tx, tls) = (tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match accept(stream, tls.as_deref()).await {
+                        Ok(s) => {
+                            let _ = tx.send((s, peer)).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "HTTP connection dropped before a request")
+                        }
+                    }
+                });
+            }
+        });
+        Ok(HttpListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Stream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Stream, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 /// The client side of links between nodes.
 #[derive(Clone)]
 pub struct ClientTls {
@@ -613,5 +684,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read_all(s).await.unwrap(), b"tls");
+    }
+
+    #[tokio::test]
+    async fn http_ports_serve_tls_and_plaintext_even_when_enforcing() {
+        use tokio::io::AsyncWriteExt;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = pki(dir.path());
+        let cfg = TlsConfig {
+            mode: TlsMode::Enforcing,
+            cert: Some(cert),
+            key: Some(key),
+            ca: Some(ca.clone()),
+            client_auth: ClientAuth::Required,
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let listener = HttpListener::new(l, &cfg).unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain.write_all(get).await.unwrap();
+        let text = String::from_utf8(read_all(plain).await.unwrap()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
+        // TLS without a client certificate (probes have none): served too.
+        let mut s = ClientTls::with_ca(&ca)
+            .unwrap()
+            .connect("127.0.0.1", TcpStream::connect(addr).await.unwrap())
+            .await
+            .unwrap();
+        s.write_all(get).await.unwrap();
+        let text = String::from_utf8(read_all(s).await.unwrap()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
     }
 }

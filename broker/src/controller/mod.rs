@@ -179,6 +179,9 @@ pub struct ControllerConfig {
     /// Raft heartbeat; elections time out after 4-8 of these.
     #[serde(with = "crate::store::config::millis")]
     pub raft_heartbeat: Duration,
+    /// TLS on the HTTP port, next to plaintext (the other controllers, the store nodes and
+    /// the operator call it in plaintext).
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for ControllerConfig {
@@ -191,6 +194,10 @@ impl Default for ControllerConfig {
             node_timeout: Duration::from_secs(3),
             unclean_election: false,
             raft_heartbeat: Duration::from_millis(250),
+            tls: crate::tls::TlsConfig {
+                mode: crate::tls::TlsMode::Disabled,
+                ..Default::default()
+            },
         }
     }
 }
@@ -723,6 +730,7 @@ pub async fn run(
     tracing::info!(id = cfg.id, listen = %listener.local_addr()?, peers = ?cfg.peers, "controller started");
     let elections = tokio::spawn(Arc::clone(&controller).run_elections());
     let router = controller.router();
+    let listener = crate::tls::HttpListener::new(listener, &cfg.tls)?;
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -483,6 +483,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health) listening");
+    let http_listener = crate::tls::HttpListener::new(http_listener, &cfg.tls)?;
     let http = {
         let n = Arc::clone(&namesrv);
         let router = axum::Router::new()

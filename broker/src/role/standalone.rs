@@ -127,6 +127,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
+    let http_listener = crate::tls::HttpListener::new(http_listener, &cfg.tls)?;
     let http = {
         let router = crate::protocol::http::router(Arc::clone(&broker), Arc::clone(&guard));
         tokio::spawn(async move {

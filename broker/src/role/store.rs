@@ -620,6 +620,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the HTTP port {}", cfg.http_listen))?;
     tracing::info!(http = %http_listener.local_addr()?, "HTTP (metrics, health, admin) listening");
+    let http_listener = crate::tls::HttpListener::new(http_listener, &cfg.tls)?;
     let http = {
         let registered = Arc::clone(&handler);
         let ready: crate::protocol::http::Readiness = Arc::new(move || {
