@@ -167,20 +167,51 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// A user and its policy as one request sees them.
+type Identity = Arc<(User, Vec<acl::PolicyEntry>)>;
+
+/// gRPC headers already verified: clients sign with a date to the second, so a busy client
+/// sends the same `authorization` and `x-mq-date-time` many times over; the HMAC is checked
+/// once. An entry holds while the users are unchanged, and for [`VERIFIED_TTL`] at most.
+struct Verified {
+    users_version: u64,
+    at: std::time::Instant,
+    identity: Identity,
+}
+
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const VERIFIED_MAX: usize = 4096;
+
 /// The authentication and authorization step of one node.
 pub struct Guard {
-    settings: RwLock<AuthConfig>,
+    settings: RwLock<Arc<AuthConfig>>,
     pub users: Arc<AuthStore>,
     outcomes: Family<OutcomeLabels, Counter>,
+    /// `rocketmq_auth_requests_total{outcome="allowed"}` per protocol, resolved once (the
+    /// common case need not hash labels).
+    allowed: [(&'static str, Counter); 3],
+    verified: parking_lot::Mutex<std::collections::HashMap<(String, String), Verified>>,
 }
 
 impl Guard {
     pub fn new(config: AuthConfig, users: Arc<AuthStore>) -> Arc<Guard> {
         users.reserve(config.admin.as_ref().map(|a| a.access_key.as_str()));
+        let outcomes: Family<OutcomeLabels, Counter> = Family::default();
+        let allowed = ["grpc", "remoting", "http"].map(|protocol| {
+            let c = outcomes
+                .get_or_create(&OutcomeLabels {
+                    protocol,
+                    outcome: "allowed",
+                })
+                .clone();
+            (protocol, c)
+        });
         Arc::new(Guard {
-            settings: RwLock::new(config),
+            settings: RwLock::new(Arc::new(config)),
             users,
-            outcomes: Family::default(),
+            outcomes,
+            allowed,
+            verified: Default::default(),
         })
     }
 
@@ -190,13 +221,13 @@ impl Guard {
     }
 
     pub fn settings(&self) -> AuthConfig {
-        self.settings.read().clone()
+        (**self.settings.read()).clone()
     }
 
     /// Switches authentication, authorization and migration mode, and the administrator.
     pub fn set_settings(&self, config: AuthConfig) {
         let mut s = self.settings.write();
-        if *s != config {
+        if **s != config {
             tracing::info!(
                 authentication = config.authentication,
                 authorization = config.authorization,
@@ -206,7 +237,8 @@ impl Guard {
             );
             self.users
                 .reserve(config.admin.as_ref().map(|a| a.access_key.as_str()));
-            *s = config;
+            *s = Arc::new(config);
+            self.verified.lock().clear();
         }
     }
 
@@ -221,15 +253,11 @@ impl Guard {
         s.authentication || s.authorization
     }
 
-    fn lookup(
-        &self,
-        settings: &AuthConfig,
-        access_key: &str,
-    ) -> Option<(User, Vec<acl::PolicyEntry>)> {
+    fn lookup(&self, settings: &AuthConfig, access_key: &str) -> Option<Identity> {
         if let Some(admin) = &settings.admin
             && admin.access_key == access_key
         {
-            return Some((
+            return Some(Arc::new((
                 User {
                     username: admin.access_key.clone(),
                     password: admin.secret_key.clone(),
@@ -237,9 +265,38 @@ impl Guard {
                     user_status: UserStatus::Enable,
                 },
                 Vec::new(),
-            ));
+            )));
         }
-        self.users.user_and_policy(access_key)
+        self.users.user_and_policy(access_key).map(Arc::new)
+    }
+
+    /// A gRPC header pair verified before (see [`Verified`]).
+    fn verified_before(&self, authorization: &str, date_time: &str) -> Option<Identity> {
+        let cache = self.verified.lock();
+        let v = cache.get(&(authorization.to_owned(), date_time.to_owned()))?;
+        (v.users_version == self.users.version() && v.at.elapsed() < VERIFIED_TTL)
+            .then(|| Arc::clone(&v.identity))
+    }
+
+    fn remember(
+        &self,
+        authorization: &str,
+        date_time: &str,
+        users_version: u64,
+        identity: &Identity,
+    ) {
+        let mut cache = self.verified.lock();
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            (authorization.to_owned(), date_time.to_owned()),
+            Verified {
+                users_version,
+                at: std::time::Instant::now(),
+                identity: Arc::clone(identity),
+            },
+        );
     }
 
     /// Checks a request. `Ok(Some(user))` names who made it when it was signed.
@@ -250,7 +307,7 @@ impl Guard {
         source: Option<IpAddr>,
         wants: &[Want],
     ) -> Result<Option<String>, Refused> {
-        let settings = self.settings.read().clone();
+        let settings = Arc::clone(&self.settings.read());
         if !settings.authentication && !settings.authorization {
             return Ok(None);
         }
@@ -288,7 +345,7 @@ impl Guard {
         source: Option<IpAddr>,
         wants: &[Want],
     ) -> Result<(), Refused> {
-        let settings = self.settings.read().clone();
+        let settings = Arc::clone(&self.settings.read());
         if !settings.authorization {
             return Ok(());
         }
@@ -296,7 +353,7 @@ impl Guard {
             None => Err(Refused::Forbidden(
                 "the stream carries no known user to authorize".into(),
             )),
-            Some((user, policy)) => Self::authorize_wants(&user, &policy, source, wants),
+            Some(identity) => Self::authorize_wants(&identity.0, &identity.1, source, wants),
         };
         match outcome {
             Err(e) if settings.migration => {
@@ -314,6 +371,12 @@ impl Guard {
     }
 
     fn count(&self, protocol: &'static str, outcome: &'static str) {
+        if outcome == "allowed"
+            && let Some((_, c)) = self.allowed.iter().find(|(p, _)| *p == protocol)
+        {
+            c.inc();
+            return;
+        }
         self.outcomes
             .get_or_create(&OutcomeLabels { protocol, outcome })
             .inc();
@@ -351,6 +414,21 @@ impl Guard {
         wants: &[Want],
     ) -> Result<Option<String>, Refused> {
         let unauthenticated = |e: AuthError| Refused::Unauthenticated(e.to_string());
+        // A gRPC header pair this node verified a moment ago.
+        if settings.authentication
+            && let Proof::Grpc {
+                authorization: Some(a),
+                date_time: Some(d),
+            } = &proof
+            && let Some(identity) = self.verified_before(a, d)
+        {
+            let (user, policy) = &*identity;
+            if settings.authorization {
+                Self::authorize_wants(user, policy, source, wants)?;
+            }
+            return Ok(Some(user.username.clone()));
+        }
+        let users_version = self.users.version();
         // Who the request says it is.
         let access_key = match &proof {
             Proof::Grpc { authorization, .. } => match authorization {
@@ -376,7 +454,7 @@ impl Guard {
                 ))
             });
         };
-        let (user, policy) = self.lookup(settings, &access_key).ok_or_else(|| {
+        let identity = self.lookup(settings, &access_key).ok_or_else(|| {
             let msg = format!("unknown access key {access_key}");
             if settings.authentication {
                 Refused::Unauthenticated(msg)
@@ -384,6 +462,7 @@ impl Guard {
                 Refused::Forbidden(msg)
             }
         })?;
+        let (user, policy) = &*identity;
         if settings.authentication {
             if user.user_status == UserStatus::Disable {
                 return Err(Refused::Unauthenticated(format!(
@@ -403,6 +482,13 @@ impl Guard {
                         now,
                     )
                     .map_err(unauthenticated)?;
+                    if let Proof::Grpc {
+                        authorization: Some(a),
+                        ..
+                    } = &proof
+                    {
+                        self.remember(a, date_time, users_version, &identity);
+                    }
                 }
                 Proof::Remoting {
                     fields,
@@ -413,20 +499,21 @@ impl Guard {
             }
         }
         if settings.authorization {
-            Self::authorize_wants(&user, &policy, source, wants)?;
+            Self::authorize_wants(user, policy, source, wants)?;
         }
-        Ok(Some(user.username))
+        Ok(Some(user.username.clone()))
     }
 
     /// Whether `access_key` names a super user (user and policy management needs one).
     pub fn is_super(&self, access_key: Option<&str>) -> bool {
-        let settings = self.settings.read().clone();
+        let settings = Arc::clone(&self.settings.read());
         if !settings.authentication && !settings.authorization {
             return true;
         }
         access_key
             .and_then(|k| self.lookup(&settings, k))
-            .is_some_and(|(u, _)| {
+            .is_some_and(|identity| {
+                let u = &identity.0;
                 u.user_type == UserType::Super && u.user_status == UserStatus::Enable
             })
     }
@@ -613,5 +700,41 @@ mod tests {
             grpc(&header("alice-secret", old), Some(old)),
             Err(Refused::Unauthenticated(m)) if m.contains("away from this node's clock")
         ));
+    }
+
+    #[test]
+    fn a_verified_header_is_reused_until_the_users_change() {
+        let g = guard(true, true, false);
+        let now = crate::store::commitlog::now_millis() / 1000;
+        let date = jiff::Timestamp::from_second(now)
+            .unwrap()
+            .strftime("%Y%m%dT%H%M%SZ")
+            .to_string();
+        let header = format!(
+            "MQv2-HMAC-SHA1 Credential=alice, SignedHeaders=x-mq-date-time, Signature={}",
+            crate::auth::grpc_signature("alice-secret", &date)
+        );
+        let grpc = |wants: &[Want]| {
+            g.check(
+                "grpc",
+                Proof::Grpc {
+                    authorization: Some(&header),
+                    date_time: Some(&date),
+                },
+                None,
+                wants,
+            )
+        };
+        for _ in 0..3 {
+            assert!(grpc(&[Want::topic("orders", PUB)]).is_ok());
+            // Authorization still runs on every request.
+            assert!(matches!(
+                grpc(&[Want::topic("orders", SUB)]),
+                Err(Refused::Forbidden(_))
+            ));
+        }
+        assert_eq!(g.verified.lock().len(), 1);
+        g.users.delete_user("alice").unwrap();
+        assert!(matches!(grpc(&[]), Err(Refused::Unauthenticated(_))));
     }
 }
