@@ -687,3 +687,64 @@ fn mqadmin_manages_users_and_acls_with_credentials_and_is_refused_without() {
     let users = ok(root, &["listUser", "-c", "DefaultCluster"]);
     assert!(!users.contains("dave"), "{users}");
 }
+
+#[test]
+fn authentication_switches_on_and_to_migration_mode_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.yaml");
+    let write = |auth: &str| {
+        std::fs::write(
+            &config,
+            format!("tls: {{mode: disabled}}\nauth: {{admin: {{accessKey: {}, secretKey: {}}}{auth}}}\n", ROOT.0, ROOT.1),
+        )
+        .unwrap()
+    };
+    write("");
+    let b = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap(), "--topic", "Switch:2"],
+    );
+    let send = ["send_only", "Switch", "G"];
+    let plain = [("RMQ_TLS", "0")];
+    clients::run(Client::Node, &b, &send, &plain);
+    let mut accepted: u64 = 1;
+    // On: unsigned requests are refused once the node has read the file (every 2 s).
+    write(", authentication: true, authorization: true");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match clients::run_result(Client::Node, &b, &send, &plain) {
+            Err(e)
+                if e.contains("40100")
+                    || e.contains("UNAUTHORIZED")
+                    || e.contains("Unauthorized") =>
+            {
+                break;
+            }
+            Ok(_) if Instant::now() < deadline => accepted += 1,
+            other => panic!("still accepted: {other:?}\n{}", b.logs()),
+        }
+    }
+    assert!(b.logs().contains("authentication settings changed"));
+    // Migration mode: accepted again, and logged as what would be refused.
+    write(", authentication: true, authorization: true, migration: true");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match clients::run_result(Client::Node, &b, &send, &plain) {
+            Ok(_) => {
+                accepted += 1;
+                break;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            Err(e) => panic!("not accepted in migration mode: {e}\n{}", b.logs()),
+        }
+    }
+    assert!(
+        b.logs()
+            .contains("migration mode: this request would be refused")
+    );
+    assert_eq!(
+        stored(&b, "Switch"),
+        10 * accepted,
+        "only accepted sends are stored"
+    );
+}
