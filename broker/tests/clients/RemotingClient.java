@@ -41,12 +41,14 @@ import org.apache.rocketmq.client.consumer.listener.ConsumeConcurrentlyStatus;
 import org.apache.rocketmq.client.consumer.listener.ConsumeOrderlyStatus;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerConcurrently;
 import org.apache.rocketmq.client.consumer.listener.MessageListenerOrderly;
+import org.apache.rocketmq.client.consumer.rebalance.AllocateMessageQueueAveragely;
 import org.apache.rocketmq.client.producer.DefaultMQProducer;
 import org.apache.rocketmq.client.producer.SendResult;
 import org.apache.rocketmq.common.consumer.ConsumeFromWhere;
 import org.apache.rocketmq.common.message.Message;
 import org.apache.rocketmq.common.message.MessageExt;
 import org.apache.rocketmq.common.message.MessageQueue;
+import org.apache.rocketmq.remoting.RPCHook;
 import org.apache.rocketmq.common.protocol.heartbeat.MessageModel;
 
 public class RemotingClient {
@@ -127,15 +129,33 @@ public class RemotingClient {
         return l;
     }
 
+    /**
+     * With RMQ_ACCESS_KEY and RMQ_SECRET_KEY set: ACL signatures on every request
+     * (AclClientRPCHook, in rocketmq-acl up to 5.3.2 and in rocketmq-client since 5.3.3; found
+     * by name so that this file compiles without it). Otherwise none.
+     */
+    static RPCHook hook() {
+        String ak = System.getenv("RMQ_ACCESS_KEY");
+        if (ak == null) return null;
+        try {
+            Class<?> creds = Class.forName("org.apache.rocketmq.acl.common.SessionCredentials");
+            Object c = creds.getConstructor(String.class, String.class).newInstance(ak, System.getenv("RMQ_SECRET_KEY"));
+            Class<?> h = Class.forName("org.apache.rocketmq.acl.common.AclClientRPCHook");
+            return (RPCHook) h.getConstructor(creds).newInstance(c);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("AclClientRPCHook is not on the classpath", e);
+        }
+    }
+
     static DefaultMQProducer producer() throws Exception {
-        DefaultMQProducer p = new DefaultMQProducer(group + "_producer");
+        DefaultMQProducer p = new DefaultMQProducer(group + "_producer", hook());
         p.setNamesrvAddr(namesrv);
         p.start();
         return p;
     }
 
     static DefaultMQPushConsumer pushConsumer(String expr, MessageModel model) throws Exception {
-        DefaultMQPushConsumer c = new DefaultMQPushConsumer(group);
+        DefaultMQPushConsumer c = new DefaultMQPushConsumer(group, hook(), new AllocateMessageQueueAveragely());
         c.setNamesrvAddr(namesrv);
         c.setMessageModel(model);
         c.setConsumeFromWhere(ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET);
@@ -301,7 +321,7 @@ public class RemotingClient {
         for (int i = 0; i < 20; i++) msgs.add(new Message(topic, "TagA", ("m" + i).getBytes(StandardCharsets.UTF_8)));
         Map<String, Object> r = sendAll(p, msgs);
         p.shutdown();
-        DefaultLitePullConsumer c = new DefaultLitePullConsumer(group);
+        DefaultLitePullConsumer c = new DefaultLitePullConsumer(group, hook());
         c.setNamesrvAddr(namesrv);
         c.setConsumeFromWhere(ConsumeFromWhere.CONSUME_FROM_FIRST_OFFSET);
         c.setAutoCommit(false);

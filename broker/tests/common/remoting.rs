@@ -202,6 +202,17 @@ pub fn java(cluster: &Cluster, args: &[&str]) -> Value {
 }
 
 pub fn java_with(client: JavaClient, cluster: &Cluster, args: &[&str]) -> Value {
+    java_with_env(client, cluster, args, &[])
+}
+
+/// As [`java_with`], with extra environment variables (`RMQ_ACCESS_KEY`/`RMQ_SECRET_KEY`
+/// sign every request).
+pub fn java_with_env(
+    client: JavaClient,
+    cluster: &Cluster,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Value {
     let home = tempfile::tempdir().unwrap();
     let cp = format!(
         "{}:{}/*",
@@ -216,6 +227,7 @@ pub fn java_with(client: JavaClient, cluster: &Cluster, args: &[&str]) -> Value 
         .arg(cluster.namesrv())
         .args(args)
         .env("HOME", home.path())
+        .envs(env.iter().copied())
         .output()
         .expect("run java");
     last_json(
