@@ -134,9 +134,9 @@ pub struct SecuritySpec {
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// A Secret with `tls.crt`, `tls.key` and `ca.crt` (what cert-manager writes). Its names
-    /// must cover the Services and the pods' stable names (`*.<cluster>-broker.<namespace>.svc`
-    /// and so on): nodes verify each other with `ca.crt`. Renewals are picked up without a
-    /// restart.
+    /// must cover the client Services and the pods' stable names
+    /// (`*.<cluster>-broker-headless.<namespace>.svc`, `*.<cluster>-namesrv-headless...`):
+    /// nodes verify each other with `ca.crt`. Renewals are picked up without a restart.
     #[schemars(length(min = 1))]
     pub secret_name: String,
     /// Permissive: TLS and plaintext on the same ports. Enforcing: TLS only.
