@@ -26,6 +26,7 @@ FEATURES = [
     ("dlq", "redelivery + DLQ"),
     ("restart", "ack survives broker SIGKILL"),
     ("errors", "errors (unknown topic, 5 MiB body)"),
+    ("auth", "TLS + ACL 2.0 credentials"),
 ]
 BEGIN, END = "<!-- compat-matrix:begin -->", "<!-- compat-matrix:end -->"
 
