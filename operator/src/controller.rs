@@ -55,6 +55,17 @@ const RESYNC: Duration = Duration::from_secs(60);
 /// How soon a cluster in motion is looked at again.
 const BUSY: Duration = Duration::from_secs(3);
 
+/// Clusters (`namespace/name`) known to have no NetworkPolicy.
+static NETWORK_POLICY_ABSENT: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashSet<String>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn network_policy_absent() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    NETWORK_POLICY_ABSENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -463,12 +474,14 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     for role in pdbs {
         apply::<PodDisruptionBudget>(client, &ns, &render::pdb(c, role)).await?;
     }
+    let np_key = format!("{ns}/{}", c.name_any());
     match render::network_policy(c) {
         Some(np) => {
             apply::<NetworkPolicy>(client, &ns, &np).await?;
+            network_policy_absent().remove(&np_key);
         }
-        None => {
-            // Switched off (or never on): gone.
+        // Switched off (or never on): deleted once per operator process, not on every pass.
+        None if !network_policy_absent().contains(&np_key) => {
             let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
             match api
                 .delete(&render::names(c).network_policy(), &DeleteParams::default())
@@ -478,7 +491,9 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
+            network_policy_absent().insert(np_key);
         }
+        None => {}
     }
 
     // Name servers, then store nodes once the name servers are rolled out, then proxies once

@@ -1464,11 +1464,15 @@ fn broker_groups(e: &Env, endpoints: &BTreeMap<String, SocketAddr>) {
         Some(&primary),
         "replicas restart before the primary: {replaced:?}"
     );
-    let after = group(&get_ha());
-    assert_ne!(
-        after["primary"], before["primary"],
-        "the role moved: {after}"
-    );
+    // The status follows the controllers' view at its next refresh.
+    let after = wait_for(60, "the moved role in the status", || {
+        let g = group(&get_ha());
+        if g["primary"] != before["primary"] {
+            Ok(g)
+        } else {
+            Err(g.to_string())
+        }
+    });
     assert!(
         after["epoch"].as_i64() > before["epoch"].as_i64(),
         "{after}"
