@@ -298,6 +298,43 @@ pub async fn accept(stream: TcpStream, tls: Option<&ServerTls>) -> io::Result<St
     }
 }
 
+/// Accepts connections and sorts each by `tls`'s mode off the accept loop (a slow client
+/// cannot hold up others); what survives comes out of the channel.
+pub fn accept_all(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+) -> tokio::sync::mpsc::Receiver<(Stream, SocketAddr)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                match accept(stream, tls.as_deref()).await {
+                    Ok(s) => {
+                        let _ = tx.send((s, peer)).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection dropped before its first request")
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
 /// An HTTP port (metrics, health, admin API, controllers) for axum: with TLS on, it serves
 /// TLS and plaintext side by side (never TLS only: the kubelet's probes, Prometheus and the
 /// operator speak plaintext), sorting connections off the accept loop.
@@ -322,33 +359,7 @@ impl HttpListener {
             ..tls.clone()
         };
         let tls = ServerTls::new(&cfg, local, &[b"http/1.1"])?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (tx, tls) = (tx.clone(), tls.clone());
-                tokio::spawn(async move {
-                    match accept(stream, tls.as_deref()).await {
-                        Ok(s) => {
-                            let _ = tx.send((s, peer)).await;
-                        }
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "HTTP connection dropped before a request")
-                        }
-                    }
-                });
-            }
-        });
+        let rx = accept_all(listener, tls);
         Ok(HttpListener { rx, local })
     }
 }

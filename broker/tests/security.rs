@@ -138,20 +138,7 @@ fn rust_with_credentials_over_tls() {
 
 /// `rmq-broker admin` as the administrator.
 fn admin(b: &BrokerProcess, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_rmq-broker"))
-        .arg("admin")
-        .arg("--server")
-        .arg(format!("http://{}", b.http))
-        .args(["--access-key", ROOT.0, "--secret-key", ROOT.1])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "admin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    admin_all(&[b], args)
 }
 
 /// Messages stored in a topic, over all its queues.
@@ -443,8 +430,8 @@ async fn a_replaced_certificate_is_served_to_new_connections_and_established_one
 }
 
 /// `rmq-broker admin` as the administrator against several HTTP ports (users and policies are
-/// written to each).
-fn admin_all(servers: &[&BrokerProcess], args: &[&str]) {
+/// written to each; reads ask the first); what it printed.
+fn admin_all(servers: &[&BrokerProcess], args: &[&str]) -> serde_json::Value {
     let list: Vec<String> = servers
         .iter()
         .map(|s| format!("http://{}", s.http))
@@ -462,6 +449,7 @@ fn admin_all(servers: &[&BrokerProcess], args: &[&str]) {
         "admin {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
 #[test]

@@ -4,10 +4,8 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -28,35 +26,7 @@ impl Connected for Stream {
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
-) -> ReceiverStream<io::Result<Stream>> {
-    let (tx, rx) = mpsc::channel(128);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if tx.is_closed() {
-                return;
-            }
-            let conn_tx = tx.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                match crate::tls::accept(stream, tls.as_deref()).await {
-                    Ok(conn) => {
-                        let _ = conn_tx.send(Ok(conn)).await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "connection dropped before gRPC started")
-                    }
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
+) -> impl tokio_stream::Stream<Item = io::Result<Stream>> {
+    use tokio_stream::StreamExt;
+    ReceiverStream::new(crate::tls::accept_all(listener, tls)).map(|(s, _)| Ok(s))
 }
