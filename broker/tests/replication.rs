@@ -75,6 +75,16 @@ async fn serve_primary(
 
 /// Starts `node` following the primary at `addr`; returns its stop switch.
 fn follow(node: &Node, id: i64, addr: &str) -> watch::Sender<bool> {
+    follow_with_tls(node, id, addr, None)
+}
+
+/// As [`follow`], linking to the primary with `tls`.
+fn follow_with_tls(
+    node: &Node,
+    id: i64,
+    addr: &str,
+    tls: Option<broker::tls::ClientTls>,
+) -> watch::Sender<bool> {
     let replica = Replica {
         store: Arc::clone(&node.store),
         epochs: Arc::clone(&node.epochs),
@@ -84,7 +94,7 @@ fn follow(node: &Node, id: i64, addr: &str) -> watch::Sender<bool> {
         meta: Arc::new(OffsetSync(Arc::clone(&node.store))),
         min_epoch: 0,
         link: None,
-        tls: None,
+        tls,
     };
     let (stop, rx) = watch::channel(false);
     tokio::spawn(replica.run(rx));
@@ -481,24 +491,13 @@ async fn the_replication_link_runs_over_tls_and_refuses_a_primary_the_ca_did_not
     let (primary, addr, _stop) = serve_primary(&a, ha(ReplicationMode::Async, 1, 1), 1).await;
     primary
         .set_tls(broker::tls::ServerTls::new(&tls, "127.0.0.1:0".parse().unwrap(), &[]).unwrap());
-    let with_tls = |n: &Node, id: i64, client: Option<broker::tls::ClientTls>| {
-        let replica = Replica {
-            store: Arc::clone(&n.store),
-            epochs: Arc::clone(&n.epochs),
-            group: GROUP.into(),
-            broker_id: id,
-            primary: addr.clone(),
-            meta: Arc::new(OffsetSync(Arc::clone(&n.store))),
-            min_epoch: 0,
-            link: None,
-            tls: client,
-        };
-        let (stop, rx) = watch::channel(false);
-        tokio::spawn(replica.run(rx));
-        stop
-    };
     // A replica with the node's certificate (mutual TLS) and CA: it copies the log.
-    let _b = with_tls(&b, 1, broker::tls::ClientTls::new(&tls, &[]).unwrap());
+    let _b = follow_with_tls(
+        &b,
+        1,
+        &addr,
+        broker::tls::ClientTls::new(&tls, &[]).unwrap(),
+    );
     let mut end = 0;
     for seq in 0..50 {
         end = put(&a.store, seq).await.unwrap();
@@ -511,11 +510,15 @@ async fn the_replication_link_runs_over_tls_and_refuses_a_primary_the_ca_did_not
     // A replica trusting another CA does not get a byte (nor does a plaintext one).
     let other = tempfile::tempdir().unwrap();
     let (_, _, other_ca) = broker::tls::generate_pki(other.path(), &["127.0.0.1"]).unwrap();
-    let _c = with_tls(
+    let _c = follow_with_tls(
         &c,
         2,
+        &addr,
         Some(broker::tls::ClientTls::with_ca(&other_ca).unwrap()),
     );
+    let d = node(FlushPolicy::AsyncFlush);
+    let _d = follow(&d, 3, &addr);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.store.log_offsets().written, 0);
+    assert_eq!(d.store.log_offsets().written, 0);
 }
