@@ -498,14 +498,10 @@ async fn the_replication_link_runs_over_tls_and_refuses_a_primary_the_ca_did_not
         &addr,
         broker::tls::ClientTls::new(&tls, &[]).unwrap(),
     );
-    let mut end = 0;
     for seq in 0..50 {
-        end = put(&a.store, seq).await.unwrap();
+        put(&a.store, seq).await.unwrap();
     }
-    wait_until("the TLS replica", Duration::from_secs(10), || {
-        b.store.log_offsets().written >= end
-    })
-    .await;
+    caught_up(&a.store, &b.store).await;
     assert_eq!(seqs(&queue_contents(&b.store)), (0..50).collect::<Vec<_>>());
     // A replica trusting another CA does not get a byte (nor does a plaintext one).
     let other = tempfile::tempdir().unwrap();
