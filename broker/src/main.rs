@@ -343,6 +343,7 @@ fn parse_group(s: &str) -> Result<GroupConfig, String> {
 
 fn main() -> anyhow::Result<()> {
     broker::logs::init();
+    broker::logs::raise_open_files_limit();
     match Cli::parse().role {
         Role::Standalone(args) => run_standalone(args),
         Role::Namesrv(args) => run_namesrv(args),

@@ -74,6 +74,11 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
     m.commitlog_written_offset.set(o.written as i64);
     m.commitlog_flushed_offset.set(o.flushed as i64);
     m.commitlog_dispatched_offset.set(o.dispatched as i64);
+    let q = b.store.queue_stats();
+    m.consumequeue_queues.set(q.open_queues as i64);
+    m.consumequeue_open_files.set(q.open_files as i64);
+    m.consumequeue_file_opens.set(q.file_opens as i64);
+    m.checkpoint_seconds.set(q.last_checkpoint.as_secs_f64());
     (
         [(
             "content-type",

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub commitlog_written_offset: Gauge,
     pub commitlog_flushed_offset: Gauge,
     pub commitlog_dispatched_offset: Gauge,
+    pub consumequeue_queues: Gauge,
+    pub consumequeue_open_files: Gauge,
+    pub consumequeue_file_opens: Gauge,
+    pub checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Totals over all topics (for RocketMQ's runtime info; not exported twice).
     pub put_total: Counter,
     pub get_total: Counter,
@@ -55,6 +59,10 @@ impl Default for Metrics {
             commitlog_written_offset: Gauge::default(),
             commitlog_flushed_offset: Gauge::default(),
             commitlog_dispatched_offset: Gauge::default(),
+            consumequeue_queues: Gauge::default(),
+            consumequeue_open_files: Gauge::default(),
+            consumequeue_file_opens: Gauge::default(),
+            checkpoint_seconds: Gauge::default(),
             registry: Registry::default(),
             put_total: Counter::default(),
             get_total: Counter::default(),
@@ -119,6 +127,26 @@ impl Default for Metrics {
             "commitlog_dispatched_offset",
             "CommitLog offset up to which ConsumeQueues and indexes are built",
             m.commitlog_dispatched_offset.clone(),
+        );
+        registry.register(
+            "consumequeue_queues",
+            "ConsumeQueues opened since start",
+            m.consumequeue_queues.clone(),
+        );
+        registry.register(
+            "consumequeue_open_files",
+            "ConsumeQueue files open now (bounded by consumeQueueOpenFiles)",
+            m.consumequeue_open_files.clone(),
+        );
+        registry.register(
+            "consumequeue_file_opens",
+            "ConsumeQueue files opened since start (descriptor cache misses)",
+            m.consumequeue_file_opens.clone(),
+        );
+        registry.register(
+            "checkpoint_seconds",
+            "Duration of the last checkpoint (queue, index and offset sync)",
+            m.checkpoint_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -69,6 +69,9 @@ pub struct StoreConfig {
     pub checkpoint_interval: Duration,
     /// Entries per ConsumeQueue file (`mappedFileSizeConsumeQueue` / 20).
     pub consume_queue_entries_per_file: u64,
+    /// ConsumeQueue files kept open at once, across all queues (least recently used closed
+    /// first). Bounds descriptors whatever the number of queues.
+    pub consume_queue_open_files: usize,
     pub index: IndexConfig,
     /// Largest body accepted (`maxMessageSize`).
     pub max_message_size: usize,
@@ -103,6 +106,7 @@ impl Default for StoreConfig {
             sync_flush_timeout: Duration::from_secs(5),
             checkpoint_interval: Duration::from_secs(1),
             consume_queue_entries_per_file: 300_000,
+            consume_queue_open_files: 4096,
             index: IndexConfig::default(),
             max_message_size: 4 * 1024 * 1024,
             file_reserved_time: Duration::from_secs(72 * 3600),
@@ -143,6 +147,9 @@ impl StoreConfig {
         }
         if self.consume_queue_entries_per_file == 0 {
             return bad("consumeQueueEntriesPerFile", "must be positive");
+        }
+        if self.consume_queue_open_files == 0 {
+            return bad("consumeQueueOpenFiles", "must be positive");
         }
         if self.index.slots == 0 || self.index.max_entries < 2 {
             return bad("index", "slots must be positive and maxEntries at least 2");

@@ -8,23 +8,44 @@
 //!
 //! ConsumeQueues are derived data: the dispatcher builds them from the CommitLog, and recovery
 //! repairs them from it (dropping entries past the CommitLog's end, re-dispatching the rest).
-//! They are read and written with positioned I/O rather than mapped, so that a node with very
-//! many queues holds no mapping per queue. Files are opened lazily.
-//! TODO(scale issue): bound the number of open file descriptors with an LRU of open files.
+//!
+//! Built for nodes with 100,000 queues and more:
+//! - Files are read and written with positioned I/O, never mapped, so a queue holds no
+//!   mapping; their descriptors live in one store-wide LRU ([`OpenFiles`]) whose capacity,
+//!   not the number of queues, bounds how many are open.
+//! - Queues are opened on first use, outside the store-wide map lock; a queue that is not on
+//!   disk is known from one directory scan at start, without a syscall per lookup.
+//! - Durability is batched: writes only mark their file dirty and new directories are recorded;
+//!   the checkpoint syncs them all at once (one `syncfs` when many are dirty) before it records
+//!   how far the queues are built. A crash before that re-dispatches from the older checkpoint.
+//! - Repairs that touch every queue (truncation after a crash or a diverged log, retention)
+//!   are applied to open queues at once and to the others when they are first opened.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
-use super::error::{IoContext, Result};
+use super::error::{IoContext, Result, StoreError};
 use super::segment::{file_name, parse_file_name, sync_dir};
 
 pub const ENTRY_SIZE: u64 = 20;
+
+/// Above this many dirty files, a checkpoint syncs the whole file system once (`syncfs`)
+/// rather than each file.
+const SYNCFS_ABOVE: usize = 64;
+
+/// Stripes of the per-queue open lock: two threads never open the same queue at once, and
+/// opening one queue blocks no lookup of another.
+const OPEN_STRIPES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CqEntry {
@@ -54,86 +75,192 @@ impl CqEntry {
     }
 }
 
+/// (queue serial, first logical offset of the file): a file in the descriptor cache.
+type FileKey = (u64, u64);
+
+/// The store-wide cache of open ConsumeQueue files, least recently used evicted first. An
+/// evicted file is reopened on its next use; a thread still reading it keeps its descriptor
+/// until it is done.
+pub struct OpenFiles {
+    lru: Mutex<LruCache<FileKey, Arc<File>>>,
+    opens: AtomicU64,
+}
+
+impl OpenFiles {
+    fn new(capacity: usize) -> OpenFiles {
+        OpenFiles {
+            lru: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+            )),
+            opens: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, key: FileKey, path: &Path, create: bool) -> Result<Arc<File>> {
+        if let Some(f) = self.lru.lock().get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(path)
+                .at(path)?,
+        );
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        let mut lru = self.lru.lock();
+        if let Some(f) = lru.get(&key) {
+            return Ok(Arc::clone(f));
+        }
+        lru.put(key, Arc::clone(&file));
+        Ok(file)
+    }
+
+    fn forget(&self, key: FileKey) {
+        self.lru.lock().pop(&key);
+    }
+
+    /// Descriptors held by the cache now.
+    pub fn open_count(&self) -> usize {
+        self.lru.lock().len()
+    }
+
+    /// The cache's bound.
+    pub fn capacity(&self) -> usize {
+        self.lru.lock().cap().get()
+    }
+
+    /// Files opened since start (misses).
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+}
+
+/// What every queue of a store shares: the descriptor cache and what the next checkpoint
+/// must make durable.
+struct Shared {
+    files: OpenFiles,
+    /// Files written since the last sync.
+    dirty: Mutex<HashMap<FileKey, PathBuf>>,
+    /// Directories whose entries changed since the last sync (created queue folders, files).
+    dirs: Mutex<HashSet<PathBuf>>,
+}
+
 struct QueueState {
-    /// First logical offset of each file -> the open file.
-    files: BTreeMap<u64, File>,
+    /// First logical offset of each file on disk.
+    files: BTreeSet<u64>,
     /// Smallest logical offset still readable.
     min: u64,
     /// Next logical offset to be written (one past the last entry).
     max: u64,
-    /// Files written since the last sync.
-    dirty: Vec<u64>,
+    /// The CommitLog start the last `delete_before` ran for.
+    deleted_below: u64,
 }
 
 /// One queue's ConsumeQueue.
 pub struct ConsumeQueue {
     dir: PathBuf,
+    serial: u64,
     entries_per_file: u64,
+    shared: Arc<Shared>,
     state: Mutex<QueueState>,
 }
 
 impl ConsumeQueue {
-    fn open(dir: PathBuf, entries_per_file: u64) -> Result<ConsumeQueue> {
-        let mut files = BTreeMap::new();
-        if dir.exists() {
-            for entry in std::fs::read_dir(&dir).at(&dir)? {
-                let entry = entry.at(&dir)?;
-                let Some(byte_offset) = entry.file_name().to_str().and_then(parse_file_name) else {
-                    continue;
-                };
-                let path = entry.path();
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .at(&path)?;
-                files.insert(byte_offset / ENTRY_SIZE, file);
-            }
-        }
-        let mut state = QueueState {
-            files,
-            min: 0,
-            max: 0,
-            dirty: Vec::new(),
-        };
-        // The end is the last non-empty whole entry of the last file; a torn partial entry or
-        // trailing zeros (a crash) do not count.
-        while let Some((&first, file)) = state.files.last_key_value() {
-            let path = dir.join(file_name(first * ENTRY_SIZE));
-            let len = file.metadata().at(&path)?.len() / ENTRY_SIZE;
-            let mut n = len.min(entries_per_file);
-            while n > 0 {
-                let e = read_entry(file, n - 1, &path)?;
-                if !e.is_empty() {
-                    break;
+    fn open(
+        dir: PathBuf,
+        serial: u64,
+        entries_per_file: u64,
+        shared: Arc<Shared>,
+    ) -> Result<ConsumeQueue> {
+        let mut files = BTreeSet::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.at(&dir)?;
+                    if let Some(byte_offset) = entry.file_name().to_str().and_then(parse_file_name)
+                    {
+                        files.insert(byte_offset / ENTRY_SIZE);
+                    }
                 }
-                n -= 1;
             }
-            if n == 0 && state.files.len() > 1 {
-                let (first, _) = state.files.pop_last().expect("non-empty");
-                std::fs::remove_file(dir.join(file_name(first * ENTRY_SIZE))).at(&path)?;
-                continue;
-            }
-            file.set_len(n * ENTRY_SIZE).at(&path)?;
-            state.max = first + n;
-            break;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&dir, e)),
         }
-        state.min = state.files.first_key_value().map_or(state.max, |(f, _)| *f);
-        // Leading empty entries (a queue that starts inside its first file) are not readable.
-        if let Some((&first, file)) = state.files.first_key_value() {
-            let path = dir.join(file_name(first * ENTRY_SIZE));
-            while state.min < state.max && state.min < first + entries_per_file {
-                if !read_entry(file, state.min - first, &path)?.is_empty() {
-                    break;
-                }
-                state.min += 1;
-            }
-        }
-        Ok(ConsumeQueue {
+        let q = ConsumeQueue {
             dir,
+            serial,
             entries_per_file,
-            state: Mutex::new(state),
-        })
+            shared,
+            state: Mutex::new(QueueState {
+                files,
+                min: 0,
+                max: 0,
+                deleted_below: 0,
+            }),
+        };
+        {
+            let mut st = q.state.lock();
+            // The end is the last non-empty whole entry of the last file; a torn partial entry
+            // or trailing zeros (a crash) do not count.
+            while let Some(&first) = st.files.last() {
+                let file = q.file(first, false)?;
+                let path = q.path(first);
+                let len = file.metadata().at(&path)?.len();
+                let mut n = (len / ENTRY_SIZE).min(entries_per_file);
+                while n > 0 {
+                    if !read_entry(&file, n - 1, &path)?.is_empty() {
+                        break;
+                    }
+                    n -= 1;
+                }
+                if n == 0 && st.files.len() > 1 {
+                    st.files.pop_last();
+                    q.shared.files.forget((serial, first));
+                    std::fs::remove_file(&path).at(&path)?;
+                    continue;
+                }
+                if len != n * ENTRY_SIZE {
+                    file.set_len(n * ENTRY_SIZE).at(&path)?;
+                }
+                st.max = first + n;
+                break;
+            }
+            st.min = st.files.first().map_or(st.max, |f| *f);
+            // Leading empty entries (a queue that starts inside its first file) are not
+            // readable.
+            if let Some(&first) = st.files.first() {
+                let file = q.file(first, false)?;
+                let path = q.path(first);
+                while st.min < st.max && st.min < first + entries_per_file {
+                    if !read_entry(&file, st.min - first, &path)?.is_empty() {
+                        break;
+                    }
+                    st.min += 1;
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    fn path(&self, first: u64) -> PathBuf {
+        self.dir.join(file_name(first * ENTRY_SIZE))
+    }
+
+    fn file(&self, first: u64, create: bool) -> Result<Arc<File>> {
+        self.shared
+            .files
+            .get((self.serial, first), &self.path(first), create)
+    }
+
+    fn remove_file(&self, st: &mut QueueState, first: u64) -> Result<()> {
+        st.files.remove(&first);
+        self.shared.files.forget((self.serial, first));
+        self.shared.dirty.lock().remove(&(self.serial, first));
+        let path = self.path(first);
+        std::fs::remove_file(&path).at(&path)
     }
 
     pub fn min_offset(&self) -> u64 {
@@ -193,31 +320,28 @@ impl ConsumeQueue {
             let file_first = offset - offset % self.entries_per_file;
             let room = (file_first + self.entries_per_file - offset) as usize;
             let n = room.min(entries.len());
-            if let std::collections::btree_map::Entry::Vacant(slot) = st.files.entry(file_first) {
-                std::fs::create_dir_all(&self.dir).at(&self.dir)?;
-                let path = self.dir.join(file_name(file_first * ENTRY_SIZE));
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .at(&path)?;
-                sync_dir(&self.dir)?;
-                slot.insert(file);
+            let created = !st.files.contains(&file_first);
+            if created {
+                if st.files.is_empty() && !self.dir.is_dir() {
+                    self.create_dirs()?;
+                }
+                self.shared.dirs.lock().insert(self.dir.clone());
             }
+            let file = self.file(file_first, created)?;
+            st.files.insert(file_first);
             buf.clear();
             buf.resize(n * ENTRY_SIZE as usize, 0);
             for (i, e) in entries[..n].iter().enumerate() {
                 e.encode(&mut buf[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize]);
             }
-            let file = &st.files[&file_first];
             let pos = (offset - file_first) * ENTRY_SIZE;
             file.write_all_at(&buf, pos)
-                .at(&self.dir.join(file_name(file_first * ENTRY_SIZE)))?;
-            if st.dirty.last() != Some(&file_first) {
-                st.dirty.push(file_first);
-            }
+                .map_err(|e| StoreError::io(self.path(file_first), e))?;
+            self.shared
+                .dirty
+                .lock()
+                .entry((self.serial, file_first))
+                .or_insert_with(|| self.path(file_first));
             offset += n as u64;
             entries = &entries[n..];
             st.max = offset;
@@ -225,10 +349,37 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Creates the queue's folder (and its topic's), recording each new directory entry for
+    /// the next sync.
+    fn create_dirs(&self) -> Result<()> {
+        let topic_dir = self
+            .dir
+            .parent()
+            .expect("a queue folder has a topic folder");
+        let mut dirs = self.shared.dirs.lock();
+        if !topic_dir.is_dir() {
+            std::fs::create_dir_all(topic_dir).at(topic_dir)?;
+            if let Some(root) = topic_dir.parent() {
+                dirs.insert(root.to_owned());
+            }
+        }
+        match std::fs::create_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io(&self.dir, e)),
+        }
+        dirs.insert(topic_dir.to_owned());
+        Ok(())
+    }
+
     /// Up to `max` entries from logical offset `from` (clamped to what exists). Empty entries
     /// are returned as they are; callers skip them.
     pub fn get(&self, from: u64, max: usize) -> Result<Vec<CqEntry>> {
         let st = self.state.lock();
+        self.get_locked(&st, from, max)
+    }
+
+    fn get_locked(&self, st: &QueueState, from: u64, max: usize) -> Result<Vec<CqEntry>> {
         let from = from.max(st.min);
         let to = st.max.min(from.saturating_add(max as u64));
         let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
@@ -236,13 +387,13 @@ impl ConsumeQueue {
         while offset < to {
             let file_first = offset - offset % self.entries_per_file;
             let n = (file_first + self.entries_per_file).min(to) - offset;
-            let Some(file) = st.files.get(&file_first) else {
+            if !st.files.contains(&file_first) {
                 break;
-            };
+            }
+            let file = self.file(file_first, false)?;
             let mut buf = vec![0u8; (n * ENTRY_SIZE) as usize];
-            let path = self.dir.join(file_name(file_first * ENTRY_SIZE));
             file.read_exact_at(&mut buf, (offset - file_first) * ENTRY_SIZE)
-                .at(&path)?;
+                .map_err(|e| StoreError::io(self.path(file_first), e))?;
             out.extend(buf.chunks_exact(ENTRY_SIZE as usize).map(CqEntry::decode));
             offset += n;
         }
@@ -261,32 +412,27 @@ impl ConsumeQueue {
     /// Drops entries that point at or past `commitlog_end` (the CommitLog was truncated there).
     /// Returns how many were dropped.
     pub fn truncate_beyond(&self, commitlog_end: u64) -> Result<u64> {
+        let mut st = self.state.lock();
         let mut dropped = 0;
-        loop {
-            let last = {
-                let st = self.state.lock();
-                if st.max == st.min {
-                    break;
-                }
-                st.max - 1
-            };
-            let e = self.get(last, 1)?.into_iter().next();
+        while st.max > st.min {
+            let last = st.max - 1;
+            let e = self.get_locked(&st, last, 1)?.into_iter().next();
             let keep = e.is_some_and(|e| {
                 e.is_empty() || e.physical_offset + u64::from(e.size) <= commitlog_end
             });
             if keep {
                 break;
             }
-            let mut st = self.state.lock();
             st.max = last;
             dropped += 1;
             let file_first = last - last % self.entries_per_file;
-            let path = self.dir.join(file_name(file_first * ENTRY_SIZE));
             if last == file_first && st.files.len() > 1 {
-                st.files.remove(&file_first);
-                std::fs::remove_file(&path).at(&path)?;
-            } else if let Some(f) = st.files.get(&file_first) {
-                f.set_len((last - file_first) * ENTRY_SIZE).at(&path)?;
+                self.remove_file(&mut st, file_first)?;
+            } else if st.files.contains(&file_first) {
+                let path = self.path(file_first);
+                self.file(file_first, false)?
+                    .set_len((last - file_first) * ENTRY_SIZE)
+                    .at(&path)?;
             }
         }
         Ok(dropped)
@@ -295,68 +441,65 @@ impl ConsumeQueue {
     /// Retention: deletes whole files whose entries all point below `commitlog_min`, never the
     /// last file, and moves the min offset to the first entry at or above it.
     pub fn delete_before(&self, commitlog_min: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        if commitlog_min <= st.deleted_below {
+            return Ok(());
+        }
         loop {
-            let (first, next) = {
-                let st = self.state.lock();
-                let mut keys = st.files.keys();
-                match (keys.next(), keys.next()) {
-                    (Some(&a), Some(&b)) => (a, b),
-                    _ => break,
-                }
+            let mut keys = st.files.iter();
+            let (Some(&first), Some(&next)) = (keys.next(), keys.next()) else {
+                break;
             };
             // The last entry of the first file decides.
-            let Some(last) = self.get(next - 1, 1)?.into_iter().next() else {
+            let Some(last) = self.get_locked(&st, next - 1, 1)?.into_iter().next() else {
                 break;
             };
             if last.physical_offset >= commitlog_min {
                 break;
             }
-            let mut st = self.state.lock();
-            st.files.remove(&first);
-            st.dirty.retain(|f| *f != first);
+            self.remove_file(&mut st, first)?;
             st.min = st.min.max(next);
-            let path = self.dir.join(file_name(first * ENTRY_SIZE));
-            std::fs::remove_file(&path).at(&path)?;
         }
-        // Within the first file, skip entries that point below the CommitLog's start.
-        let (min, max) = {
-            let st = self.state.lock();
-            (st.min, st.max)
-        };
-        let mut new_min = min;
-        while new_min < max {
-            match self.get(new_min, 1)?.first() {
-                Some(e) if e.is_empty() || e.physical_offset < commitlog_min => new_min += 1,
-                _ => break,
-            }
-            if new_min - min > self.entries_per_file {
-                break;
+        // Within the first file, skip the entries that point below the CommitLog's start.
+        // Physical offsets grow along a queue, so a binary search finds the first one kept; a
+        // run of empty entries (a filled gap) takes the place of the entry that follows it.
+        let end = st.max.min(
+            st.files
+                .first()
+                .map_or(st.max, |f| f + self.entries_per_file),
+        );
+        let (mut lo, mut hi) = (st.min, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let below = match self.first_non_empty(&st, mid, end)? {
+                Some(e) => e.physical_offset < commitlog_min,
+                None => true,
+            };
+            if below {
+                lo = mid + 1;
+            } else {
+                hi = mid;
             }
         }
-        self.state.lock().min = new_min;
+        st.min = lo;
+        st.deleted_below = commitlog_min;
         Ok(())
     }
 
-    /// fsyncs the files written since the last call.
-    pub fn sync(&self) -> Result<()> {
-        let dirty: Vec<(u64, File)> = {
-            let mut st = self.state.lock();
-            let dirty = std::mem::take(&mut st.dirty);
-            dirty
-                .into_iter()
-                .filter_map(|f| {
-                    st.files
-                        .get(&f)
-                        .and_then(|file| file.try_clone().ok())
-                        .map(|file| (f, file))
-                })
-                .collect()
-        };
-        for (first, file) in dirty {
-            file.sync_data()
-                .at(&self.dir.join(file_name(first * ENTRY_SIZE)))?;
+    /// The first non-empty entry in `[from, to)`.
+    fn first_non_empty(&self, st: &QueueState, from: u64, to: u64) -> Result<Option<CqEntry>> {
+        let mut at = from;
+        while at < to {
+            let chunk = self.get_locked(st, at, (to - at).min(256) as usize)?;
+            if chunk.is_empty() {
+                break;
+            }
+            at += chunk.len() as u64;
+            if let Some(e) = chunk.into_iter().find(|e| !e.is_empty()) {
+                return Ok(Some(e));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -370,19 +513,54 @@ fn read_entry(file: &File, index: u64, path: &Path) -> Result<CqEntry> {
 pub struct ConsumeQueueStore {
     root: PathBuf,
     entries_per_file: u64,
+    shared: Arc<Shared>,
     queues: RwLock<HashMap<String, HashMap<i32, Arc<ConsumeQueue>>>>,
+    /// Queues found on disk at start and not opened yet; every other queue lives in `queues`.
+    on_disk: Mutex<HashMap<String, HashSet<i32>>>,
+    opening: Vec<Mutex<()>>,
+    next_serial: AtomicU64,
     /// The CommitLog's first local offset: a queue opened later starts past entries below it.
     commitlog_min: AtomicU64,
+    /// The CommitLog was cut here (crash recovery, a diverged replica): a queue opened later
+    /// drops the entries past it. `u64::MAX` when it never was.
+    commitlog_cut: AtomicU64,
 }
 
 impl ConsumeQueueStore {
-    pub fn new(root: &Path, entries_per_file: u64) -> Result<ConsumeQueueStore> {
+    /// Opens the store; at most `open_files` queue files stay open at once.
+    pub fn new(root: &Path, entries_per_file: u64, open_files: usize) -> Result<ConsumeQueueStore> {
         std::fs::create_dir_all(root).at(root)?;
+        let mut on_disk: HashMap<String, HashSet<i32>> = HashMap::new();
+        for topic in std::fs::read_dir(root).at(root)? {
+            let topic = topic.at(root)?;
+            let Ok(name) = topic.file_name().into_string() else {
+                continue;
+            };
+            if !topic.file_type().at(&topic.path())?.is_dir() {
+                continue;
+            }
+            let ids: HashSet<i32> = std::fs::read_dir(topic.path())
+                .at(&topic.path())?
+                .filter_map(|q| q.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .collect();
+            if !ids.is_empty() {
+                on_disk.insert(name, ids);
+            }
+        }
         Ok(ConsumeQueueStore {
             root: root.to_owned(),
             entries_per_file,
+            shared: Arc::new(Shared {
+                files: OpenFiles::new(open_files),
+                dirty: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashSet::new()),
+            }),
             queues: RwLock::new(HashMap::new()),
+            on_disk: Mutex::new(on_disk),
+            opening: (0..OPEN_STRIPES).map(|_| Mutex::new(())).collect(),
+            next_serial: AtomicU64::new(0),
             commitlog_min: AtomicU64::new(0),
+            commitlog_cut: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -390,71 +568,100 @@ impl ConsumeQueueStore {
         self.root.join(topic).join(queue_id.to_string())
     }
 
-    /// The queue, opened (or created in memory, files on first write) on first use.
+    fn cached(&self, topic: &str, queue_id: i32) -> Option<Arc<ConsumeQueue>> {
+        self.queues
+            .read()
+            .get(topic)
+            .and_then(|t| t.get(&queue_id))
+            .map(Arc::clone)
+    }
+
+    /// The queue, opened (or created in memory, files on first write) on first use. The
+    /// opening (directory read, tail check, pending repairs) holds no store-wide lock.
     pub fn queue(&self, topic: &str, queue_id: i32) -> Result<Arc<ConsumeQueue>> {
-        if let Some(q) = self.queues.read().get(topic).and_then(|t| t.get(&queue_id)) {
-            return Ok(Arc::clone(q));
+        if let Some(q) = self.cached(topic, queue_id) {
+            return Ok(q);
         }
-        let mut queues = self.queues.write();
-        if let Some(q) = queues.get(topic).and_then(|t| t.get(&queue_id)) {
-            return Ok(Arc::clone(q));
+        let mut h = DefaultHasher::new();
+        (topic, queue_id).hash(&mut h);
+        let _opening = self.opening[(h.finish() as usize) % OPEN_STRIPES].lock();
+        if let Some(q) = self.cached(topic, queue_id) {
+            return Ok(q);
         }
         let q = Arc::new(ConsumeQueue::open(
             self.queue_dir(topic, queue_id),
+            self.next_serial.fetch_add(1, Ordering::Relaxed),
             self.entries_per_file,
+            Arc::clone(&self.shared),
         )?);
+        let cut = self.commitlog_cut.load(Ordering::Acquire);
+        if cut != u64::MAX {
+            q.truncate_beyond(cut)?;
+        }
         let commitlog_min = self.commitlog_min.load(Ordering::Acquire);
         if commitlog_min > 0 {
             q.delete_before(commitlog_min)?;
         }
-        queues
+        self.queues
+            .write()
             .entry(topic.to_owned())
             .or_default()
             .insert(queue_id, Arc::clone(&q));
+        let mut on_disk = self.on_disk.lock();
+        if let Some(ids) = on_disk.get_mut(topic) {
+            ids.remove(&queue_id);
+            if ids.is_empty() {
+                on_disk.remove(topic);
+            }
+        }
         Ok(q)
     }
 
-    /// The queue if it exists in memory or on disk; never creates one.
+    /// The queue if it exists in memory or on disk; never creates one, and answers "no" from
+    /// memory.
     pub fn existing(&self, topic: &str, queue_id: i32) -> Result<Option<Arc<ConsumeQueue>>> {
-        if let Some(q) = self.queues.read().get(topic).and_then(|t| t.get(&queue_id)) {
-            return Ok(Some(Arc::clone(q)));
+        if let Some(q) = self.cached(topic, queue_id) {
+            return Ok(Some(q));
         }
-        if !self.queue_dir(topic, queue_id).is_dir() {
-            return Ok(None);
+        let found = self
+            .on_disk
+            .lock()
+            .get(topic)
+            .is_some_and(|ids| ids.contains(&queue_id));
+        if !found {
+            // Opened (and so cached) by another thread since the first look, or absent.
+            return Ok(self.cached(topic, queue_id));
         }
         self.queue(topic, queue_id).map(Some)
+    }
+
+    fn open_queues(&self) -> Vec<Arc<ConsumeQueue>> {
+        self.queues
+            .read()
+            .values()
+            .flat_map(|qs| qs.values().map(Arc::clone))
+            .collect()
     }
 
     /// Retention moved the CommitLog's start: drop queue files and entries that only point
     /// below it, in open queues now and in the others when they are opened.
     pub fn delete_before(&self, commitlog_min: u64) -> Result<()> {
         self.commitlog_min.store(commitlog_min, Ordering::Release);
-        for (_, _, q) in self.all() {
+        for q in self.open_queues() {
             q.delete_before(commitlog_min)?;
         }
         Ok(())
     }
 
-    /// Opens every queue on disk (crash recovery needs to look at all of them).
-    pub fn load_all(&self) -> Result<usize> {
-        let mut n = 0;
-        for topic in std::fs::read_dir(&self.root).at(&self.root)? {
-            let topic = topic.at(&self.root)?;
-            let Some(topic_name) = topic.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !topic.path().is_dir() {
-                continue;
-            }
-            for q in std::fs::read_dir(topic.path()).at(&topic.path())? {
-                let q = q.at(&topic.path())?;
-                if let Some(id) = q.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
-                    self.queue(&topic_name, id)?;
-                    n += 1;
-                }
-            }
+    /// The CommitLog was cut at `end`: drop the queue entries past it, in open queues now and
+    /// in the others when they are opened. Returns how many open-queue entries were dropped.
+    pub fn truncate_beyond(&self, end: u64) -> Result<u64> {
+        self.commitlog_cut.fetch_min(end, Ordering::AcqRel);
+        let mut dropped = 0;
+        for q in self.open_queues() {
+            dropped += q.truncate_beyond(end)?;
         }
-        Ok(n)
+        Ok(dropped)
     }
 
     /// Every queue opened so far.
@@ -469,10 +676,48 @@ impl ConsumeQueueStore {
             .collect()
     }
 
-    /// Topics and their queue ids known on disk or in memory.
+    /// Queues opened so far, and queues known on disk and not opened.
+    pub fn counts(&self) -> (usize, usize) {
+        let open = self.queues.read().values().map(HashMap::len).sum();
+        let closed = self.on_disk.lock().values().map(HashSet::len).sum();
+        (open, closed)
+    }
+
+    pub fn open_files(&self) -> &OpenFiles {
+        &self.shared.files
+    }
+
+    /// Makes every write and new directory since the last call durable: each dirty file's
+    /// data, or, when many are dirty, the whole file system at once.
     pub fn sync_all(&self) -> Result<()> {
-        for (_, _, q) in self.all() {
-            q.sync()?;
+        let dirty = std::mem::take(&mut *self.shared.dirty.lock());
+        let dirs = std::mem::take(&mut *self.shared.dirs.lock());
+        let result = self.sync(&dirty, &dirs);
+        if result.is_err() {
+            // Keep them for the next checkpoint, which will not be written before they are.
+            self.shared.dirty.lock().extend(dirty);
+            self.shared.dirs.lock().extend(dirs);
+        }
+        result
+    }
+
+    fn sync(&self, dirty: &HashMap<FileKey, PathBuf>, dirs: &HashSet<PathBuf>) -> Result<()> {
+        if dirty.len() + dirs.len() > SYNCFS_ABOVE {
+            let root = File::open(&self.root).at(&self.root)?;
+            return rustix::fs::syncfs(&root).map_err(|e| StoreError::io(&self.root, e.into()));
+        }
+        for (key, path) in dirty {
+            match self.shared.files.get(*key, path, false) {
+                Ok(file) => file.sync_data().at(path)?,
+                // Deleted since (retention, truncation): nothing to keep.
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Deepest first is not needed: each folder's own entry is synced with its parent.
+        for dir in dirs {
+            sync_dir(dir)?;
         }
         Ok(())
     }
@@ -493,7 +738,7 @@ mod tests {
     #[test]
     fn append_get_roll_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 4).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 4, 1024).unwrap();
         let q = store.queue("T", 3).unwrap();
         let entries: Vec<_> = (0..10).map(|i| e(i * 10)).collect();
         q.append(0, &entries[..3]).unwrap();
@@ -502,9 +747,9 @@ mod tests {
         assert_eq!(q.max_offset(), 10);
         assert_eq!(q.get(2, 5).unwrap(), entries[2..7].to_vec());
         assert_eq!(q.get(8, 100).unwrap(), entries[8..].to_vec());
-        q.sync().unwrap();
+        store.sync_all().unwrap();
         drop(store);
-        let store = ConsumeQueueStore::new(dir.path(), 4).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 4, 1024).unwrap();
         let q = store.existing("T", 3).unwrap().unwrap();
         assert_eq!((q.min_offset(), q.max_offset()), (0, 10));
         assert_eq!(q.get(0, 100).unwrap(), entries);
@@ -519,7 +764,7 @@ mod tests {
     #[test]
     fn truncate_and_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 4).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 4, 1024).unwrap();
         let q = store.queue("T", 0).unwrap();
         let entries: Vec<_> = (0..10).map(|i| e(i * 10)).collect();
         q.append(0, &entries).unwrap();
@@ -548,7 +793,7 @@ mod tests {
     fn torn_tail_ignored_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+            let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
             store
                 .queue("T", 0)
                 .unwrap()
@@ -560,7 +805,7 @@ mod tests {
         bytes.extend_from_slice(&[0u8; 20]); // zero entry
         bytes.extend_from_slice(&[1u8; 7]); // torn partial entry
         std::fs::write(&path, bytes).unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
         let q = store.queue("T", 0).unwrap();
         assert_eq!(q.max_offset(), 2);
         q.append(2, &[e(20)]).unwrap();
@@ -570,7 +815,7 @@ mod tests {
     #[test]
     fn gap_is_filled_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
         let q = store.queue("T", 0).unwrap();
         q.append(0, &[e(0)]).unwrap();
         q.append(3, &[e(30)]).unwrap();
@@ -583,16 +828,97 @@ mod tests {
     fn an_empty_queue_starts_where_its_first_entry_is() {
         // A queue rebuilt from a tier whose oldest segments expired.
         let dir = tempfile::tempdir().unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
         let q = store.queue("T", 0).unwrap();
         q.append(250, &[e(20)]).unwrap();
         assert_eq!((q.min_offset(), q.max_offset()), (250, 251));
         assert_eq!(q.entry(250).unwrap(), Some(e(20)));
-        q.sync().unwrap();
+        store.sync_all().unwrap();
         drop(store);
-        let store = ConsumeQueueStore::new(dir.path(), 100).unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
         let q = store.queue("T", 0).unwrap();
         assert_eq!((q.min_offset(), q.max_offset()), (250, 251));
         assert_eq!(q.get(q.min_offset(), 100).unwrap(), vec![e(20)]);
+    }
+
+    #[test]
+    fn many_queues_share_a_bounded_set_of_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 4, 16).unwrap();
+        for round in 0..3u64 {
+            for id in 0..500 {
+                let q = store.queue(&format!("T{}", id % 50), id).unwrap();
+                q.append(round * 3, &[e(round), e(round + 1), e(round + 2)])
+                    .unwrap();
+                assert!(store.open_files().open_count() <= 16);
+            }
+        }
+        store.sync_all().unwrap();
+        for id in 0..500 {
+            let q = store.queue(&format!("T{}", id % 50), id).unwrap();
+            assert_eq!(q.get(0, 100).unwrap().len(), 9, "queue {id}");
+        }
+        assert!(store.open_files().open_count() <= 16);
+        assert!(store.open_files().opens() > 500 * 3, "files were reopened");
+        drop(store);
+        // After a restart every queue is known from one scan, opened only when used.
+        let store = ConsumeQueueStore::new(dir.path(), 4, 16).unwrap();
+        assert_eq!(store.counts(), (0, 500));
+        assert!(
+            store.existing("T1", 2).unwrap().is_none(),
+            "T1 has 1, 51..."
+        );
+        let q = store.existing("T1", 51).unwrap().unwrap();
+        assert_eq!(q.get(0, 100).unwrap()[8], e(4));
+        assert_eq!(store.counts(), (1, 499));
+    }
+
+    #[test]
+    fn cuts_and_retention_reach_queues_opened_later() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = ConsumeQueueStore::new(dir.path(), 4, 8).unwrap();
+            for id in 0..3 {
+                let q = store.queue("T", id).unwrap();
+                q.append(0, &(0..10).map(|i| e(i * 10)).collect::<Vec<_>>())
+                    .unwrap();
+            }
+            store.sync_all().unwrap();
+        }
+        let store = ConsumeQueueStore::new(dir.path(), 4, 8).unwrap();
+        let open = store.queue("T", 0).unwrap();
+        assert_eq!(
+            store.truncate_beyond(65).unwrap(),
+            4,
+            "only the open queue now"
+        );
+        assert_eq!(open.max_offset(), 6);
+        store.delete_before(45).unwrap();
+        let later = store.existing("T", 1).unwrap().unwrap();
+        assert_eq!((later.min_offset(), later.max_offset()), (5, 6));
+        assert_eq!(later.get(0, 10).unwrap(), vec![e(50)]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("T/1")).unwrap().count(),
+            1,
+            "files below 45 and past 65 are gone"
+        );
+    }
+
+    #[test]
+    fn retention_finds_the_first_kept_entry_across_a_filled_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConsumeQueueStore::new(dir.path(), 1000, 8).unwrap();
+        let q = store.queue("T", 0).unwrap();
+        q.append(0, &(0..100).map(|i| e(i * 10)).collect::<Vec<_>>())
+            .unwrap();
+        q.append(150, &(150..300).map(|i| e(i * 10)).collect::<Vec<_>>())
+            .unwrap(); // 100..150 are empty
+        q.delete_before(995).unwrap();
+        assert_eq!(q.min_offset(), 100, "the gap stands for entry 150");
+        assert_eq!(q.entry(150).unwrap(), Some(e(1500)));
+        q.delete_before(1505).unwrap();
+        assert_eq!(q.min_offset(), 151);
+        q.delete_before(100_000).unwrap();
+        assert_eq!(q.min_offset(), 300, "nothing left to read");
     }
 }

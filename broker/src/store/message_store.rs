@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
@@ -73,6 +73,21 @@ pub struct GetResult {
     pub max_offset: u64,
 }
 
+/// The ConsumeQueues' footprint.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStats {
+    /// Queues opened since start (each costs memory, never a descriptor of its own).
+    pub open_queues: usize,
+    /// Queues found on disk at start and not used since.
+    pub unopened_queues: usize,
+    /// ConsumeQueue files open now, at most `open_files_limit`.
+    pub open_files: usize,
+    pub open_files_limit: usize,
+    /// Queue files opened since start (cache misses).
+    pub file_opens: u64,
+    pub last_checkpoint: Duration,
+}
+
 /// The CommitLog's positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOffsets {
@@ -110,6 +125,8 @@ pub struct Inner {
     pub(crate) replication: Replication,
     /// Held by the dispatcher while it dispatches a batch, and by a truncation.
     pub(crate) dispatch_lock: Mutex<()>,
+    /// How long the last checkpoint took, in microseconds.
+    checkpoint_micros: AtomicU64,
 }
 
 /// The store's side of replication in a broker group (driven by `crate::ha`).
@@ -170,6 +187,7 @@ impl Inner {
 
     /// Makes ConsumeQueues, indexes and consumer offsets durable, then records how far.
     pub(crate) fn checkpoint(&self) -> Result<()> {
+        let started = Instant::now();
         let dispatched = self.dispatched.load(Ordering::Acquire);
         self.queues.sync_all()?;
         self.index.flush()?;
@@ -179,7 +197,10 @@ impl Inner {
             consume_queue: dispatched,
             index: dispatched,
         }
-        .store(&self.config.root_dir)
+        .store(&self.config.root_dir)?;
+        self.checkpoint_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -259,6 +280,7 @@ impl MessageStore {
             queues: ConsumeQueueStore::new(
                 &config.consume_queue_dir(),
                 config.consume_queue_entries_per_file,
+                config.consume_queue_open_files,
             )?,
             index: IndexService::open(&config.index_dir(), config.index)?,
             offsets: ConsumerOffsetStore::open(&config.config_dir())?,
@@ -275,6 +297,7 @@ impl MessageStore {
             cold_reader: RwLock::new(None),
             replication: Replication::default(),
             dispatch_lock: Mutex::new(()),
+            checkpoint_micros: AtomicU64::new(0),
             config,
         });
         if !inner.config.tiered {
@@ -372,6 +395,16 @@ impl MessageStore {
         );
         if in_sync < min {
             return Err(StoreError::NotEnoughInSyncReplicas { in_sync, min });
+        }
+        // Open the queue before taking the CommitLog's writer lock: a first touch reads its
+        // folder, which must not stall every other producer.
+        let mut last: Option<(&str, i32)> = None;
+        for p in prepared {
+            let key = (p.message.topic.as_str(), p.message.queue_id);
+            if last != Some(key) {
+                inner.queues.existing(key.0, key.1)?;
+                last = Some(key);
+            }
         }
         let load = |topic: &str, queue_id: i32| -> Result<u64> {
             Ok(inner
@@ -519,9 +552,7 @@ impl MessageStore {
         let removed = inner.commitlog.truncate(end)?;
         let mut dropped = 0;
         if inner.dispatched.load(Ordering::Acquire) > end {
-            for (_, _, q) in inner.queues.all() {
-                dropped += q.truncate_beyond(end)?;
-            }
+            dropped += inner.queues.truncate_beyond(end)?;
             inner.dispatched.store(end, Ordering::Release);
             inner.dispatched_tx.send_replace(end);
         }
@@ -852,6 +883,23 @@ impl MessageStore {
             confirmed: i.confirmed(),
             dispatched: i.dispatched.load(Ordering::Acquire),
             flushes: i.commitlog.flushes(),
+        }
+    }
+
+    /// How many queues and queue files the store holds open, and what its last checkpoint
+    /// cost.
+    pub fn queue_stats(&self) -> QueueStats {
+        let q = &self.inner.queues;
+        let (open, on_disk) = q.counts();
+        QueueStats {
+            open_queues: open,
+            unopened_queues: on_disk,
+            open_files: q.open_files().open_count(),
+            open_files_limit: q.open_files().capacity(),
+            file_opens: q.open_files().opens(),
+            last_checkpoint: Duration::from_micros(
+                self.inner.checkpoint_micros.load(Ordering::Relaxed),
+            ),
         }
     }
 

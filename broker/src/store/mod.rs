@@ -26,7 +26,7 @@ pub mod segment;
 pub use config::{FlushPolicy, StoreConfig};
 pub use dispatch::QueueEntry;
 pub use error::StoreError;
-pub use message_store::{GetResult, GetStatus, LogOffsets, MessageStore, PutResult};
+pub use message_store::{GetResult, GetStatus, LogOffsets, MessageStore, PutResult, QueueStats};
 pub use record::{Message, StoredMessage};
 pub use recovery::RecoveryReport;
 pub use retention::{RetentionHook, RetentionReport, SegmentInfo};

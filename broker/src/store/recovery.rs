@@ -162,10 +162,8 @@ pub fn recover(
     drop(segments);
     report.dropped_segments = log.set_end(end)?;
 
-    inner.queues.load_all()?;
-    for (_, _, q) in inner.queues.all() {
-        report.dropped_queue_entries += q.truncate_beyond(end)?;
-    }
+    // Open queues are cut now, the others when they are first opened.
+    report.dropped_queue_entries += inner.queues.truncate_beyond(end)?;
     let from = checkpoint
         .map_or(first, |c| c.consume_queue.min(c.index))
         .clamp(first, end);
