@@ -33,7 +33,7 @@ pub fn router(broker: Arc<Broker>, guard: Arc<Guard>) -> Router {
 /// has its registration, which is what a rolling restart waits for).
 pub fn router_with_readiness(broker: Arc<Broker>, guard: Arc<Guard>, ready: Readiness) -> Router {
     let admin = Router::new()
-        .route("/admin/topics", get(list_topics))
+        .route("/admin/topics", get(list_topics).post(put_topics))
         .route("/admin/topics/{name}", get(get_topic).put(put_topic))
         .route("/admin/groups", get(list_groups))
         .route("/admin/groups/{name}", get(get_group).put(put_group))
@@ -113,6 +113,37 @@ struct TopicSpec {
 
 fn normal() -> TopicMessageType {
     TopicMessageType::Normal
+}
+
+/// Creates or updates many topics with one file write (`POST /admin/topics`, a JSON list of
+/// `{"name", "queues", "messageType"}`); nothing changes if one is invalid.
+async fn put_topics(State(b): State<Arc<Broker>>, Json(topics): Json<Vec<NamedTopic>>) -> Response {
+    let topics: Vec<TopicConfig> = topics
+        .into_iter()
+        .map(|t| TopicConfig {
+            name: t.name,
+            queues: t.queues,
+            message_type: t.message_type,
+        })
+        .collect();
+    let asked = topics.len();
+    match tokio::task::spawn_blocking(move || b.metadata.put_topics(topics)).await {
+        Ok(Ok(changed)) => {
+            tracing::info!(asked, changed, "topics created or updated");
+            Json(serde_json::json!({ "topics": asked, "changed": changed })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamedTopic {
+    name: String,
+    queues: u32,
+    #[serde(default = "normal")]
+    message_type: TopicMessageType,
 }
 
 async fn put_topic(

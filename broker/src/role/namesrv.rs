@@ -70,6 +70,8 @@ struct LiveBroker {
     last_seen: Instant,
     timeout: Duration,
     connection: u64,
+    /// The topic table version of its last registration.
+    data_version: body::DataVersion,
 }
 
 /// The route tables, as RocketMQ's `RouteInfoManager`.
@@ -124,6 +126,7 @@ impl Routes {
                     last_seen: now,
                     timeout: r.timeout,
                     connection,
+                    data_version: r.topics.topic_config_serialize_wrapper.data_version.clone(),
                 },
             )
             .is_none();
@@ -150,6 +153,29 @@ impl Routes {
             tracing::info!(cluster = %r.cluster, broker = %r.broker_name, id = r.broker_id, addr = %r.broker_addr, topics = r.topics.topic_config_serialize_wrapper.topic_config_table.len(), "broker registered");
         }
         first
+    }
+
+    /// QUERY_DATA_VERSION: whether the broker at `addr` (as `broker_id`) registered another
+    /// topic table than `version`. A known broker counts it as a heartbeat.
+    pub fn query_data_version(
+        &mut self,
+        addr: &str,
+        broker_id: i64,
+        version: &body::DataVersion,
+        connection: u64,
+        now: Instant,
+    ) -> (bool, Option<body::DataVersion>) {
+        match self.live.get_mut(addr) {
+            Some(live) => {
+                live.last_seen = now;
+                live.connection = connection;
+                (
+                    live.broker_id != broker_id || live.data_version != *version,
+                    Some(live.data_version.clone()),
+                )
+            }
+            None => (true, None),
+        }
     }
 
     /// Drops a broker address, and the broker with its queues once it has no address left.
@@ -363,6 +389,28 @@ impl Namesrv {
                 if let Some(p) = primary {
                     r.ext_fields.insert("masterAddr".into(), p);
                 }
+                r
+            }
+            rq::QUERY_DATA_VERSION => {
+                let version: body::DataVersion = match body::from_body(&req.body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Ok(RemotingCommand::response_to(
+                            req,
+                            rs::SYSTEM_ERROR,
+                            format!("malformed data version: {e}"),
+                        ));
+                    }
+                };
+                let (changed, held) = self.routes.write().query_data_version(
+                    f.str("brokerAddr")?,
+                    f.parse("brokerId")?,
+                    &version,
+                    conn.id,
+                    Instant::now(),
+                );
+                let mut r = ok(held.map_or_else(bytes::Bytes::new, |v| body::to_body(&v)));
+                r.ext_fields.insert("changed".into(), changed.to_string());
                 r
             }
             rq::UNREGISTER_BROKER => {
@@ -582,6 +630,40 @@ mod tests {
         assert_eq!(r.expire(t0 + Duration::from_secs(219)), 0);
         assert_eq!(r.expire(t0 + Duration::from_secs(221)), 1);
         assert!(r.route("T").is_none());
+    }
+
+    #[test]
+    fn a_data_version_query_is_a_heartbeat_and_says_whether_the_table_changed() {
+        let mut r = Routes::default();
+        let t0 = Instant::now();
+        let v = |counter| body::DataVersion {
+            timestamp: 7,
+            counter,
+            state_version: None,
+        };
+        assert_eq!(r.query_data_version("h:1", 0, &v(2), 1, t0), (true, None));
+        let mut reg = registration("a", "h:1", 0, &[("T", 4)]);
+        reg.topics.topic_config_serialize_wrapper.data_version = v(2);
+        r.register(reg, 1, t0);
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!(
+            r.query_data_version("h:1", 0, &v(2), 1, later),
+            (false, Some(v(2)))
+        );
+        assert!(
+            r.query_data_version("h:1", 0, &v(4), 1, later).0,
+            "a newer table"
+        );
+        assert!(
+            r.query_data_version("h:1", 1, &v(2), 1, later).0,
+            "another role"
+        );
+        assert_eq!(
+            r.expire(t0 + Duration::from_secs(121)),
+            0,
+            "the query kept it alive"
+        );
+        assert_eq!(r.route("T").unwrap().broker_datas.len(), 1);
     }
 
     #[test]

@@ -93,18 +93,14 @@ pub async fn run(
         Broker::open(Arc::clone(&store), cfg.broker.clone())
             .context("opening the messaging service")?,
     );
-    for t in cfg.topics {
-        broker
-            .metadata
-            .put_topic(t.clone())
-            .with_context(|| format!("creating topic {}", t.name))?;
-    }
-    for g in cfg.groups {
-        broker
-            .metadata
-            .put_group(g.clone())
-            .with_context(|| format!("creating group {}", g.name))?;
-    }
+    broker
+        .metadata
+        .put_topics(cfg.topics)
+        .context("creating the configured topics")?;
+    broker
+        .metadata
+        .put_groups(cfg.groups)
+        .context("creating the configured groups")?;
     let guard = super::auth_guard(
         &cfg.auth,
         Some(&cfg.store.config_dir()),

@@ -1,11 +1,13 @@
 //! Topics and consumer groups (RocketMQ's topic config and subscription group config), kept in
 //! memory and persisted as `config/topics.json` and `config/subscriptionGroup.json`, written
-//! atomically on every change.
+//! atomically (and compactly) on every change that changes something; concurrent changes
+//! share writes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
@@ -86,12 +88,74 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
 }
 
+/// One persisted table (topics or groups). Writers change the map, then persist; a writer
+/// whose change a concurrent writer already saved returns without writing again, so a burst
+/// of changes costs a few file writes, not one each.
+struct Table<T> {
+    file: &'static str,
+    map: RwLock<BTreeMap<String, T>>,
+    /// Bumped with every change, under the map's write lock.
+    changes: AtomicU64,
+    /// The change count the file holds; the mutex orders the writes.
+    saved: Mutex<u64>,
+}
+
+impl<T: Clone + PartialEq + Serialize + for<'de> Deserialize<'de>> Table<T> {
+    fn open(dir: &Path, file: &'static str, name: fn(&T) -> &str) -> Result<Self, StoreError> {
+        let items: Vec<T> = load(&dir.join(file))?;
+        Ok(Table {
+            file,
+            map: RwLock::new(
+                items
+                    .into_iter()
+                    .map(|t| (name(&t).to_owned(), t))
+                    .collect(),
+            ),
+            changes: AtomicU64::new(0),
+            saved: Mutex::new(0),
+        })
+    }
+
+    /// Inserts the items that differ from what is held; returns how many did.
+    fn put(&self, dir: &Path, items: Vec<(String, T)>) -> Result<usize, StoreError> {
+        let (changed, at) = {
+            let mut map = self.map.write();
+            let mut changed = 0;
+            for (name, item) in items {
+                if map.get(&name) != Some(&item) {
+                    map.insert(name, item);
+                    changed += 1;
+                }
+            }
+            if changed == 0 {
+                return Ok(0);
+            }
+            (changed, self.changes.fetch_add(1, Ordering::AcqRel) + 1)
+        };
+        let mut saved = self.saved.lock();
+        if *saved >= at {
+            return Ok(changed);
+        }
+        let (now, json) = {
+            let map = self.map.read();
+            let list: Vec<&T> = map.values().collect();
+            (
+                self.changes.load(Ordering::Acquire),
+                serde_json::to_vec(&list).expect("configs serialize"),
+            )
+        };
+        write_atomically(dir, self.file, &json)?;
+        *saved = now;
+        Ok(changed)
+    }
+}
+
 pub struct Metadata {
     dir: PathBuf,
-    topics: RwLock<BTreeMap<String, TopicConfig>>,
-    groups: RwLock<BTreeMap<String, GroupConfig>>,
+    topics: Table<TopicConfig>,
+    groups: Table<GroupConfig>,
     /// Bumped by every topic change (store nodes re-register with the name servers on it).
-    version: std::sync::atomic::AtomicU64,
+    version: AtomicU64,
 }
 
 const TOPICS: &str = "topics.json";
@@ -112,69 +176,84 @@ fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, StoreError>
 impl Metadata {
     pub fn open(dir: &Path) -> Result<Metadata, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let topics: Vec<TopicConfig> = load(&dir.join(TOPICS))?;
-        let groups: Vec<GroupConfig> = load(&dir.join(GROUPS))?;
         Ok(Metadata {
             dir: dir.to_owned(),
-            topics: RwLock::new(topics.into_iter().map(|t| (t.name.clone(), t)).collect()),
-            groups: RwLock::new(groups.into_iter().map(|g| (g.name.clone(), g)).collect()),
+            topics: Table::open(dir, TOPICS, |t: &TopicConfig| &t.name)?,
+            groups: Table::open(dir, GROUPS, |g: &GroupConfig| &g.name)?,
             version: Default::default(),
         })
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicConfig> {
-        self.topics.read().get(name).cloned()
+        self.topics.map.read().get(name).cloned()
     }
 
     pub fn topics(&self) -> Vec<TopicConfig> {
-        self.topics.read().values().cloned().collect()
+        self.topics.map.read().values().cloned().collect()
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.map.read().len()
     }
 
     pub fn group(&self, name: &str) -> Option<GroupConfig> {
-        self.groups.read().get(name).cloned()
+        self.groups.map.read().get(name).cloned()
     }
 
     pub fn groups(&self) -> Vec<GroupConfig> {
-        self.groups.read().values().cloned().collect()
+        self.groups.map.read().values().cloned().collect()
     }
 
     /// Changes with every topic created or updated.
     pub fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::Acquire)
+        self.version.load(Ordering::Acquire)
     }
 
     /// Creates or updates a topic.
     pub fn put_topic(&self, topic: TopicConfig) -> Result<(), MetadataError> {
-        if !valid_name(&topic.name) {
-            return Err(MetadataError::InvalidName(topic.name));
+        self.put_topics(vec![topic]).map(|_| ())
+    }
+
+    /// Creates or updates topics at once (one file write); all are checked first, and
+    /// nothing is written when one is invalid. Returns how many changed.
+    pub fn put_topics(&self, topics: Vec<TopicConfig>) -> Result<usize, MetadataError> {
+        for topic in &topics {
+            if !valid_name(&topic.name) {
+                return Err(MetadataError::InvalidName(topic.name.clone()));
+            }
+            if !(1..=1024).contains(&topic.queues) {
+                return Err(MetadataError::InvalidQueueCount(topic.queues));
+            }
         }
-        if !(1..=1024).contains(&topic.queues) {
-            return Err(MetadataError::InvalidQueueCount(topic.queues));
+        let changed = self.topics.put(
+            &self.dir,
+            topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        )?;
+        if changed > 0 {
+            self.version.fetch_add(1, Ordering::Release);
         }
-        let mut topics = self.topics.write();
-        topics.insert(topic.name.clone(), topic);
-        self.version
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-        let list: Vec<_> = topics.values().collect();
-        let json = serde_json::to_vec_pretty(&list).expect("topic configs serialize");
-        write_atomically(&self.dir, TOPICS, &json)?;
-        Ok(())
+        Ok(changed)
     }
 
     /// Creates or updates a consumer group.
     pub fn put_group(&self, group: GroupConfig) -> Result<(), MetadataError> {
-        if !valid_name(&group.name) {
-            return Err(MetadataError::InvalidName(group.name));
+        self.put_groups(vec![group]).map(|_| ())
+    }
+
+    /// Creates or updates groups at once; all are checked first. Returns how many changed.
+    pub fn put_groups(&self, groups: Vec<GroupConfig>) -> Result<usize, MetadataError> {
+        for group in &groups {
+            if !valid_name(&group.name) {
+                return Err(MetadataError::InvalidName(group.name.clone()));
+            }
+            if !(1..=1000).contains(&group.max_delivery_attempts) {
+                return Err(MetadataError::InvalidAttempts(group.max_delivery_attempts));
+            }
         }
-        if !(1..=1000).contains(&group.max_delivery_attempts) {
-            return Err(MetadataError::InvalidAttempts(group.max_delivery_attempts));
-        }
-        let mut groups = self.groups.write();
-        groups.insert(group.name.clone(), group);
-        let list: Vec<_> = groups.values().collect();
-        let json = serde_json::to_vec_pretty(&list).expect("group configs serialize");
-        write_atomically(&self.dir, GROUPS, &json)?;
-        Ok(())
+        Ok(self.groups.put(
+            &self.dir,
+            groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+        )?)
     }
 
     /// The group, created with defaults on first use (RocketMQ's

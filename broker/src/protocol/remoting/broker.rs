@@ -140,6 +140,7 @@ pub struct BrokerHandler {
     /// (group, topic, queue) -> (client id, expiry).
     locks: Mutex<HashMap<LockKey, (String, Instant)>>,
     started: Instant,
+    started_millis: i64,
     /// Woken when topics change, to re-register with the name servers at once.
     pub topics_changed: Notify,
     /// Producers' sends are refused and topics are registered readable only (a node serving
@@ -304,6 +305,7 @@ impl BrokerHandler {
             clients: Mutex::new(Clients::default()),
             locks: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            started_millis: now_millis(),
             topics_changed: Notify::new(),
             read_only: Default::default(),
             registered: Default::default(),
@@ -344,11 +346,20 @@ impl BrokerHandler {
             .collect();
         TopicConfigSerializeWrapper {
             topic_config_table,
-            data_version: body::DataVersion {
-                timestamp: self.started.elapsed().as_millis() as i64,
-                counter: self.broker.metadata.version() as i64,
-                state_version: None,
-            },
+            data_version: self.data_version(),
+        }
+    }
+
+    /// Identifies the topic table registered: equal versions mean equal tables, so a name
+    /// server that holds this version needs no new copy. The timestamp is this process's
+    /// start (stable while it runs); the counter moves with every topic change and with the
+    /// read-only switch (which changes every topic's permission).
+    pub fn data_version(&self) -> body::DataVersion {
+        body::DataVersion {
+            timestamp: self.started_millis,
+            counter: ((self.broker.metadata.version() as i64) << 1)
+                | i64::from(self.is_read_only()),
+            state_version: None,
         }
     }
 

@@ -30,6 +30,9 @@ pub mod request {
     pub const GET_KV_CONFIG: i32 = 101;
     pub const REGISTER_BROKER: i32 = 103;
     pub const UNREGISTER_BROKER: i32 = 104;
+    /// A store node asks whether a name server holds its current topic table; the name
+    /// server also counts it as a heartbeat (Apache 4+/5 `QUERY_DATA_VERSION`).
+    pub const QUERY_DATA_VERSION: i32 = 322;
     pub const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
     pub const GET_BROKER_CLUSTER_INFO: i32 = 106;
     pub const UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: i32 = 200;
