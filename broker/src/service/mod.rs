@@ -327,7 +327,7 @@ impl Broker {
             _ => (0..topic.queues as i32).collect(),
         };
         let give_up = tokio::time::Instant::now() + req.long_polling;
-        let mut dispatched = self.store.dispatched();
+        let mut dispatched = self.store.watch_topic(&topic.name);
         let start = (now_millis() as usize) % queues.len().max(1);
         loop {
             let now = now_millis();
@@ -373,8 +373,14 @@ impl Broker {
                 tracing::debug!(group = req.group, topic = req.topic, queue = ?req.queue_id, delivered = out.len(), "receive");
                 return Ok(out);
             }
-            // Wake on new messages, or soon enough to see invisible times expire.
-            let tick = tokio::time::Instant::now() + Duration::from_millis(200);
+            // Wake on new messages in this topic, when the first delivery in flight becomes
+            // visible again, and at least every second (deliveries another receive hands out
+            // meanwhile).
+            let mut tick = tokio::time::Instant::now() + Duration::from_secs(1);
+            if let Some(deadline) = self.pop.next_deadline(&group.name, &topic.name, &queues) {
+                let wait = Duration::from_millis((deadline - now_millis()).max(0) as u64 + 1);
+                tick = tick.min(tokio::time::Instant::now() + wait);
+            }
             tokio::select! {
                 _ = dispatched.changed() => {}
                 _ = tokio::time::sleep_until(tick.min(give_up)) => {}

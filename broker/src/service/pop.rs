@@ -136,7 +136,7 @@ pub enum AckOutcome {
 pub struct PopService {
     store: Arc<MessageStore>,
     dir: PathBuf,
-    state: Mutex<HashMap<Key, QueueState>>,
+    state: States,
     /// Acks recorded but not yet folded into the consumer offsets.
     journal: Mutex<File>,
     /// Group commit of the journal under SYNC_FLUSH (see [`PopService::journal_durable`]).
@@ -159,6 +159,39 @@ struct Leading<'a>(&'a AtomicBool);
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Delivery states, sharded by queue so that receives and acks on different queues (and the
+/// store reads a receive does while it holds its queue's state) do not wait on each other.
+struct States(Vec<Mutex<HashMap<Key, QueueState>>>);
+
+const STATE_SHARDS: usize = 64;
+
+impl States {
+    fn new(all: HashMap<Key, QueueState>) -> States {
+        let shards: Vec<Mutex<HashMap<Key, QueueState>>> =
+            (0..STATE_SHARDS).map(|_| Mutex::default()).collect();
+        for (k, st) in all {
+            shards[States::index(&k.0, &k.1, k.2)].lock().insert(k, st);
+        }
+        States(shards)
+    }
+
+    fn index(group: &str, topic: &str, queue_id: i32) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (group, topic, queue_id).hash(&mut h);
+        h.finish() as usize % STATE_SHARDS
+    }
+
+    fn shard(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: i32,
+    ) -> parking_lot::MutexGuard<'_, HashMap<Key, QueueState>> {
+        self.0[States::index(group, topic, queue_id)].lock()
     }
 }
 
@@ -207,7 +240,7 @@ impl PopService {
         let service = PopService {
             store,
             dir,
-            state: Mutex::new(state),
+            state: States::new(state),
             journal: Mutex::new(journal),
             sync: JournalSync {
                 written: AtomicU64::new(0),
@@ -261,7 +294,7 @@ impl PopService {
         renew_for: Option<Arc<str>>,
     ) -> Result<Popped, StoreError> {
         let mut out = Popped::default();
-        let mut states = self.state.lock();
+        let mut states = self.state.shard(group, topic, queue_id);
         let st = self.queue_state(&mut states, group, topic, queue_id)?;
         let deadline = now + invisible_ms;
         // Expired deliveries first, oldest offset first.
@@ -393,8 +426,8 @@ impl PopService {
         let mut outcomes = Vec::with_capacity(handles.len());
         let mut lines = String::new();
         {
-            let mut states = self.state.lock();
             for h in handles {
+                let mut states = self.state.shard(group, &h.topic, h.queue_id);
                 let st = self.queue_state(&mut states, group, &h.topic, h.queue_id)?;
                 let outcome = if h.offset < st.commit || st.done.contains(&h.offset) {
                     AckOutcome::AlreadyAcked
@@ -503,7 +536,7 @@ impl PopService {
         offset: u64,
     ) -> Result<(), StoreError> {
         {
-            let mut states = self.state.lock();
+            let mut states = self.state.shard(group, topic, queue_id);
             let st = self.queue_state(&mut states, group, topic, queue_id)?;
             if offset < st.commit || st.done.contains(&offset) {
                 return Ok(());
@@ -527,7 +560,7 @@ impl PopService {
         topic: &str,
         queue_id: i32,
     ) -> Result<(u64, BTreeSet<u64>), StoreError> {
-        let mut states = self.state.lock();
+        let mut states = self.state.shard(group, topic, queue_id);
         let st = self.queue_state(&mut states, group, topic, queue_id)?;
         Ok((st.commit, st.done.clone()))
     }
@@ -540,9 +573,22 @@ impl PopService {
         topic: &str,
         queue_id: i32,
     ) -> Option<(u64, usize, usize)> {
-        let states = self.state.lock();
+        let states = self.state.shard(group, topic, queue_id);
         let st = states.get(&key(group, topic, queue_id))?;
         Some((st.next, st.done.len(), st.in_flight.len()))
+    }
+
+    /// The earliest invisibility deadline among a group's deliveries on these queues: when a
+    /// waiting receive should look again for a message to redeliver.
+    pub fn next_deadline(&self, group: &str, topic: &str, queues: &[i32]) -> Option<i64> {
+        queues
+            .iter()
+            .filter_map(|&q| {
+                let states = self.state.shard(group, topic, q);
+                let st = states.get(&key(group, topic, q))?;
+                st.in_flight.values().map(|f| f.deadline).min()
+            })
+            .min()
     }
 
     /// Moves a delivery's invisibility deadline; returns the handle to use from now on, or
@@ -554,7 +600,7 @@ impl PopService {
         invisible_ms: i64,
         now: i64,
     ) -> Result<Option<ReceiptHandle>, StoreError> {
-        let mut states = self.state.lock();
+        let mut states = self.state.shard(group, &handle.topic, handle.queue_id);
         let st = self.queue_state(&mut states, group, &handle.topic, handle.queue_id)?;
         let Some(flight) = st.in_flight.get_mut(&handle.offset) else {
             return Ok(None);
@@ -564,11 +610,18 @@ impl PopService {
         }
         // The client now manages this delivery's invisible time (a nack's backoff).
         flight.renew_for = None;
+        let earlier = now + invisible_ms < flight.deadline;
         flight.deadline = now + invisible_ms;
-        Ok(Some(ReceiptHandle {
+        let handle = ReceiptHandle {
             deadline: flight.deadline,
             ..handle.clone()
-        }))
+        };
+        drop(states);
+        if earlier {
+            // Waiting receives planned their next look for the old deadline.
+            self.store.wake_topic(&handle.topic);
+        }
+        Ok(Some(handle))
     }
 
     /// Extends the invisible time of auto-renewed deliveries that would expire within
@@ -581,14 +634,16 @@ impl PopService {
         alive: impl Fn(&str) -> bool,
     ) -> usize {
         let mut n = 0;
-        for st in self.state.lock().values_mut() {
-            for f in st.in_flight.values_mut() {
-                if let Some(client) = &f.renew_for
-                    && f.deadline - now < margin_ms
-                    && alive(client)
-                {
-                    f.deadline = now + extend_ms;
-                    n += 1;
+        for shard in &self.state.0 {
+            for st in shard.lock().values_mut() {
+                for f in st.in_flight.values_mut() {
+                    if let Some(client) = &f.renew_for
+                        && f.deadline - now < margin_ms
+                        && alive(client)
+                    {
+                        f.deadline = now + extend_ms;
+                        n += 1;
+                    }
                 }
             }
         }
@@ -600,7 +655,9 @@ impl PopService {
     /// (the primary's, replicated), and what it handed out in an earlier term is delivered
     /// again rather than trusted.
     pub fn reset(&self) -> Result<(), StoreError> {
-        self.state.lock().clear();
+        for shard in &self.state.0 {
+            shard.lock().clear();
+        }
         self.compact()
     }
 
@@ -610,9 +667,11 @@ impl PopService {
         let mut journal = self.journal.lock();
         self.store.consumer_offsets().persist()?;
         let mut text = String::new();
-        for ((g, t, q), st) in self.state.lock().iter() {
-            for o in &st.done {
-                text.push_str(&format!("{g} {t} {q} {o}\n"));
+        for shard in &self.state.0 {
+            for ((g, t, q), st) in shard.lock().iter() {
+                for o in &st.done {
+                    text.push_str(&format!("{g} {t} {q} {o}\n"));
+                }
             }
         }
         write_atomically(&self.dir, JOURNAL, text.as_bytes())?;

@@ -173,6 +173,9 @@ pub fn apply(inner: &Inner, entries: &[QueueEntry]) -> Result<()> {
     for (_, (q, first, entries)) in per_queue {
         q.append(first, &entries)?;
     }
+    inner
+        .topic_waiters
+        .notify(entries.iter().map(|m| m.topic.as_str()));
     if !keys.is_empty() {
         let entries: Vec<IndexEntry<'_>> = keys
             .iter()

@@ -1,6 +1,7 @@
 //! `MessageStore`: the store's public API, and the threads behind it (flusher, dispatcher,
 //! housekeeper for checkpoints and retention).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -127,6 +128,49 @@ pub struct Inner {
     pub(crate) dispatch_lock: Mutex<()>,
     /// How long the last checkpoint took, in microseconds.
     checkpoint_micros: AtomicU64,
+    /// Receives waiting for new messages, by topic.
+    pub(crate) topic_waiters: TopicWaiters,
+}
+
+/// Wakes the long-polling receives of a topic when messages are dispatched to it, and no
+/// other: a node with 10,000 waiting consumers wakes only those with something to read.
+#[derive(Default)]
+pub(crate) struct TopicWaiters(Mutex<HashMap<String, watch::Sender<u64>>>);
+
+impl TopicWaiters {
+    fn watch(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut map = self.0.lock();
+        match map.get(topic) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                map.insert(topic.to_owned(), tx);
+                rx
+            }
+        }
+    }
+
+    /// Messages were dispatched to these topics (repeats allowed).
+    pub(crate) fn notify<'a>(&self, topics: impl Iterator<Item = &'a str>) {
+        let mut map = self.0.lock();
+        if map.is_empty() {
+            return;
+        }
+        let mut last = None;
+        for topic in topics {
+            if last == Some(topic) {
+                continue;
+            }
+            last = Some(topic);
+            if let Some(tx) = map.get(topic) {
+                if tx.receiver_count() == 0 {
+                    map.remove(topic);
+                } else {
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+        }
+    }
 }
 
 /// The store's side of replication in a broker group (driven by `crate::ha`).
@@ -298,6 +342,7 @@ impl MessageStore {
             replication: Replication::default(),
             dispatch_lock: Mutex::new(()),
             checkpoint_micros: AtomicU64::new(0),
+            topic_waiters: TopicWaiters::default(),
             config,
         });
         if !inner.config.tiered {
@@ -906,6 +951,16 @@ impl MessageStore {
     /// Watches the dispatched offset: messages below it are readable through their queues.
     pub fn dispatched(&self) -> watch::Receiver<u64> {
         self.inner.dispatched_tx.subscribe()
+    }
+
+    /// Changes when messages are dispatched to `topic` (a long-polling receive waits on it).
+    pub fn watch_topic(&self, topic: &str) -> watch::Receiver<u64> {
+        self.inner.topic_waiters.watch(topic)
+    }
+
+    /// Wakes the receives waiting on `topic` (a delivery became visible earlier than planned).
+    pub fn wake_topic(&self, topic: &str) {
+        self.inner.topic_waiters.notify(std::iter::once(topic));
     }
 
     /// Waits until everything appended so far is readable through its queue.

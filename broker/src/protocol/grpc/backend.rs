@@ -275,7 +275,7 @@ impl Backend for Local {
         } = p;
         self.0.topic(topic)?;
         let give_up = tokio::time::Instant::now() + wait;
-        let mut dispatched = self.0.store.dispatched();
+        let mut dispatched = self.0.store.watch_topic(topic);
         loop {
             let got = self.0.store.get_message(topic, queue_id, offset, max)?;
             let waiting = matches!(

@@ -831,7 +831,7 @@ impl BrokerHandler {
             } else {
                 Duration::ZERO
             };
-        let mut dispatched = self.broker.store.dispatched();
+        let mut dispatched = self.broker.store.watch_topic(topic);
         loop {
             let got = self
                 .broker
