@@ -38,15 +38,25 @@ struct Args {
     /// the topics are `<topic>-0` .. `<topic>-<N-1>`.
     #[arg(long, default_value = "BenchTopic")]
     topic: String,
-    /// Number of topics; producers spread their sends over all of them, and each topic gets at
-    /// least one consumer.
+    /// Number of topics; producers spread their sends evenly over every queue of all of them,
+    /// and consumers share the topics (each receives from its own, in turn).
     #[arg(long, default_value_t = 1)]
     topics: usize,
+    /// Create the topics first (`--topics` of `--queues` queues) through this node's HTTP
+    /// admin API, e.g. `http://127.0.0.1:8080` (this broker only).
+    #[arg(long)]
+    create_topics: Option<String>,
+    /// Long polling of each receive, in milliseconds (Apache's proxy refuses less than 5 s).
+    #[arg(long, default_value_t = 5000)]
+    long_polling_ms: u64,
     /// Queues of each topic to spread sends over.
     #[arg(long, default_value_t = 8)]
     queues: i32,
     #[arg(long, default_value = "BenchGroup")]
     group: String,
+    /// Consumer groups: with N above 1, topic i is consumed by group `<group>-<i % N>`.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
     /// Body size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
@@ -69,6 +79,10 @@ struct Args {
     /// With `--producers 0`: stop once this many messages were received.
     #[arg(long, default_value_t = 0)]
     expect: u64,
+    /// Stop sending after this many messages over all producers (0: send for `--duration`).
+    /// `--messages <topics x queues>` puts one message into every queue.
+    #[arg(long, default_value_t = 0)]
+    messages: u64,
     /// Process ids whose peak RSS and CPU time to report (the broker, or a proxy and its
     /// store nodes); repeat the flag for several.
     #[arg(long)]
@@ -105,6 +119,14 @@ fn request<T>(message: T, client_id: &str) -> tonic::Request<T> {
 }
 
 impl Args {
+    fn group_name(&self, topic: usize) -> String {
+        if self.groups <= 1 {
+            self.group.clone()
+        } else {
+            format!("{}-{}", self.group, topic % self.groups)
+        }
+    }
+
     fn topic_name(&self, i: usize) -> String {
         if self.topics <= 1 {
             self.topic.clone()
@@ -113,10 +135,6 @@ impl Args {
         }
     }
 }
-
-/// Long polling of a receive: Apache's proxy refuses less than 5 s
-/// (`grpcClientConsumerMinLongPollingTimeoutMillis`).
-const LONG_POLLING: Duration = Duration::from_secs(5);
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -301,13 +319,22 @@ async fn produce(
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(per_call / args.rate as f64));
     let mut next = Instant::now();
     let mut seq = 0u64;
+    // Producers take turns along one sequence, so N messages reach N different queues.
+    let mut call = 0u64;
     while !run.stop.load(Ordering::Relaxed) {
+        let k = (call * args.producers as u64 + id as u64) * args.batch.max(1) as u64;
+        if args.messages > 0 && k >= args.messages {
+            break;
+        }
+        call += 1;
         if let Some(i) = interval {
             next += i;
             tokio::time::sleep_until(next.into()).await;
         }
-        let topic = &topics[(id + seq as usize) % topics.len()];
-        let queue_id = ((id as u64 + seq) % args.queues as u64) as i32;
+        // Every (topic, queue) pair in turn: topic first, then queue, so that a run reaches
+        // all of them whatever the counts.
+        let topic = &topics[(k % topics.len() as u64) as usize];
+        let queue_id = ((k / topics.len() as u64) % args.queues as u64) as i32;
         let messages: Vec<pb::Message> = (0..args.batch.max(1))
             .map(|_| {
                 let mut body = BytesMut::with_capacity(args.size.max(8));
@@ -364,18 +391,27 @@ async fn consume(
     run: Run,
 ) -> anyhow::Result<()> {
     let client_id = format!("bench-consumer-{id}-{}", std::process::id());
-    let topic = args.topic_name(id);
+    // This consumer's topics: every `consumers`-th one.
+    let mine: Vec<(String, String)> = (id..args.topics.max(1))
+        .step_by(args.consumers.max(1))
+        .map(|i| (args.topic_name(i), args.group_name(i)))
+        .collect();
     let subscription = pb::settings::PubSub::Subscription(pb::Subscription {
-        group: res(&args.group),
-        subscriptions: vec![pb::SubscriptionEntry {
-            topic: res(&topic),
-            expression: Some(pb::FilterExpression {
-                r#type: pb::FilterType::Tag as i32,
-                expression: "*".into(),
-            }),
-        }],
+        group: res(&mine[0].1),
+        subscriptions: mine
+            .iter()
+            .map(|(topic, _)| pb::SubscriptionEntry {
+                topic: res(topic),
+                expression: Some(pb::FilterExpression {
+                    r#type: pb::FilterType::Tag as i32,
+                    expression: "*".into(),
+                }),
+            })
+            .collect(),
         ..Default::default()
     });
+    let long_polling = Duration::from_millis(args.long_polling_ms);
+    let mut turn = 0usize;
     let _telemetry = announce(
         c.clone(),
         &client_id,
@@ -384,17 +420,13 @@ async fn consume(
     )
     .await?;
     while !run.stop.load(Ordering::Relaxed) {
-        let r = receive_request(
-            &topic,
-            &args.group,
-            32,
-            Duration::from_secs(30),
-            LONG_POLLING,
-        );
+        let (topic, group) = &mine[turn % mine.len()];
+        turn += 1;
+        let r = receive_request(topic, group, 32, Duration::from_secs(30), long_polling);
         // A deadline, as the official clients set: long polling plus the request timeout
         // (Apache's proxy derives its polling time from it).
         let mut r = request(r, &client_id);
-        r.set_timeout(LONG_POLLING + Duration::from_secs(3));
+        r.set_timeout(long_polling + Duration::from_secs(3));
         let Ok(resp) = c.receive_message(r).await else {
             run.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -431,8 +463,8 @@ async fn consume(
         }
         if !entries.is_empty() {
             let ack = pb::AckMessageRequest {
-                group: res(&args.group),
-                topic: res(&topic),
+                group: res(group),
+                topic: res(topic),
                 entries,
             };
             if c.ack_message(request(ack, &client_id)).await.is_err() {
@@ -440,6 +472,42 @@ async fn consume(
             }
         }
     }
+    Ok(())
+}
+
+/// Creates the run's topics through the HTTP admin API, 2,000 per request.
+async fn create_topics(admin: &str, args: &Args) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..args.topics.max(1))
+        .map(|i| args.topic_name(i))
+        .collect();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    for chunk in names.chunks(2000) {
+        let body: Vec<_> = chunk
+            .iter()
+            .map(|n| json!({ "name": n, "queues": args.queues }))
+            .collect();
+        let mut req = http.post(format!("{admin}/admin/topics")).json(&body);
+        if let Some(c) = CREDENTIALS.get() {
+            for (k, v) in broker::protocol::grpc::client::auth_headers(c) {
+                req = req.header(k, v);
+            }
+        }
+        let resp = req.send().await.context("creating topics")?;
+        if !resp.status().is_success() {
+            bail!(
+                "creating topics: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            );
+        }
+    }
+    println!(
+        "created {} topics of {} queues in {:.2} s",
+        names.len(),
+        args.queues,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -506,19 +574,19 @@ async fn main() -> anyhow::Result<()> {
         rec: Arc::clone(rec),
         errors: Arc::clone(errors),
     };
-    let consumers: Vec<_> =
-        (0..args
-            .consumers
-            .max(if args.consumers > 0 { args.topics } else { 0 }))
-            .map(|id| {
-                tokio::spawn(consume(
-                    client.clone(),
-                    args.clone(),
-                    id,
-                    run(&stop_recv, &e2e, &recv_errors),
-                ))
-            })
-            .collect();
+    if let Some(admin) = &args.create_topics {
+        create_topics(admin, &args).await?;
+    }
+    let consumers: Vec<_> = (0..args.consumers.min(args.topics.max(1)))
+        .map(|id| {
+            tokio::spawn(consume(
+                client.clone(),
+                args.clone(),
+                id,
+                run(&stop_recv, &e2e, &recv_errors),
+            ))
+        })
+        .collect();
     let producers: Vec<_> = (0..args.producers)
         .map(|id| {
             tokio::spawn(produce(
@@ -531,7 +599,9 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let deadline = started + Duration::from_secs(args.duration);
     if args.producers > 0 {
-        tokio::time::sleep_until(deadline.into()).await;
+        while Instant::now() < deadline && !producers.iter().all(|p| p.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     } else {
         while e2e.count.load(Ordering::Relaxed) < args.expect && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -324,7 +324,7 @@ impl MessageStore {
             queues: ConsumeQueueStore::new(
                 &config.consume_queue_dir(),
                 config.consume_queue_entries_per_file,
-                config.consume_queue_open_files,
+                config.consume_queue_open_files(),
             )?,
             index: IndexService::open(&config.index_dir(), config.index)?,
             offsets: ConsumerOffsetStore::open(&config.config_dir())?,

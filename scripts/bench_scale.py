@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Queue scale on one node: 8 queues vs 100,000 queues (12,500 topics x 8), in one run.
+
+One release `rmq-broker standalone` (ASYNC_FLUSH) on a fresh data folder, driven by
+`rmq-bench` (N producers sending 1 KiB messages synchronously, C consumers acking):
+
+1. idle: RSS (anonymous and file-backed) and open descriptors of the fresh broker;
+2. 8 queues: one topic of 8 queues, one group - the reference;
+3. topics: 12,500 topics of 8 queues created in batches through the HTTP admin API (timed);
+   memory after creation;
+4. 100,000 queues: sends spread evenly over every queue of every topic, consumed by
+   `--groups` groups (topic i by group i % G) - throughput against the reference, whether
+   the consumers kept up (received == sent), memory and descriptors after;
+5. clean restart: SIGTERM, start again, time until `/readyz` answers and a send succeeds;
+6. crash: 8 s of sends over every queue, `kill -9` under it, start again, time until ready
+   (crash recovery: CommitLog scan from the checkpoint, queues repaired when first opened).
+
+Prints a table and writes it, with the raw numbers, under bench-results/.
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_mem(pid):
+    """RSS, anonymous RSS and file-backed RSS in MiB, and open descriptors."""
+    fields = {}
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    kib = lambda k: int(fields.get(k, "0 kB").split()[0]) / 1024
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return {"rssMiB": round(kib("VmRSS"), 1), "anonMiB": round(kib("RssAnon"), 1),
+            "fileMiB": round(kib("RssFile"), 1), "fds": fds, "threads": int(fields.get("Threads", 0))}
+
+
+def metric(http, name):
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def nofile_limit():
+    """The broker gets the open files limit Kubernetes gives containers (1,048,576) when this
+    user may raise it; it sizes its queue descriptor cache from it."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))
+    except (ValueError, OSError):
+        pass
+
+
+class Broker:
+    def __init__(self, binary, work: pathlib.Path):
+        self.binary, self.work = binary, work
+        self.port, self.http = free_port(), free_port()
+        self.p = None
+
+    def start(self):
+        """Starts the broker; returns seconds until /readyz answers 200."""
+        args = [str(self.binary), "standalone", "--data-dir", str(self.work / "data"),
+                "--grpc-listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http}",
+                "--topic", "BenchTopic:8", "--group", "BenchGroup"]
+        logf = open(self.work / "broker.log", "a")
+        t0 = time.time()
+        self.p = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  preexec_fn=nofile_limit)
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=1).status == 200:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return time.time() - t0
+            except OSError:
+                pass
+            if self.p.poll() is not None or time.time() - t0 > 300:
+                raise SystemExit(f"the broker did not start: {(self.work / 'broker.log').read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM):
+        self.p.send_signal(sig)
+        try:
+            self.p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.port}"
+
+
+def bench(cfg, b: Broker, label, extra, secs):
+    out = b.work / f"{label}.json"
+    argv = [str(cfg.bin / "rmq-bench"), "--endpoint", b.endpoint, "--size", "1024",
+            "--producers", str(cfg.producers), "--duration", str(secs),
+            "--broker-pid", str(b.p.pid), "--json", str(out), *extra]
+    log(f"{label}: {' '.join(argv[1:])}")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 600)
+    log(r.stdout)
+    if r.returncode != 0:
+        raise SystemExit(f"rmq-bench failed ({label}):\n{r.stdout}\n{r.stderr}")
+    res = json.loads(out.read_text())
+    res["stdout"] = r.stdout
+    return res
+
+
+def create_topics(http, topics):
+    """Creates ScaleTopic-0.. through POST /admin/topics, 2,000 a request; returns seconds."""
+    t0 = time.time()
+    for start in range(0, topics, 2000):
+        body = json.dumps([{"name": f"ScaleTopic-{i}", "queues": 8}
+                           for i in range(start, min(start + 2000, topics))]).encode()
+        req = urllib.request.Request(f"http://{http}/admin/topics", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=120).read()
+    return time.time() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, type=pathlib.Path, help="folder with rmq-broker and rmq-bench")
+    ap.add_argument("--secs", type=int, default=30)
+    ap.add_argument("--producers", type=int, default=32)
+    ap.add_argument("--consumers", type=int, default=64)
+    ap.add_argument("--topics", type=int, default=12500)
+    ap.add_argument("--groups", type=int, default=1000)
+    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "bench-results")
+    cfg = ap.parse_args()
+    queues = cfg.topics * 8
+    res = {"config": vars(cfg) | {"bin": str(cfg.bin), "out": str(cfg.out)}}
+    with tempfile.TemporaryDirectory(prefix="rmq-bench-scale-") as tmp:
+        work = pathlib.Path(tmp)
+        b = Broker(cfg.bin / "rmq-broker", work)
+        res["firstStartSecs"] = b.start()
+        time.sleep(1)
+        res["idle"] = proc_mem(b.p.pid)
+        res["q8"] = bench(cfg, b, "q8", ["--topic", "BenchTopic", "--consumers", "8"], cfg.secs)
+        res["after8"] = proc_mem(b.p.pid)
+        scale = ["--topic", "ScaleTopic", "--topics", str(cfg.topics), "--queues", "8",
+                 "--groups", str(cfg.groups), "--consumers", str(cfg.consumers), "--long-polling-ms", "1000"]
+        res["createSecs"] = create_topics(f"127.0.0.1:{b.http}", cfg.topics)
+        time.sleep(2)
+        res["afterCreate"] = proc_mem(b.p.pid)
+        # Warm-up: one message into every queue, so the measured run is the steady state and
+        # not the creation of 100,000 queue files (measured here on its own).
+        t0 = time.time()
+        res["warmup"] = bench(cfg, b, "warmup", scale[:6] + ["--consumers", "0", "--messages", str(queues)], 600)
+        res["warmupSecs"] = time.time() - t0
+        res["q100k"] = bench(cfg, b, "q100k", scale, cfg.secs)
+        res["after100k"] = proc_mem(b.p.pid)
+        res["metrics"] = {k: metric(f"127.0.0.1:{b.http}", f"rocketmq_{k}") for k in
+                          ("consumequeue_queues", "consumequeue_open_files", "consumequeue_file_opens",
+                           "checkpoint_seconds")}
+        b.stop()
+        res["cleanRestartSecs"] = b.start()
+        res["afterRestart"] = proc_mem(b.p.pid)
+        load = subprocess.Popen([str(cfg.bin / "rmq-bench"), "--endpoint", b.endpoint, "--size", "1024",
+                                 "--producers", str(cfg.producers), "--consumers", "0", "--expect", "1",
+                                 "--topic", "ScaleTopic", "--topics", str(cfg.topics), "--queues", "8",
+                                 "--duration", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(8)
+        b.stop(signal.SIGKILL)
+        load.kill()
+        load.wait()
+        res["crashRestartSecs"] = b.start()
+        res["afterCrash"] = proc_mem(b.p.pid)
+        recovered = [l for l in (work / "broker.log").read_text().splitlines() if "recover" in l]
+        res["recoveryLog"] = recovered[-3:]
+        b.stop()
+    s8, s100 = res["q8"]["send"], res["q100k"]["send"]
+    mib = lambda a, z, k: res[z][k] - res[a][k]
+    lines = [
+        f"Queue scale on one node: {queues:,} queues ({cfg.topics:,} topics x 8, {cfg.groups} groups) vs 8 "
+        f"({cfg.producers} producers, {cfg.consumers} consumers, 1 KiB, {cfg.secs} s, "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        "",
+        "| run | send msg/s | p50 ms | p99 ms | received / sent | send errors | RSS MiB (anon) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r, mem in (("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k")):
+        s = r["send"]
+        lines.append(f"| {name} | {s['perSec']:,.0f} | {s['p50Ms']:.2f} | {s['p99Ms']:.2f} | "
+                     f"{r['endToEnd']['count']:,} / {s['count']:,} | {r.get('sendErrors', 0)} | "
+                     f"{res[mem]['rssMiB']:.0f} ({res[mem]['anonMiB']:.0f}) |")
+    lines += [
+        "",
+        f"- **{queues:,}-queue send throughput / 8-queue:** {s100['perSec'] / s8['perSec']:.1%}",
+        f"- **Topic creation:** {cfg.topics:,} topics in {res['createSecs']:.1f} s (HTTP admin API, 2,000 a request)",
+        f"- **First message into each of the {queues:,} queues** (creates its file): {res['warmupSecs']:.1f} s, "
+        f"{res['warmup']['send']['perSec']:,.0f} msg/s",
+        f"- **Memory:** anonymous RSS idle {res['idle']['anonMiB']:.0f} MiB, after creating the topics "
+        f"{res['afterCreate']['anonMiB']:.0f} MiB, after traffic on every queue {res['after100k']['anonMiB']:.0f} MiB: "
+        f"{mib('after8', 'after100k', 'anonMiB') / (queues / 10000):.1f} MiB per 10,000 queues used "
+        f"({mib('after8', 'afterCreate', 'anonMiB') / (cfg.topics / 1000):.2f} MiB per 1,000 topics created)",
+        f"- **Descriptors:** {res['idle']['fds']} idle, {res['after100k']['fds']} after traffic on {queues:,} queues "
+        f"(ConsumeQueue files open: {res['metrics']['consumequeue_open_files']:.0f}, opened since start: "
+        f"{res['metrics']['consumequeue_file_opens']:.0f}); threads {res['idle']['threads']} -> {res['after100k']['threads']}",
+        f"- **Last checkpoint:** {res['metrics']['checkpoint_seconds'] * 1000:.1f} ms",
+        f"- **Clean restart** with {queues:,} queues on disk: ready in {res['cleanRestartSecs']:.2f} s",
+        f"- **Restart after kill -9** under load: ready in {res['crashRestartSecs']:.2f} s",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    cfg.out.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (cfg.out / f"scale-{stamp}.md").write_text(table + "\n")
+    (cfg.out / f"scale-{stamp}.json").write_text(json.dumps(res, indent=1))
+    log(f"written to {cfg.out}/scale-{stamp}.md and .json")
+
+
+if __name__ == "__main__":
+    main()
