@@ -57,6 +57,8 @@ pub const PROXY_PRODUCER_GROUP: &str = "rmq_proxy_producer";
 const ROUTE_TTL: Duration = Duration::from_secs(3);
 const GROUP_TTL: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Extra connections to each store node for long polls (each holds up to 1,024).
+const LONG_POLL_LANES: usize = 16;
 const HEARTBEAT_PERIOD: Duration = Duration::from_secs(10);
 /// A gRPC client unheard of for this long is no longer passed on to the store nodes.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -176,6 +178,8 @@ pub struct Remote {
     groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
     clients: Mutex<HashMap<String, Instant>>,
     next: AtomicUsize,
+    /// Spreads long polls over the store connections' lanes.
+    long_polls: AtomicUsize,
     max_body_size: usize,
     client_id: String,
     metrics: ProxyMetrics,
@@ -305,6 +309,7 @@ impl Remote {
             routes: Mutex::default(),
             groups: Mutex::default(),
             clients: Mutex::default(),
+            long_polls: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_body_size,
             client_id,
@@ -492,7 +497,18 @@ impl Remote {
         let addr = self.resolve(broker).await?;
         let code = req.code.to_string();
         let started = Instant::now();
-        let result = self.pool.invoke(&addr, req, timeout).await;
+        let result = if req.code == rq::POP_MESSAGE || req.code == rq::PULL_MESSAGE {
+            // Long polls: up to LONG_POLL_LANES x 1,024 may wait on a store node at once,
+            // on their own connections.
+            let spread = self
+                .long_polls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.pool
+                .invoke_held(&addr, req, timeout, LONG_POLL_LANES, spread)
+                .await
+        } else {
+            self.pool.invoke(&addr, req, timeout).await
+        };
         self.metrics
             .call_latency
             .observe(started.elapsed().as_secs_f64());
@@ -609,11 +625,20 @@ impl Remote {
                 ..HeartbeatData::default()
             }));
         }
+        // Every client to every store node, 256 calls at a time: 10,000 clients take about
+        // 40 round trips per node, well within the heartbeat period.
         for addr in &addrs {
-            for b in &bodies {
-                let mut req = conn::request(rq::HEART_BEAT, []);
-                req.body = b.clone();
-                if let Err(e) = self.pool.invoke(addr, req, CALL_TIMEOUT).await {
+            for chunk in bodies.chunks(256) {
+                let calls = chunk.iter().map(|b| {
+                    let mut req = conn::request(rq::HEART_BEAT, []);
+                    req.body = b.clone();
+                    self.pool.invoke(addr, req, CALL_TIMEOUT)
+                });
+                let failed = futures_util::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .find_map(Result::err);
+                if let Some(e) = failed {
                     tracing::debug!(addr, error = %e, "heartbeat to a store node failed");
                     break;
                 }

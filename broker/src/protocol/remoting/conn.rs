@@ -372,7 +372,23 @@ impl<H: Handler> Pool<H> {
 
     /// The open connection to `addr`, connecting if there is none.
     pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, RemotingError> {
-        if let Some(c) = self.connections.lock().get(addr)
+        self.connection_on(addr, 0).await
+    }
+
+    /// The open connection `lane` to `addr` (lane 0 is [`Pool::connection`]'s): requests held
+    /// for a long time (long polls) go to other lanes, so that they neither wait behind nor
+    /// use up the in-flight limit of the connection that carries everything else.
+    async fn connection_on(
+        &self,
+        addr: &str,
+        lane: usize,
+    ) -> Result<Arc<Connection>, RemotingError> {
+        let key = if lane == 0 {
+            addr.to_owned()
+        } else {
+            format!("{addr}#{lane}")
+        };
+        if let Some(c) = self.connections.lock().get(&key)
             && !c.is_closed()
         {
             return Ok(Arc::clone(c));
@@ -399,14 +415,14 @@ impl<H: Handler> Pool<H> {
             }
         };
         let mut connections = self.connections.lock();
-        match connections.get(addr) {
+        match connections.get(&key) {
             // Another task connected meanwhile: use its connection, drop ours.
             Some(c) if !c.is_closed() => {
                 conn.close();
                 Ok(Arc::clone(c))
             }
             _ => {
-                connections.insert(addr.to_owned(), Arc::clone(&conn));
+                connections.insert(key, Arc::clone(&conn));
                 Ok(conn)
             }
         }
@@ -434,6 +450,22 @@ impl<H: Handler> Pool<H> {
             tracing::debug!(addr, "remoting call timed out");
         }
         result
+    }
+
+    /// Sends a request that the peer may hold (a long poll) on one of `lanes` extra
+    /// connections to `addr`, chosen by `spread`: each connection carries at most
+    /// `MAX_IN_FLIGHT` (1,024) such requests, so `lanes` x 1,024 may wait at once.
+    pub async fn invoke_held(
+        &self,
+        addr: &str,
+        mut request: RemotingCommand,
+        timeout: Duration,
+        lanes: usize,
+        spread: usize,
+    ) -> Result<RemotingCommand, RemotingError> {
+        self.sign(&mut request);
+        let conn = self.connection_on(addr, 1 + spread % lanes.max(1)).await?;
+        conn.invoke(request, timeout).await
     }
 
     /// Sends a request that expects no response.
