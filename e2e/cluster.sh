@@ -12,7 +12,7 @@
 #
 # `up` also creates 3 KWOK nodes (zone-a/b/c in topology.kubernetes.io/zone, 32 CPU / 128Gi /
 # 110 pods each), a default StorageClass `standard` (kubernetes.io/no-provisioner, Immediate
-# binding) and E2E_PVS (default 30) hostPath PersistentVolumes of 10Gi in it (reclaim policy
+# binding) and E2E_PVS (default 60) hostPath PersistentVolumes of 10Gi in it (reclaim policy
 # Retain: a PV whose claim is deleted stays Released), so StatefulSet volume claims bind.
 # K8S_BIN picks the binaries (default: scripts/setup-k8s.sh, instant when cached).
 # Idle RSS is about 600 MB in all (apiserver ~290, controller-manager ~120, scheduler ~75,
@@ -222,7 +222,7 @@ EOF
 # --- cluster objects -----------------------------------------------------------------------------
 
 base_objects() {
-  local z pvs="${E2E_PVS:-30}" i
+  local z pvs="${E2E_PVS:-60}" i
   {
     for z in a b c; do
       cat <<EOF
@@ -331,7 +331,7 @@ EOF
   done
   for name in "${components[@]}"; do alive_or_die "$name"; done
   up_ok=1
-  log "up in $((SECONDS - t0)) s: 3 kwok nodes, StorageClass standard, ${E2E_PVS:-30} PVs; KUBECONFIG=$wd/kubeconfig"
+  log "up in $((SECONDS - t0)) s: 3 kwok nodes, StorageClass standard, ${E2E_PVS:-60} PVs; KUBECONFIG=$wd/kubeconfig"
   echo "$wd/kubeconfig"
 }
 

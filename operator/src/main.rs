@@ -105,10 +105,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn operate(args: RunArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let metrics = metrics::Metrics::default();
+    let config = kube::Config::infer()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
-    let metrics = metrics::Metrics::default();
+    // Every request is counted by verb: the steady-state request rate is how a hot loop or
+    // status churn shows.
+    let requests = metrics.api_requests.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        requests
+            .get_or_create(&vec![("verb".to_owned(), metrics::verb(&req).to_owned())])
+            .inc();
+        req
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("configuring the Kubernetes client")?
+        .with_layer(&count)
+        .build();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await

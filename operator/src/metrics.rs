@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -16,6 +17,8 @@ pub struct Metrics {
     errors: Counter,
     duration: Histogram,
     pub leader: Gauge,
+    /// Requests this replica sent to the Kubernetes API, by verb.
+    pub api_requests: Family<Vec<(String, String)>, Counter>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -25,7 +28,13 @@ impl Default for Metrics {
         let errors = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let leader = Gauge::default();
+        let api_requests = Family::default();
         let mut r = Registry::with_prefix("rocketmq_operator");
+        r.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API (verb: get, list, watch, create, update, patch, delete)",
+            api_requests.clone(),
+        );
         r.register("reconciles", "Reconcile passes", reconciles.clone());
         r.register(
             "reconcile_errors",
@@ -48,9 +57,42 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            api_requests,
             failures: Arc::default(),
         }
     }
+}
+
+/// The verb of a Kubernetes API request, as the API server's audit log names it.
+pub fn verb<B>(req: &http::Request<B>) -> &'static str {
+    let query = req.uri().query().unwrap_or("");
+    match *req.method() {
+        http::Method::GET if query.contains("watch=true") || query.contains("watch=1") => "watch",
+        http::Method::GET if is_collection(req.uri().path()) => "list",
+        http::Method::GET => "get",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// Whether an API path names a collection (`/api/v1/namespaces/ns/pods`) rather than one
+/// object (`.../pods/name`, `.../pods/name/status`).
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match parts.first() {
+        Some(&"api") => parts.get(2..),
+        Some(&"apis") => parts.get(3..),
+        _ => None,
+    }
+    .unwrap_or(&[]);
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        _ => rest,
+    };
+    rest.len() == 1
 }
 
 impl Metrics {
@@ -101,6 +143,45 @@ mod tests {
         assert!(
             text.contains("rocketmq_operator_reconcile_errors_total 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn requests_are_named_by_verb() {
+        let req = |m: &str, uri: &str| {
+            http::Request::builder()
+                .method(m)
+                .uri(uri)
+                .body(())
+                .unwrap()
+        };
+        let sts = "/apis/apps/v1/namespaces/mq/statefulsets";
+        assert_eq!(verb(&req("GET", sts)), "list");
+        assert_eq!(
+            verb(&req("GET", &format!("{sts}?labelSelector=a%3Db"))),
+            "list"
+        );
+        assert_eq!(verb(&req("GET", &format!("{sts}/demo-broker"))), "get");
+        assert_eq!(
+            verb(&req("GET", &format!("{sts}?watch=true&resourceVersion=5"))),
+            "watch"
+        );
+        assert_eq!(verb(&req("GET", "/api/v1/pods")), "list");
+        assert_eq!(verb(&req("GET", "/api/v1/namespaces/mq/pods/p-0")), "get");
+        assert_eq!(verb(&req("PATCH", &format!("{sts}/demo-broker"))), "patch");
+        assert_eq!(
+            verb(&req(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/mq/leases/l"
+            )),
+            "update"
+        );
+        assert_eq!(
+            verb(&req(
+                "DELETE",
+                "/apis/networking.k8s.io/v1/namespaces/mq/networkpolicies/x"
+            )),
+            "delete"
         );
     }
 }

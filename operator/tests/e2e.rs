@@ -1010,6 +1010,15 @@ fn operator_end_to_end_on_a_real_control_plane() {
     step("broker groups: spread, status, rolling upgrade");
     broker_groups(&e, &store_http);
 
+    // 14. Scale: 20 store nodes; once Ready, the operator's API traffic stays flat.
+    step("20 store nodes: time to Ready, steady API request rate");
+    let lead = if leader(op_http) == Some(1.0) {
+        op_http
+    } else {
+        op2_http
+    };
+    twenty_store_nodes(&e, lead);
+
     let metrics = ureq::get(&format!("http://{op_http}/metrics"))
         .call()
         .unwrap()
@@ -1027,6 +1036,83 @@ fn operator_end_to_end_on_a_real_control_plane() {
         "exactly one replica leads"
     );
     step("done");
+}
+
+/// Sum of the samples of a metric (all label sets) on an operator's `/metrics`.
+fn operator_metric(http: SocketAddr, name: &str) -> f64 {
+    let text = ureq::get(&format!("http://{http}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One cluster of 20 store nodes on the KWOK nodes: Ready (time printed), then 30 s of steady
+/// state in which the operator neither rewrites the resource's status nor reconciles more than
+/// its resync period asks, and its Kubernetes API requests stay within what those resyncs need.
+fn twenty_store_nodes(e: &Env, lead: SocketAddr) {
+    let started = Instant::now();
+    e.apply(
+        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: big}\nspec:\n  nameServer: {replicas: 1}\n  proxy: {replicas: 1}\n  broker:\n    replicas: 20\n    storage: {size: 1Gi}\n",
+    )
+    .unwrap();
+    let c = wait_for(600, "20 store nodes to be Ready", || {
+        let c = e.get("rmq", "big").expect("the cluster exists");
+        if is_ready(&c) {
+            Ok(c)
+        } else {
+            Err(c["status"].to_string())
+        }
+    });
+    assert_eq!(c["status"]["broker"]["readyReplicas"], 20, "{c}");
+    let ready_secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(5));
+    let clusters = e
+        .ok(&["get", "rmq", "-A", "-o", "name"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let version = |c: &Value| {
+        c["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let before = version(&e.get("rmq", "big").unwrap());
+    let reconciles = operator_metric(lead, "rocketmq_operator_reconciles_total");
+    let requests = operator_metric(lead, "rocketmq_operator_api_requests_total");
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    let reconciles = operator_metric(lead, "rocketmq_operator_reconciles_total") - reconciles;
+    let requests = operator_metric(lead, "rocketmq_operator_api_requests_total") - requests;
+    let after = version(&e.get("rmq", "big").unwrap());
+    println!(
+        "e2e: 20 store nodes Ready in {ready_secs:.1} s; steady state over {} s with {clusters} clusters: \
+         {reconciles} reconciles, {requests} API requests ({:.1} per minute)",
+        window.as_secs(),
+        requests * 60.0 / window.as_secs_f64()
+    );
+    assert_eq!(
+        before, after,
+        "the resource was rewritten at steady state (status churn)"
+    );
+    // The resync period is 60 s: in 30 s each cluster reconciles about once, not in a loop.
+    assert!(
+        reconciles <= 2.0 * clusters as f64,
+        "{reconciles} reconciles of {clusters} clusters in 30 s"
+    );
+    // A pass is about 15 requests (one apply per owned object); the Lease is renewed every
+    // few seconds.
+    assert!(
+        requests <= 20.0 * reconciles + 30.0,
+        "{requests} API requests for {reconciles} reconciles in 30 s"
+    );
+    e.ok(&["delete", "rmq", "big", "-n", NS, "--wait=false"]);
 }
 
 /// s3s-fs (scripts/setup-s3.sh) on loopback; killed when dropped.

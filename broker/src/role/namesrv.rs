@@ -523,7 +523,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let namesrv = Namesrv::new(cfg.broker_timeout);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    let listener = super::listen(cfg.listen)
         .await
         .with_context(|| format!("binding the name server port {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "name server listening");

@@ -553,7 +553,7 @@ pub async fn run(
     mut cfg: StoreNodeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
+    let listener = super::listen(cfg.listen)
         .await
         .with_context(|| format!("binding the remoting port {}", cfg.listen))?;
     let local = listener.local_addr()?;
