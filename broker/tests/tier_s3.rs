@@ -200,7 +200,9 @@ fn an_unreachable_object_store_never_costs_local_data() {
     let broker = tiered_broker(&s3, dir.path());
     s3.stop();
     let sent = send(&broker, "300");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Each failed upload first runs through the S3 client's own 10 retries, whose jittered
+    // backoff grows to 15 s: one failure takes 1 to about 55 s.
+    let deadline = Instant::now() + Duration::from_secs(150);
     while metric(broker.http, "rocketmq_tier_upload_errors_total") < 2.0 {
         assert!(
             Instant::now() < deadline,

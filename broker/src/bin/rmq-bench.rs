@@ -46,6 +46,17 @@ struct Args {
     /// admin API, e.g. `http://127.0.0.1:8080` (this broker only).
     #[arg(long)]
     create_topics: Option<String>,
+    /// gRPC connections to open (all at once); producers, consumers and idle consumers take
+    /// them in turn. Each connection is its own TCP connection and HTTP/2 session.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Consumers that only hold long-polling receives on `--idle-topic` (nothing is sent
+    /// there), in group `<group>-idle`.
+    #[arg(long, default_value_t = 0)]
+    idle_consumers: usize,
+    /// Topic of the idle consumers; it must exist.
+    #[arg(long, default_value = "IdleTopic")]
+    idle_topic: String,
     /// Long polling of each receive, in milliseconds (Apache's proxy refuses less than 5 s).
     #[arg(long, default_value_t = 5000)]
     long_polling_ms: u64,
@@ -511,22 +522,8 @@ async fn create_topics(admin: &str, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if args.queues < 1 || (args.producers == 0 && args.consumers == 0) {
-        bail!("--queues must be positive, and there must be producers or consumers");
-    }
-    if args.producers == 0 && args.expect == 0 {
-        bail!("--producers 0 (consume only) needs --expect N");
-    }
-    if let (Some(access_key), Some(secret_key)) = (args.access_key.clone(), args.secret_key.clone())
-    {
-        let _ = CREDENTIALS.set(broker::auth::guard::Credentials {
-            access_key,
-            secret_key,
-        });
-    }
+/// One gRPC connection to the endpoint (TLS when `--tls-ca` is given).
+async fn connect(args: &Args) -> anyhow::Result<MessagingServiceClient<Channel>> {
     let endpoint = Channel::from_shared(format!("http://{}", args.endpoint))?;
     let channel = match &args.tls_ca {
         None => endpoint.connect().await,
@@ -553,9 +550,42 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     .with_context(|| format!("connecting to {}", args.endpoint))?;
-    let client = MessagingServiceClient::new(channel)
+    Ok(MessagingServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_encoding_message_size(64 << 20))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.queues < 1 || (args.producers == 0 && args.consumers == 0 && args.idle_consumers == 0) {
+        bail!("--queues must be positive, and there must be producers or consumers");
+    }
+    if args.producers == 0 && args.expect == 0 {
+        bail!("--producers 0 (consume only) needs --expect N");
+    }
+    if let (Some(access_key), Some(secret_key)) = (args.access_key.clone(), args.secret_key.clone())
+    {
+        let _ = CREDENTIALS.set(broker::auth::guard::Credentials {
+            access_key,
+            secret_key,
+        });
+    }
+    let opened = Instant::now();
+    // All connections at once, as clients reconnecting after a restart do.
+    let clients: Vec<MessagingServiceClient<Channel>> =
+        futures_util::future::join_all((0..args.connections.max(1)).map(|_| connect(&args)))
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+    let connect_secs = opened.elapsed().as_secs_f64();
+    if clients.len() > 1 {
+        println!(
+            "connections: {} opened at once in {connect_secs:.2} s",
+            clients.len()
+        );
+    }
+    let client_for = |i: usize| clients[i % clients.len()].clone();
     let stop_send = Arc::new(AtomicBool::new(false));
     let stop_recv = Arc::new(AtomicBool::new(false));
     let stop_watch = Arc::new(AtomicBool::new(false));
@@ -580,7 +610,7 @@ async fn main() -> anyhow::Result<()> {
     let consumers: Vec<_> = (0..args.consumers.min(args.topics.max(1)))
         .map(|id| {
             tokio::spawn(consume(
-                client.clone(),
+                client_for(args.producers + id),
                 args.clone(),
                 id,
                 run(&stop_recv, &e2e, &recv_errors),
@@ -590,11 +620,77 @@ async fn main() -> anyhow::Result<()> {
     let producers: Vec<_> = (0..args.producers)
         .map(|id| {
             tokio::spawn(produce(
-                client.clone(),
+                client_for(id),
                 args.clone(),
                 id,
                 run(&stop_send, &sends, &send_errors),
             ))
+        })
+        .collect();
+    // Idle consumers: a long-polling receive each, on a topic nothing is sent to, held for the
+    // whole run (what thousands of mostly idle clients cost a proxy).
+    let idle_errors = Arc::new(AtomicU64::new(0));
+    let idle: Vec<_> = (0..args.idle_consumers)
+        .map(|i| {
+            let (mut c, args) = (
+                client_for(args.producers + args.consumers + i),
+                args.clone(),
+            );
+            let (stop, errors, first_error) = (
+                Arc::clone(&stop_recv),
+                Arc::clone(&idle_errors),
+                Arc::clone(&first_error),
+            );
+            tokio::spawn(async move {
+                let client_id = format!("bench-idle-{i}-{}", std::process::id());
+                let polling = Duration::from_millis(args.long_polling_ms);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = receive_request(
+                        &args.idle_topic,
+                        &format!("{}-idle", args.group),
+                        1,
+                        Duration::from_secs(30),
+                        polling,
+                    );
+                    let mut r = request(r, &client_id);
+                    r.set_timeout(polling + Duration::from_secs(5));
+                    let failed = match c.receive_message(r).await {
+                        Ok(resp) => {
+                            let mut s = resp.into_inner();
+                            let mut bad = None;
+                            loop {
+                                match s.message().await {
+                                    Ok(Some(item)) => {
+                                        if let Some(pb::receive_message_response::Content::Status(
+                                            st,
+                                        )) = item.content
+                                            && st.code != Code::Ok as i32
+                                            && st.code != Code::MessageNotFound as i32
+                                        {
+                                            bad = Some(format!(
+                                                "idle receive: {} {}",
+                                                st.code, st.message
+                                            ));
+                                        }
+                                    }
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        bad = Some(format!("idle receive: {e}"));
+                                        break;
+                                    }
+                                }
+                            }
+                            bad
+                        }
+                        Err(e) => Some(format!("idle receive: {e}")),
+                    };
+                    if let Some(e) = failed {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.lock().get_or_insert(e);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            })
         })
         .collect();
     let deadline = started + Duration::from_secs(args.duration);
@@ -624,6 +720,18 @@ async fn main() -> anyhow::Result<()> {
     stop_recv.store(true, Ordering::Relaxed);
     for c in consumers {
         c.await??;
+    }
+    // Idle receives end at their long-polling time; do not wait for them.
+    for i in &idle {
+        i.abort();
+    }
+    if args.idle_consumers > 0 {
+        println!(
+            "idle consumers: {} on {} connections, receive errors: {}",
+            args.idle_consumers,
+            clients.len(),
+            idle_errors.load(Ordering::Relaxed)
+        );
     }
     stop_watch.store(true, Ordering::Relaxed);
     let (peak_rss, peak_anon) = peak.await?;
@@ -690,6 +798,8 @@ async fn main() -> anyhow::Result<()> {
             "endpoint": args.endpoint, "size": args.size, "topics": args.topics.max(1),
             "queues": args.queues, "producers": args.producers, "consumers": args.consumers,
             "durationSecs": args.duration, "rate": args.rate,
+            "connections": clients.len(), "connectSecs": connect_secs,
+            "idleConsumers": args.idle_consumers, "idleErrors": idle_errors.load(Ordering::Relaxed),
             "send": send.json(), "sendErrors": send_errors.load(Ordering::Relaxed),
             "endToEnd": received.json(), "receiveErrors": recv_errors.load(Ordering::Relaxed),
             "firstError": first_error.lock().clone(),

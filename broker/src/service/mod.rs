@@ -374,13 +374,16 @@ impl Broker {
                 return Ok(out);
             }
             // Wake on new messages in this topic, when the first delivery in flight becomes
-            // visible again, and at least every second (deliveries another receive hands out
-            // meanwhile).
-            let mut tick = tokio::time::Instant::now() + Duration::from_secs(1);
-            if let Some(deadline) = self.pop.next_deadline(&group.name, &topic.name, &queues) {
-                let wait = Duration::from_millis((deadline - now_millis()).max(0) as u64 + 1);
-                tick = tick.min(tokio::time::Instant::now() + wait);
-            }
+            // visible again, and now and then for deliveries another receive hands out
+            // meanwhile: every second while the group has messages in flight here, every 5 s
+            // when it has none (so that thousands of idle receives cost little).
+            let tick = match self.pop.next_deadline(&group.name, &topic.name, &queues) {
+                Some(deadline) => {
+                    let wait = Duration::from_millis((deadline - now_millis()).max(0) as u64 + 1);
+                    tokio::time::Instant::now() + wait.min(Duration::from_secs(1))
+                }
+                None => tokio::time::Instant::now() + Duration::from_secs(5),
+            };
             tokio::select! {
                 _ = dispatched.changed() => {}
                 _ = tokio::time::sleep_until(tick.min(give_up)) => {}
