@@ -17,27 +17,18 @@ Prints a table and writes it, with the raw numbers, under bench-results/.
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_compare import free_port, log, wait_port  # noqa: E402
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raise_nofile():
@@ -45,16 +36,6 @@ def raise_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def wait_port(port, what, p, log_path):
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.time() > deadline or p.poll() is not None:
-                raise SystemExit(f"{what} did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
 
 
 def rss(pid):
@@ -90,16 +71,16 @@ def main():
             store_http, proxy_http = free_port(), free_port()
             p, lf = start("namesrv", [b, "namesrv", "--listen", f"127.0.0.1:{ns_port}",
                                       "--http-listen", f"127.0.0.1:{free_port()}"])
-            wait_port(ns_port, "name server", p, lf)
+            wait_port(ns_port, 60, "name server", p, lf)
             p, lf = start("store", [b, "store", "--broker-name", "broker-a", "--broker-id", "0",
                                     "--listen", f"127.0.0.1:{store_port}", "--http-listen", f"127.0.0.1:{store_http}",
                                     "--namesrv", f"127.0.0.1:{ns_port}", "--data-dir", str(work / "store"),
                                     "--flush-policy", "ASYNC_FLUSH", "--topic", "BenchTopic:8", "--topic", "IdleTopic:8"])
-            wait_port(store_port, "store node", p, lf)
+            wait_port(store_port, 60, "store node", p, lf)
             proxy, lf = start("proxy", [b, "proxy", "--grpc-listen", f"127.0.0.1:{grpc_port}",
                                         "--http-listen", f"127.0.0.1:{proxy_http}",
                                         "--namesrv", f"127.0.0.1:{ns_port}", "--no-tls"])
-            wait_port(grpc_port, "proxy", proxy, lf)
+            wait_port(grpc_port, 60, "proxy", proxy, lf)
             time.sleep(3)
             res["proxyIdleRssMiB"] = rss(proxy.pid)
 

@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,16 +32,10 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_compare import free_port, log  # noqa: E402
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_mem(pid):
