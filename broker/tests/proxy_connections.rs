@@ -2,7 +2,7 @@
 //! own TCP connection, hold long-polling receives on one `rmq-broker proxy` at once - more
 //! than one proxy-to-store connection may carry (1,024 requests in flight) - while another
 //! client sends. Every send must be acknowledged, every message delivered exactly once, and
-//! no receive may fail. (Memory per connection is measured by `scripts/bench-scale.sh`.)
+//! no receive may fail. (Memory per connection is measured by `scripts/bench-connections.sh`.)
 
 mod common;
 
