@@ -480,14 +480,19 @@ fn route_brokers(namesrv: &str, topic: &str) -> usize {
     })
 }
 
-/// Messages of topic E2E a store node holds, from its metrics.
-fn stored(http: SocketAddr) -> u64 {
-    let text = ureq::get(&format!("http://{http}/metrics"))
+/// A process's Prometheus metrics, or `None` while it does not answer.
+fn metrics_text(http: SocketAddr) -> Option<String> {
+    ureq::get(&format!("http://{http}/metrics"))
         .call()
-        .unwrap()
+        .ok()?
         .body_mut()
         .read_to_string()
-        .unwrap();
+        .ok()
+}
+
+/// Messages of topic E2E a store node holds, from its metrics.
+fn stored(http: SocketAddr) -> u64 {
+    let text = metrics_text(http).expect("the store node serves its metrics");
     text.lines()
         .find_map(|l| l.strip_prefix("rocketmq_messages_sent_total{topic=\"E2E\"} "))
         .map_or(0, |v| v.trim().parse().unwrap())
@@ -684,12 +689,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
     );
     wait_listening(op2_http, &_standby);
     let leader = |http: SocketAddr| -> Option<f64> {
-        let text = ureq::get(&format!("http://{http}/metrics"))
-            .call()
-            .ok()?
-            .body_mut()
-            .read_to_string()
-            .ok()?;
+        let text = metrics_text(http)?;
         text.lines()
             .find_map(|l| l.strip_prefix("rocketmq_operator_leader "))
             .and_then(|v| v.trim().parse().ok())
@@ -1019,12 +1019,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
     };
     twenty_store_nodes(&e, lead);
 
-    let metrics = ureq::get(&format!("http://{op_http}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics_text(op_http).expect("the operator serves its metrics");
     assert!(
         metrics.contains("rocketmq_operator_reconciles_total"),
         "{metrics}"
@@ -1040,12 +1035,7 @@ fn operator_end_to_end_on_a_real_control_plane() {
 
 /// Sum of the samples of a metric (all label sets) on an operator's `/metrics`.
 fn operator_metric(http: SocketAddr, name: &str) -> f64 {
-    let text = ureq::get(&format!("http://{http}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = metrics_text(http).expect("the operator serves its metrics");
     text.lines()
         .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
