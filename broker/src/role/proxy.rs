@@ -177,12 +177,45 @@ pub struct Remote {
     routes: Mutex<HashMap<String, Arc<Route>>>,
     groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
     clients: Mutex<HashMap<String, Instant>>,
+    /// Rotates the first name server asked.
     next: AtomicUsize,
+    /// Round robin of sends over a topic's queues and of receives over its store nodes,
+    /// one counter per topic (and group), so that no other request moves it: a shared counter
+    /// bumped by route refreshes too could step by a multiple of the node count and send every
+    /// receive of a group to the same node.
+    turns: Turns,
     /// Spreads long polls over the store connections' lanes.
     long_polls: AtomicUsize,
     max_body_size: usize,
     client_id: String,
     metrics: ProxyMetrics,
+}
+
+/// Round-robin counters, one per key (a topic, or a topic and a group) up to hash collisions
+/// among [`Turns::STRIPES`] stripes.
+struct Turns([AtomicUsize; Turns::STRIPES]);
+
+impl Default for Turns {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicUsize::new(0)))
+    }
+}
+
+impl Turns {
+    const STRIPES: usize = 1024;
+
+    /// The key's next turn.
+    fn next(&self, key: &[&str]) -> usize {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .build_hasher();
+        for part in key {
+            h.write(part.as_bytes());
+            h.write_u8(0xff);
+        }
+        self.0[h.finish() as usize % Self::STRIPES].fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Label set of the forwarded-request counter: the remoting request code and its outcome
@@ -311,6 +344,7 @@ impl Remote {
             clients: Mutex::default(),
             long_polls: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
+            turns: Turns::default(),
             max_body_size,
             client_id,
             metrics: ProxyMetrics::default(),
@@ -754,7 +788,7 @@ impl Backend for Remote {
                     .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
                 (h % writable.len() as u64) as usize
             }
-            None => self.next.fetch_add(1, Ordering::Relaxed) % writable.len(),
+            None => self.turns.next(&[&topic]) % writable.len(),
         };
         let attempts = if group.is_some() { 1 } else { 3 };
         let mut failed: Vec<&str> = Vec::new();
@@ -815,7 +849,7 @@ impl Backend for Remote {
                 if readable.is_empty() {
                     return Err(ServiceError::TopicNotFound(r.topic.clone()));
                 }
-                readable[self.next.fetch_add(1, Ordering::Relaxed) % readable.len()]
+                readable[self.turns.next(&[&r.topic, &r.group]) % readable.len()]
                     .broker
                     .clone()
             }
@@ -1199,4 +1233,23 @@ pub async fn run(
     remote.pool.close_all();
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Turns;
+
+    #[test]
+    fn a_key_takes_every_turn_whatever_other_keys_do() {
+        let turns = Turns::default();
+        let mut seen = [0; 3];
+        for i in 0..30 {
+            // Other topics and groups interleave in a pattern of period 3.
+            for _ in 0..(i % 3) {
+                turns.next(&["other", "G"]);
+            }
+            seen[turns.next(&["E2E", "G"]) % 3] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+    }
 }
