@@ -188,6 +188,21 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A line of /proc/PID/status in MiB (`VmRSS`, `VmHWM`); None once the process is gone.
+    fn memory_mib(&self, field: &str) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
     /// SIGTERM, as the kubelet stops a container, and waits (up to 30 s) for the exit.
     fn terminate(&mut self) {
         let Some(mut c) = self.child.take() else {
@@ -681,13 +696,13 @@ fn operator_end_to_end_on_a_real_control_plane() {
             _ => {}
         }
     }
-    let _standby = Proc::start(
+    let standby = Proc::start(
         &op_bin,
         &["run".into()],
         &standby_env,
         e.work.path().join("operator-2.log"),
     );
-    wait_listening(op2_http, &_standby);
+    wait_listening(op2_http, &standby);
     let leader = |http: SocketAddr| -> Option<f64> {
         let text = metrics_text(http)?;
         text.lines()
@@ -1010,14 +1025,15 @@ fn operator_end_to_end_on_a_real_control_plane() {
     step("broker groups: spread, status, rolling upgrade");
     broker_groups(&e, &store_http);
 
-    // 14. Scale: 20 store nodes; once Ready, the operator's API traffic stays flat.
-    step("20 store nodes: time to Ready, steady API request rate");
-    let lead = if leader(op_http) == Some(1.0) {
-        op_http
+    // 14. Scale: 20 store nodes (E2E_STORE_NODES, E2E_CLUSTERS: scripts/bench-operator.sh
+    // runs 100 and 50); once Ready, the operator's API traffic stays flat.
+    step("store nodes at scale: time to Ready, steady API request rate");
+    let (lead, lead_proc) = if leader(op_http) == Some(1.0) {
+        (op_http, &operator)
     } else {
-        op2_http
+        (op2_http, &standby)
     };
-    twenty_store_nodes(&e, lead);
+    store_nodes_at_scale(&e, lead, lead_proc);
 
     let metrics = metrics_text(op_http).expect("the operator serves its metrics");
     assert!(
@@ -1042,24 +1058,57 @@ fn operator_metric(http: SocketAddr, name: &str) -> f64 {
         .sum()
 }
 
-/// One cluster of 20 store nodes on the KWOK nodes: Ready (time printed), then 30 s of steady
-/// state in which the operator neither rewrites the resource's status nor reconciles more than
-/// its resync period asks, and its Kubernetes API requests stay within what those resyncs need.
-fn twenty_store_nodes(e: &Env, lead: SocketAddr) {
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a count"))
+    })
+}
+
+/// One cluster of E2E_STORE_NODES (default 20) store nodes on the KWOK nodes, next to
+/// E2E_CLUSTERS - 1 (default none) clusters of one node each: Ready (time printed), then 30 s
+/// of steady state in which the operator neither rewrites a resource's status nor reconciles
+/// more than its resync period asks, and its Kubernetes API requests stay within what those
+/// resyncs need. Prints an `e2e-scale:` JSON line (scripts/bench-operator.sh keeps it).
+fn store_nodes_at_scale(e: &Env, lead: SocketAddr, lead_proc: &Proc) {
+    let nodes = env_count("E2E_STORE_NODES", 20);
+    let small = env_count("E2E_CLUSTERS", 1).saturating_sub(1);
+    let rss_before = lead_proc.memory_mib("VmRSS");
     let started = Instant::now();
-    e.apply(
-        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {name: big}\nspec:\n  nameServer: {replicas: 1}\n  proxy: {replicas: 1}\n  broker:\n    replicas: 20\n    storage: {size: 1Gi}\n",
-    )
-    .unwrap();
-    let c = wait_for(600, "20 store nodes to be Ready", || {
+    let mut manifest = format!(
+        "apiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {{name: big}}\nspec:\n  nameServer: {{replicas: 1}}\n  proxy: {{replicas: 1}}\n  broker:\n    replicas: {nodes}\n    storage: {{size: 1Gi}}\n"
+    );
+    let names: Vec<String> = std::iter::once("big".to_owned())
+        .chain((0..small).map(|i| format!("small-{i}")))
+        .collect();
+    for name in &names[1..] {
+        manifest.push_str(&format!(
+            "---\napiVersion: rocketmq.rs/v1alpha1\nkind: RocketMQCluster\nmetadata: {{name: {name}}}\nspec:\n  nameServer: {{replicas: 1}}\n  proxy: {{replicas: 1}}\n  broker:\n    replicas: 1\n    storage: {{size: 1Gi}}\n"
+        ));
+    }
+    e.apply(&manifest).unwrap();
+    let c = wait_for(600, "the clusters to be Ready", || {
         let c = e.get("rmq", "big").expect("the cluster exists");
-        if is_ready(&c) {
+        if !is_ready(&c) {
+            return Err(format!("big: {}", c["status"]));
+        }
+        let list: Value = serde_json::from_str(&e.ok(&["get", "rmq", "-n", NS, "-o", "json"]))
+            .map_err(|e| e.to_string())?;
+        let waiting: Vec<&str> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| !is_ready(c))
+            .filter_map(|c| c["metadata"]["name"].as_str())
+            .filter(|n| names.iter().any(|m| m == n))
+            .collect();
+        if waiting.is_empty() {
             Ok(c)
         } else {
-            Err(c["status"].to_string())
+            Err(format!("not Ready: {waiting:?}"))
         }
     });
-    assert_eq!(c["status"]["broker"]["readyReplicas"], 20, "{c}");
+    assert_eq!(c["status"]["broker"]["readyReplicas"], nodes, "{c}");
     let ready_secs = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
     let clusters = e
@@ -1067,29 +1116,67 @@ fn twenty_store_nodes(e: &Env, lead: SocketAddr) {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count();
-    let version = |c: &Value| {
-        c["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+    let versions = || -> BTreeMap<String, String> {
+        let list: Value =
+            serde_json::from_str(&e.ok(&["get", "rmq", "-n", NS, "-o", "json"])).unwrap();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["metadata"]["name"].as_str().unwrap().to_owned(),
+                    c["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect()
     };
-    let before = version(&e.get("rmq", "big").unwrap());
+    let before = versions();
     let reconciles = operator_metric(lead, "rocketmq_operator_reconciles_total");
     let requests = operator_metric(lead, "rocketmq_operator_api_requests_total");
     let window = Duration::from_secs(30);
     std::thread::sleep(window);
     let reconciles = operator_metric(lead, "rocketmq_operator_reconciles_total") - reconciles;
     let requests = operator_metric(lead, "rocketmq_operator_api_requests_total") - requests;
-    let after = version(&e.get("rmq", "big").unwrap());
+    let after = versions();
+    let (rss, hwm) = (lead_proc.memory_mib("VmRSS"), lead_proc.memory_mib("VmHWM"));
+    let mib = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
     println!(
-        "e2e: 20 store nodes Ready in {ready_secs:.1} s; steady state over {} s with {clusters} clusters: \
-         {reconciles} reconciles, {requests} API requests ({:.1} per minute)",
+        "e2e: {nodes} store nodes and {small} more clusters Ready in {ready_secs:.1} s; steady \
+         state over {} s with {clusters} clusters: {reconciles} reconciles, {requests} API \
+         requests ({:.1} per minute); operator RSS {} MiB (peak {}, {} before)",
         window.as_secs(),
-        requests * 60.0 / window.as_secs_f64()
+        requests * 60.0 / window.as_secs_f64(),
+        mib(rss),
+        mib(hwm),
+        mib(rss_before),
     );
-    assert_eq!(
-        before, after,
-        "the resource was rewritten at steady state (status churn)"
+    println!(
+        "e2e-scale: {}",
+        serde_json::json!({
+            "store_nodes": nodes,
+            "clusters": clusters,
+            "ready_seconds": ready_secs,
+            "steady_window_seconds": window.as_secs(),
+            "reconciles": reconciles,
+            "api_requests": requests,
+            "api_requests_per_minute": requests * 60.0 / window.as_secs_f64(),
+            "operator_rss_mib_before": rss_before,
+            "operator_rss_mib": rss,
+            "operator_peak_rss_mib": hwm,
+        })
+    );
+    let churned: Vec<&String> = before
+        .iter()
+        .filter(|(name, v)| names.contains(name) && after.get(*name) != Some(v))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        churned.is_empty(),
+        "rewritten at steady state (status churn): {churned:?}"
     );
     // The resync period is 60 s: in 30 s each cluster reconciles about once, not in a loop.
     assert!(
@@ -1102,7 +1189,9 @@ fn twenty_store_nodes(e: &Env, lead: SocketAddr) {
         requests <= 20.0 * reconciles + 30.0,
         "{requests} API requests for {reconciles} reconciles in 30 s"
     );
-    e.ok(&["delete", "rmq", "big", "-n", NS, "--wait=false"]);
+    for name in &names {
+        e.ok(&["delete", "rmq", name, "-n", NS, "--wait=false"]);
+    }
 }
 
 /// s3s-fs (scripts/setup-s3.sh) on loopback; killed when dropped.

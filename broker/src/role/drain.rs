@@ -147,6 +147,14 @@ impl NodeAdmin {
                 Ok(Ok(_)) => {}
             }
             if last_snapshot.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                // The offsets as of now, not as of the last periodic write.
+                let store = Arc::clone(&self.store);
+                match tokio::task::spawn_blocking(move || store.consumer_offsets().persist()).await
+                {
+                    Ok(Err(e)) => tracing::error!(error = %e, "writing consumer offsets failed"),
+                    Err(e) => tracing::error!(error = %e, "consumer offsets task failed"),
+                    Ok(Ok(())) => {}
+                }
                 let dir = self.store.config().config_dir();
                 match tier.snapshot_metadata_now(&dir).await {
                     Ok(_) => {
