@@ -108,6 +108,19 @@ impl QueueState {
 
 type Key = (String, String, i32);
 
+/// A [`Key`] borrowed from a request: finds a delivery state without allocating (a receive
+/// looks at every queue of its topic, most of them with nothing new).
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, i32);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.2 == k.2 && self.1 == k.1 && self.0 == k.0
+    }
+}
+
+type StateMap = hashbrown::HashMap<Key, QueueState>;
+
 /// A message handed out by a receive.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -164,14 +177,13 @@ impl Drop for Leading<'_> {
 
 /// Delivery states, sharded by queue so that receives and acks on different queues (and the
 /// store reads a receive does while it holds its queue's state) do not wait on each other.
-struct States(Vec<Mutex<HashMap<Key, QueueState>>>);
+struct States(Vec<Mutex<StateMap>>);
 
 const STATE_SHARDS: usize = 64;
 
 impl States {
     fn new(all: HashMap<Key, QueueState>) -> States {
-        let shards: Vec<Mutex<HashMap<Key, QueueState>>> =
-            (0..STATE_SHARDS).map(|_| Mutex::default()).collect();
+        let shards: Vec<Mutex<StateMap>> = (0..STATE_SHARDS).map(|_| Mutex::default()).collect();
         for (k, st) in all {
             shards[States::index(&k.0, &k.1, k.2)].lock().insert(k, st);
         }
@@ -190,7 +202,7 @@ impl States {
         group: &str,
         topic: &str,
         queue_id: i32,
-    ) -> parking_lot::MutexGuard<'_, HashMap<Key, QueueState>> {
+    ) -> parking_lot::MutexGuard<'_, StateMap> {
         self.0[States::index(group, topic, queue_id)].lock()
     }
 }
@@ -254,12 +266,12 @@ impl PopService {
 
     fn queue_state<'a>(
         &self,
-        states: &'a mut HashMap<Key, QueueState>,
+        states: &'a mut StateMap,
         group: &str,
         topic: &str,
         queue_id: i32,
     ) -> Result<&'a mut QueueState, StoreError> {
-        let k = key(group, topic, queue_id);
+        let k = KeyRef(group, topic, queue_id);
         if !states.contains_key(&k) {
             // A new group starts at the queue's first message still held.
             let commit = match self.store.consumer_offsets().get(group, topic, queue_id) {
@@ -267,7 +279,7 @@ impl PopService {
                 None => self.store.min_offset(topic, queue_id)?,
             };
             states.insert(
-                k.clone(),
+                key(group, topic, queue_id),
                 QueueState {
                     commit,
                     next: commit,
@@ -574,7 +586,7 @@ impl PopService {
         queue_id: i32,
     ) -> Option<(u64, usize, usize)> {
         let states = self.state.shard(group, topic, queue_id);
-        let st = states.get(&key(group, topic, queue_id))?;
+        let st = states.get(&KeyRef(group, topic, queue_id))?;
         Some((st.next, st.done.len(), st.in_flight.len()))
     }
 
@@ -585,7 +597,7 @@ impl PopService {
             .iter()
             .filter_map(|&q| {
                 let states = self.state.shard(group, topic, q);
-                let st = states.get(&key(group, topic, q))?;
+                let st = states.get(&KeyRef(group, topic, q))?;
                 st.in_flight.values().map(|f| f.deadline).min()
             })
             .min()

@@ -22,7 +22,7 @@
 //!   are applied to open queues at once and to the others when they are first opened.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
@@ -46,6 +46,11 @@ const SYNCFS_ABOVE: usize = 64;
 /// Stripes of the per-queue open lock: two threads never open the same queue at once, and
 /// opening one queue blocks no lookup of another.
 const OPEN_STRIPES: usize = 64;
+
+/// How many of its newest entries a queue keeps in memory: consumers that keep up read them
+/// from there, neither opening the file (with more queues than cached descriptors, a reopen)
+/// nor reading it. 8 entries are 192 bytes per queue written to.
+const RECENT_ENTRIES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CqEntry {
@@ -157,6 +162,8 @@ struct QueueState {
     max: u64,
     /// The CommitLog start the last `delete_before` ran for.
     deleted_below: u64,
+    /// The newest entries written, up to [`RECENT_ENTRIES`]: those of `[max - len, max)`.
+    recent: VecDeque<CqEntry>,
 }
 
 /// One queue's ConsumeQueue.
@@ -199,6 +206,7 @@ impl ConsumeQueue {
                 min: 0,
                 max: 0,
                 deleted_below: 0,
+                recent: VecDeque::new(),
             }),
         };
         {
@@ -291,6 +299,7 @@ impl ConsumeQueue {
             // A queue rebuilt from a tier whose oldest segments have expired: it starts here.
             st.min = offset;
             st.max = offset;
+            st.recent.clear();
         }
         if offset > st.max {
             tracing::error!(dir = ?self.dir, expected = st.max, got = offset,
@@ -342,6 +351,12 @@ impl ConsumeQueue {
                 .lock()
                 .entry((self.serial, file_first))
                 .or_insert_with(|| self.path(file_first));
+            for e in &entries[..n] {
+                if st.recent.len() == RECENT_ENTRIES {
+                    st.recent.pop_front();
+                }
+                st.recent.push_back(*e);
+            }
             offset += n as u64;
             entries = &entries[n..];
             st.max = offset;
@@ -382,6 +397,15 @@ impl ConsumeQueue {
     fn get_locked(&self, st: &QueueState, from: u64, max: usize) -> Result<Vec<CqEntry>> {
         let from = from.max(st.min);
         let to = st.max.min(from.saturating_add(max as u64));
+        let recent_first = st.max - st.recent.len() as u64;
+        if from >= recent_first && from <= st.max {
+            return Ok(st
+                .recent
+                .range((from - recent_first) as usize..)
+                .take(to.saturating_sub(from) as usize)
+                .copied()
+                .collect());
+        }
         let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
         let mut offset = from;
         while offset < to {
@@ -424,6 +448,7 @@ impl ConsumeQueue {
                 break;
             }
             st.max = last;
+            st.recent.pop_back();
             dropped += 1;
             let file_first = last - last % self.entries_per_file;
             if last == file_first && st.files.len() > 1 {
@@ -733,6 +758,43 @@ mod tests {
             size: 10,
             tag_code: p as i64 * 7,
         }
+    }
+
+    #[test]
+    fn the_newest_entries_are_read_from_memory_and_agree_with_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // One cached descriptor: every file switch is a reopen.
+        let store = ConsumeQueueStore::new(dir.path(), 4, 1).unwrap();
+        let (a, b) = (store.queue("A", 0).unwrap(), store.queue("B", 0).unwrap());
+        let entries: Vec<_> = (0..20).map(|i| e(i * 10)).collect();
+        for (i, x) in entries.iter().enumerate() {
+            a.append(i as u64, std::slice::from_ref(x)).unwrap();
+            b.append(i as u64, std::slice::from_ref(x)).unwrap();
+        }
+        let opens = store.open_files().opens();
+        assert_eq!(a.get(12, 32).unwrap(), entries[12..].to_vec());
+        assert_eq!(a.get(15, 2).unwrap(), entries[15..17].to_vec());
+        assert_eq!(a.entry(19).unwrap(), Some(entries[19]));
+        assert!(a.get(20, 8).unwrap().is_empty());
+        assert!(a.get(25, 8).unwrap().is_empty());
+        assert_eq!(store.open_files().opens(), opens, "read from memory");
+        assert_eq!(a.get(10, 32).unwrap(), entries[10..].to_vec());
+        assert!(
+            store.open_files().opens() > opens,
+            "older entries come from the file"
+        );
+        // A cut CommitLog drops the newest entries from memory too.
+        assert_eq!(a.truncate_beyond(175).unwrap(), 3);
+        assert_eq!(a.get(12, 32).unwrap(), entries[12..17].to_vec());
+        a.append(17, &[e(1000)]).unwrap();
+        let mut want = entries[12..17].to_vec();
+        want.push(e(1000));
+        assert_eq!(a.get(12, 32).unwrap(), want);
+        store.sync_all().unwrap();
+        drop((a, b, store));
+        let store = ConsumeQueueStore::new(dir.path(), 4, 1).unwrap();
+        let a = store.existing("A", 0).unwrap().unwrap();
+        assert_eq!(a.get(12, 32).unwrap(), want, "the files hold the same");
     }
 
     #[test]
