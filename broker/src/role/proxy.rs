@@ -176,6 +176,9 @@ pub struct Remote {
     addrs_at: Mutex<Option<Instant>>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
+    /// Held while the group table is fetched: a storm of clients in new groups costs one
+    /// fetch of the table, not one each.
+    group_fetch: tokio::sync::Mutex<()>,
     clients: Mutex<HashMap<String, Instant>>,
     /// Rotates the first name server asked.
     next: AtomicUsize,
@@ -341,6 +344,7 @@ impl Remote {
             addrs_at: Mutex::default(),
             routes: Mutex::default(),
             groups: Mutex::default(),
+            group_fetch: tokio::sync::Mutex::new(()),
             clients: Mutex::default(),
             long_polls: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
@@ -698,10 +702,19 @@ impl Backend for Remote {
         if !metadata::valid_name(name) {
             return Err(ServiceError::IllegalGroup(name.to_owned()));
         }
-        if let Some((at, g)) = self.groups.lock().get(name)
-            && at.elapsed() < GROUP_TTL
-        {
-            return Ok(g.clone());
+        let cached = || {
+            self.groups
+                .lock()
+                .get(name)
+                .filter(|(at, _)| at.elapsed() < GROUP_TTL)
+                .map(|(_, g)| g.clone())
+        };
+        if let Some(g) = cached() {
+            return Ok(g);
+        }
+        let _fetching = self.group_fetch.lock().await;
+        if let Some(g) = cached() {
+            return Ok(g);
         }
         let brokers: Vec<String> = {
             if self.addrs.lock().is_empty() {
@@ -709,23 +722,34 @@ impl Backend for Remote {
             }
             self.addrs.lock().keys().cloned().collect()
         };
-        let mut found = GroupConfig::new(name);
+        // The answer is the whole table: every group in it is cached, not just this one.
+        let mut table = std::collections::BTreeMap::new();
         for b in brokers {
             let req = conn::request(rq::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, []);
             if let Ok(r) = self.call(&b, req, CALL_TIMEOUT).await
                 && r.code == rs::SUCCESS
                 && let Ok(w) = body::from_body::<SubscriptionGroupWrapper>(&r.body)
             {
-                if let Some(g) = w.subscription_group_table.get(name) {
-                    found.max_delivery_attempts = (g.retry_max_times.max(0) as u32) + 1;
-                    found.fifo = g.consume_message_orderly;
-                }
+                table = w.subscription_group_table;
                 break;
             }
         }
-        self.groups
-            .lock()
-            .insert(name.to_owned(), (Instant::now(), found.clone()));
+        let now = Instant::now();
+        let config = |name: &str| {
+            let mut c = GroupConfig::new(name);
+            if let Some(g) = table.get(name) {
+                c.max_delivery_attempts = (g.retry_max_times.max(0) as u32) + 1;
+                c.fifo = g.consume_message_orderly;
+            }
+            c
+        };
+        let found = config(name);
+        let mut groups = self.groups.lock();
+        groups.retain(|_, (at, _)| at.elapsed() < GROUP_TTL);
+        for g in table.keys() {
+            groups.insert(g.clone(), (now, config(g)));
+        }
+        groups.insert(name.to_owned(), (now, found.clone()));
         Ok(found)
     }
 
