@@ -164,6 +164,8 @@ struct Route {
     fetched: Instant,
 }
 
+type GroupTable = std::collections::BTreeMap<String, body::SubscriptionGroupWire>;
+
 /// The gRPC backend of a proxy: store nodes over the remoting protocol.
 pub struct Remote {
     namesrv: Vec<String>,
@@ -175,7 +177,8 @@ pub struct Remote {
     /// address failing (a restarted node comes back on it as a replica).
     addrs_at: Mutex<Option<Instant>>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
-    groups: Mutex<HashMap<String, (Instant, GroupConfig)>>,
+    /// The subscription groups of a store node, as last fetched (every GROUP_TTL at most).
+    groups: Mutex<Option<(Instant, Arc<GroupTable>)>>,
     /// Held while the group table is fetched: a storm of clients in new groups costs one
     /// fetch of the table, not one each.
     group_fetch: tokio::sync::Mutex<()>,
@@ -565,7 +568,11 @@ impl Remote {
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
-                self.routes.lock().clear();
+                // Routes through this node are looked up again; the others stay cached (a
+                // node down must not send every topic's clients to the name servers at once).
+                self.routes
+                    .lock()
+                    .retain(|_, r| !r.sets.iter().any(|s| s.broker == broker));
                 self.addrs.lock().remove(broker);
                 Err(ServiceError::Unavailable(format!(
                     "store node {broker} at {addr}: {e}"
@@ -702,19 +709,27 @@ impl Backend for Remote {
         if !metadata::valid_name(name) {
             return Err(ServiceError::IllegalGroup(name.to_owned()));
         }
-        let cached = || {
+        let config = |table: &GroupTable| {
+            let mut c = GroupConfig::new(name);
+            if let Some(g) = table.get(name) {
+                c.max_delivery_attempts = (g.retry_max_times.max(0) as u32) + 1;
+                c.fifo = g.consume_message_orderly;
+            }
+            c
+        };
+        let fresh = || {
             self.groups
                 .lock()
-                .get(name)
+                .as_ref()
                 .filter(|(at, _)| at.elapsed() < GROUP_TTL)
-                .map(|(_, g)| g.clone())
+                .map(|(_, t)| Arc::clone(t))
         };
-        if let Some(g) = cached() {
-            return Ok(g);
+        if let Some(t) = fresh() {
+            return Ok(config(&t));
         }
         let _fetching = self.group_fetch.lock().await;
-        if let Some(g) = cached() {
-            return Ok(g);
+        if let Some(t) = fresh() {
+            return Ok(config(&t));
         }
         let brokers: Vec<String> = {
             if self.addrs.lock().is_empty() {
@@ -722,8 +737,9 @@ impl Backend for Remote {
             }
             self.addrs.lock().keys().cloned().collect()
         };
-        // The answer is the whole table: every group in it is cached, not just this one.
-        let mut table = std::collections::BTreeMap::new();
+        // The first store node that answers gives the table; a group it does not hold gets
+        // the defaults, as does every group while no node answers.
+        let mut table = GroupTable::default();
         for b in brokers {
             let req = conn::request(rq::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, []);
             if let Ok(r) = self.call(&b, req, CALL_TIMEOUT).await
@@ -734,22 +750,8 @@ impl Backend for Remote {
                 break;
             }
         }
-        let now = Instant::now();
-        let config = |name: &str| {
-            let mut c = GroupConfig::new(name);
-            if let Some(g) = table.get(name) {
-                c.max_delivery_attempts = (g.retry_max_times.max(0) as u32) + 1;
-                c.fifo = g.consume_message_orderly;
-            }
-            c
-        };
-        let found = config(name);
-        let mut groups = self.groups.lock();
-        groups.retain(|_, (at, _)| at.elapsed() < GROUP_TTL);
-        for g in table.keys() {
-            groups.insert(g.clone(), (now, config(g)));
-        }
-        groups.insert(name.to_owned(), (now, found.clone()));
+        let found = config(&table);
+        *self.groups.lock() = Some((Instant::now(), Arc::new(table)));
         Ok(found)
     }
 
