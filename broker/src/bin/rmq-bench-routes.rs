@@ -76,6 +76,10 @@ struct Args {
     /// Clients of the storm, each on its own connection.
     #[arg(long, default_value_t = 2_000)]
     grpc_clients: usize,
+    /// Topics the storm's clients ask about (client i: topic i % this); 0: all `--topics`.
+    /// Few topics for many clients is many applications' clients starting together.
+    #[arg(long, default_value_t = 0)]
+    storm_topics: usize,
     /// Groups the storm's clients ask assignments for (`<group-prefix>-<i % groups>`).
     #[arg(long, default_value_t = 1_000)]
     groups: usize,
@@ -229,7 +233,12 @@ async fn storm_client(
         .await?;
     let mut c = MessagingServiceClient::new(channel);
     let client_id = format!("route-bench-{i}-{}", std::process::id());
-    let topic = format!("{}-{}", args.topic_prefix, i % args.topics.max(1));
+    let topics = if args.storm_topics == 0 {
+        args.topics
+    } else {
+        args.storm_topics.min(args.topics)
+    };
+    let topic = format!("{}-{}", args.topic_prefix, i % topics.max(1));
     let group = format!("{}-{}", args.group_prefix, i % args.groups.max(1));
     let t = Instant::now();
     let r = c
@@ -282,7 +291,8 @@ async fn main() -> anyhow::Result<()> {
         "config".into(),
         json!({"nodes": args.nodes, "topics": args.topics, "queues": args.queues,
                "routeClients": args.route_clients, "duration": args.duration,
-               "grpcClients": args.grpc_clients, "groups": args.groups}),
+               "grpcClients": args.grpc_clients, "groups": args.groups,
+               "stormTopics": args.storm_topics}),
     );
 
     // 1. Registration storm.

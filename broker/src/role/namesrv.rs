@@ -83,6 +83,9 @@ pub struct Routes {
     clusters: BTreeMap<String, BTreeSet<String>>,
     /// By broker address.
     live: HashMap<String, LiveBroker>,
+    /// Broker name -> the topics its primary last registered (some may have been deleted
+    /// since): a registration or removal touches these, not every topic held.
+    broker_topics: HashMap<String, Vec<String>>,
     kv: BTreeMap<(String, String), String>,
 }
 
@@ -132,8 +135,12 @@ impl Routes {
             .is_none();
         if r.broker_id == 0 {
             let table = &r.topics.topic_config_serialize_wrapper.topic_config_table;
-            for queues in self.topics.values_mut() {
-                queues.remove(&r.broker_name);
+            let before = self
+                .broker_topics
+                .remove(&r.broker_name)
+                .unwrap_or_default();
+            for name in before.iter().filter(|t| !table.contains_key(*t)) {
+                self.drop_queues(name, &r.broker_name);
             }
             for (name, t) in table {
                 self.topics.entry(name.clone()).or_default().insert(
@@ -147,7 +154,8 @@ impl Routes {
                     },
                 );
             }
-            self.topics.retain(|_, q| !q.is_empty());
+            self.broker_topics
+                .insert(r.broker_name.clone(), table.keys().cloned().collect());
         }
         if first {
             tracing::info!(cluster = %r.cluster, broker = %r.broker_name, id = r.broker_id, addr = %r.broker_addr, topics = r.topics.topic_config_serialize_wrapper.topic_config_table.len(), "broker registered");
@@ -203,10 +211,23 @@ impl Routes {
             }
         }
         if primary_gone && empty {
-            for queues in self.topics.values_mut() {
-                queues.remove(&live.broker_name);
+            for name in self
+                .broker_topics
+                .remove(&live.broker_name)
+                .unwrap_or_default()
+            {
+                self.drop_queues(&name, &live.broker_name);
             }
-            self.topics.retain(|_, q| !q.is_empty());
+        }
+    }
+
+    /// Removes a broker's queues from a topic's route, and the topic once no broker has it.
+    fn drop_queues(&mut self, topic: &str, broker: &str) {
+        if let Some(queues) = self.topics.get_mut(topic) {
+            queues.remove(broker);
+            if queues.is_empty() {
+                self.topics.remove(topic);
+            }
         }
     }
 
@@ -678,5 +699,28 @@ mod tests {
         r.register(registration("a", "h:9", 1, &[]), 3, t0);
         assert_eq!(r.route("T").unwrap().broker_datas[0].broker_addrs.len(), 2);
         assert_eq!(r.route("T").unwrap().queue_datas[0].write_queue_nums, 8);
+    }
+
+    #[test]
+    fn a_registration_touches_only_its_brokers_topics() {
+        let mut r = Routes::default();
+        let t0 = Instant::now();
+        r.register(registration("a", "h:1", 0, &[("T", 4), ("U", 4)]), 1, t0);
+        r.register(registration("b", "h:2", 0, &[("U", 2), ("V", 2)]), 2, t0);
+        // `a` drops U: U stays on `b`; T stays on `a`.
+        r.register(registration("a", "h:1", 0, &[("T", 4)]), 1, t0);
+        let u = r.route("U").unwrap();
+        assert_eq!(u.queue_datas.len(), 1);
+        assert_eq!(u.queue_datas[0].broker_name, "b");
+        assert_eq!(r.route("T").unwrap().queue_datas[0].broker_name, "a");
+        // A topic deleted from the name server, then dropped by its broker: no trace, no error.
+        r.topics.remove("V");
+        r.register(registration("b", "h:2", 0, &[("U", 2)]), 2, t0);
+        assert!(r.route("V").is_none());
+        // `b` goes: its topics go with it, `a`'s stay.
+        r.remove("h:2", "test");
+        assert!(r.route("U").is_none());
+        assert!(r.route("T").is_some());
+        assert_eq!(r.topics.len(), 1);
     }
 }

@@ -177,6 +177,8 @@ pub struct Remote {
     /// address failing (a restarted node comes back on it as a replica).
     addrs_at: Mutex<Option<Instant>>,
     routes: Mutex<HashMap<String, Arc<Route>>>,
+    /// Held while a topic's route is looked up.
+    route_fetches: SingleFlight,
     /// The subscription groups of a store node, as last fetched (every GROUP_TTL at most).
     groups: Mutex<Option<(Instant, Arc<GroupTable>)>>,
     /// Held while the group table is fetched: a storm of clients in new groups costs one
@@ -195,6 +197,48 @@ pub struct Remote {
     max_body_size: usize,
     client_id: String,
     metrics: ProxyMetrics,
+}
+
+/// One lookup per key at a time: tasks that miss the same key wait for the first one's
+/// lookup instead of each making their own; different keys never wait on each other.
+#[derive(Default)]
+struct SingleFlight(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds a key of a [`SingleFlight`] until dropped.
+struct Flight<'a> {
+    owner: &'a SingleFlight,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl SingleFlight {
+    async fn hold(&self, key: &str) -> Flight<'_> {
+        let lock = Arc::clone(self.0.lock().entry(key.to_owned()).or_default());
+        let guard = Arc::clone(&lock).lock_owned().await;
+        Flight {
+            owner: self,
+            key: key.to_owned(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.owner.0.lock();
+        // Only the map's reference and ours: nobody waits, the entry goes.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// Round-robin counters, one per key (a topic, or a topic and a group) up to hash collisions
@@ -346,6 +390,7 @@ impl Remote {
             addrs: Mutex::default(),
             addrs_at: Mutex::default(),
             routes: Mutex::default(),
+            route_fetches: SingleFlight::default(),
             groups: Mutex::default(),
             group_fetch: tokio::sync::Mutex::new(()),
             clients: Mutex::default(),
@@ -376,13 +421,23 @@ impl Remote {
     }
 
     async fn route_of(&self, topic: &str) -> Result<Arc<Route>> {
-        if let Some(r) = self.routes.lock().get(topic)
-            && r.fetched.elapsed() < ROUTE_TTL
-        {
-            return Ok(Arc::clone(r));
+        let fresh = || {
+            self.routes
+                .lock()
+                .get(topic)
+                .filter(|r| r.fetched.elapsed() < ROUTE_TTL)
+                .map(Arc::clone)
+        };
+        if let Some(r) = fresh() {
+            return Ok(r);
         }
         if !metadata::valid_name(topic) {
             return Err(ServiceError::IllegalTopic(topic.to_owned()));
+        }
+        // Clients of one topic starting together wait for one lookup, not one each.
+        let _fetching = self.route_fetches.hold(topic).await;
+        if let Some(r) = fresh() {
+            return Ok(r);
         }
         let r = self
             .ask_namesrv(conn::request(
@@ -1263,7 +1318,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::Turns;
+    use super::*;
 
     #[test]
     fn a_key_takes_every_turn_whatever_other_keys_do() {
@@ -1277,5 +1332,35 @@ mod tests {
             seen[turns.next(&["E2E", "G"]) % 3] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
+    }
+
+    #[tokio::test]
+    async fn one_lookup_per_key_at_a_time_and_no_entry_left_behind() {
+        let flights = Arc::new(SingleFlight::default());
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (flights, running, most) = (
+                    Arc::clone(&flights),
+                    Arc::clone(&running),
+                    Arc::clone(&most),
+                );
+                tokio::spawn(async move {
+                    let key = if i % 2 == 0 { "A" } else { "B" };
+                    let _f = flights.hold(key).await;
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A and B overlap; two holders of one key never do.
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        assert_eq!(flights.len(), 0);
     }
 }
