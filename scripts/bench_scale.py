@@ -17,6 +17,11 @@ One release `rmq-broker standalone` (ASYNC_FLUSH) on a fresh data folder, driven
 6. crash: 8 s of sends over every queue, `kill -9` under it, start again, time until ready
    (crash recovery: CommitLog scan from the checkpoint, queues repaired when first opened).
 
+With --apache, steps 2 and 4 run again against Apache RocketMQ 5.4.0 (scripts/apache.sh: its
+broker with the gRPC proxy in local mode, 12,500 topics created in one `mqadmin
+updateTopicList`, groups auto-created) on the same machine and load generator, after ours has
+stopped. Apache maps every ConsumeQueue file, so vm.max_map_count is raised first when allowed.
+
 Prints a table and writes it, with the raw numbers, under bench-results/.
 """
 import argparse
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from types import SimpleNamespace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -108,7 +114,8 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
-def bench(cfg, b: Broker, label, extra, secs, producers=None):
+def bench(cfg, b, label, extra, secs, producers=None):
+    """Runs rmq-bench against `b` (our Broker, or ApacheTarget) and returns its JSON."""
     out = b.work / f"{label}.json"
     producers = cfg.producers if producers is None else producers
     argv = [str(cfg.bin / "rmq-bench"), "--endpoint", b.endpoint, "--size", "1024",
@@ -122,6 +129,55 @@ def bench(cfg, b: Broker, label, extra, secs, producers=None):
     res = json.loads(out.read_text())
     res["stdout"] = r.stdout
     return res
+
+
+class ApacheTarget:
+    """Apache RocketMQ 5.4.0 (scripts/apache.sh: name server + broker with its proxy in local
+    mode) as a target of `bench`."""
+
+    def __init__(self, work: pathlib.Path):
+        from bench_compare import Apache
+        self.a = Apache(SimpleNamespace(segment_bytes=1 << 30), work, "ASYNC_FLUSH")
+        self.work = self.a.work
+        self.endpoint = self.a.endpoint
+
+    def start(self, topics):
+        t0 = time.time()
+        self.a.start(topics)
+        self.p = SimpleNamespace(pid=self.a.pids()[0])
+        return time.time() - t0
+
+    def stop(self):
+        self.a.stop()
+
+
+def raise_map_count(need):
+    """Apache maps every ConsumeQueue file: 100,000 queues need more mappings than the usual
+    65,530 (RocketMQ's deployment guide sets 655,360). Raises vm.max_map_count when allowed;
+    returns the value in force."""
+    path = pathlib.Path("/proc/sys/vm/max_map_count")
+    have = int(path.read_text())
+    if have < need:
+        try:
+            path.write_text(str(need))
+            log(f"vm.max_map_count raised from {have} to {need} for Apache's mapped queue files")
+        except OSError as e:
+            log(f"vm.max_map_count is {have} and cannot be raised here ({e}); Apache may fail to map its queues")
+    return int(path.read_text())
+
+
+def scale_runs(cfg, b, queues, scale, res, prefix=""):
+    """Warm-up (one message into every queue), drain (the groups read them), measured run."""
+    t0 = time.time()
+    res[prefix + "warmup"] = bench(cfg, b, prefix + "warmup",
+                                   scale[:6] + ["--consumers", "0", "--messages", str(queues)], 1200)
+    res[prefix + "warmupSecs"] = time.time() - t0
+    # The groups read those messages before the measured run, which then measures new
+    # traffic only (not a backlog drained next to it).
+    t0 = time.time()
+    res[prefix + "drain"] = bench(cfg, b, prefix + "drain", scale + ["--expect", str(queues)], 1200, producers=0)
+    res[prefix + "drainSecs"] = time.time() - t0
+    res[prefix + "q100k"] = bench(cfg, b, prefix + "q100k", scale, cfg.secs)
 
 
 def create_topics(http, topics):
@@ -145,6 +201,9 @@ def main():
     ap.add_argument("--topics", type=int, default=12500)
     ap.add_argument("--groups", type=int, default=1000)
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "bench-results")
+    ap.add_argument("--apache", action="store_true",
+                    help="run the same steps against Apache RocketMQ 5.4.0 too (scripts/apache.sh; "
+                         "raises vm.max_map_count when allowed)")
     cfg = ap.parse_args()
     queues = cfg.topics * 8
     res = {"config": vars(cfg) | {"bin": str(cfg.bin), "out": str(cfg.out)}}
@@ -163,15 +222,7 @@ def main():
         res["afterCreate"] = proc_mem(b.p.pid)
         # Warm-up: one message into every queue, so the measured run is the steady state and
         # not the creation of 100,000 queue files (measured here on its own).
-        t0 = time.time()
-        res["warmup"] = bench(cfg, b, "warmup", scale[:6] + ["--consumers", "0", "--messages", str(queues)], 600)
-        res["warmupSecs"] = time.time() - t0
-        # The groups read those messages before the measured run, which then measures new
-        # traffic only (not a backlog drained next to it).
-        t0 = time.time()
-        res["drain"] = bench(cfg, b, "drain", scale + ["--expect", str(queues)], 600, producers=0)
-        res["drainSecs"] = time.time() - t0
-        res["q100k"] = bench(cfg, b, "q100k", scale, cfg.secs)
+        scale_runs(cfg, b, queues, scale, res)
         res["after100k"] = proc_mem(b.p.pid)
         res["metrics"] = {k: metric(f"127.0.0.1:{b.http}", f"rocketmq_{k}") for k in
                           ("consumequeue_queues", "consumequeue_open_files", "consumequeue_file_opens",
@@ -192,6 +243,21 @@ def main():
         recovered = [l for l in (work / "broker.log").read_text().splitlines() if "recover" in l]
         res["recoveryLog"] = recovered[-3:]
         b.stop()
+        if cfg.apache:
+            # The same runs against Apache RocketMQ 5.4.0 (its gRPC proxy in local mode), after
+            # ours has stopped, on the same machine and load generator.
+            res["apacheMapCount"] = raise_map_count(4 * queues)
+            a = ApacheTarget(work)
+            try:
+                topics = [("BenchTopic", 8)] + [(f"ScaleTopic-{i}", 8) for i in range(cfg.topics)]
+                res["apacheStartAndCreateSecs"] = a.start(topics)
+                res["apacheIdle"] = proc_mem(a.p.pid)
+                res["apache_q8"] = bench(cfg, a, "apache_q8", ["--topic", "BenchTopic", "--consumers", "8"], cfg.secs)
+                res["apacheAfter8"] = proc_mem(a.p.pid)
+                scale_runs(cfg, a, queues, scale, res, prefix="apache_")
+                res["apacheAfter100k"] = proc_mem(a.p.pid)
+            finally:
+                a.stop()
     s8, s100 = res["q8"]["send"], res["q100k"]["send"]
     mib = lambda a, z, k: res[z][k] - res[a][k]
     lines = [
@@ -202,7 +268,11 @@ def main():
         "| run | send msg/s | p50 ms | p99 ms | received / sent | send errors | RSS MiB (anon) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, r, mem in (("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k")):
+    rows = [("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k")]
+    if cfg.apache:
+        rows += [("Apache 5.4.0, 8 queues", res["apache_q8"], "apacheAfter8"),
+                 (f"Apache 5.4.0, {queues:,} queues", res["apache_q100k"], "apacheAfter100k")]
+    for name, r, mem in rows:
         s = r["send"]
         lines.append(f"| {name} | {s['perSec']:,.0f} | {s['p50Ms']:.2f} | {s['p99Ms']:.2f} | "
                      f"{r['endToEnd']['count']:,} / {s['count']:,} | {r.get('sendErrors', 0)} | "
@@ -226,6 +296,16 @@ def main():
         f"- **Clean restart** with {queues:,} queues on disk: ready in {res['cleanRestartSecs']:.2f} s",
         f"- **Restart after kill -9** under load: ready in {res['crashRestartSecs']:.2f} s",
     ]
+    if cfg.apache:
+        a8, a100 = res["apache_q8"]["send"], res["apache_q100k"]["send"]
+        lines += [
+            f"- **Apache 5.4.0, {queues:,}-queue send throughput / its 8-queue:** {a100['perSec'] / a8['perSec']:.1%}; "
+            f"ours / Apache's at {queues:,} queues: {s100['perSec'] / a100['perSec']:.2f}x",
+            f"- **Apache 5.4.0:** started and {cfg.topics:,} topics created (one mqadmin updateTopicList) in "
+            f"{res['apacheStartAndCreateSecs']:.1f} s; first message into each queue {res['apache_warmupSecs']:.1f} s; "
+            f"read by the groups in {res['apache_drainSecs']:.1f} s; vm.max_map_count {res['apacheMapCount']}; "
+            f"descriptors {res['apacheAfter100k']['fds']}, threads {res['apacheAfter100k']['threads']}",
+        ]
     table = "\n".join(lines)
     print(table)
     cfg.out.mkdir(exist_ok=True)

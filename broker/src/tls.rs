@@ -31,6 +31,10 @@ use tokio::net::TcpStream;
 /// How long a new connection may take to show its first byte and finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// TLS handshakes one listener runs at once. In a reconnect storm of thousands of TLS clients
+/// the others wait their turn (within HANDSHAKE_TIMEOUT), so the handshakes' CPU and memory
+/// stay bounded and established connections keep being served.
+const MAX_HANDSHAKES: usize = 64;
 /// How often certificate files are checked for changes.
 const RELOAD_PERIOD: Duration = Duration::from_secs(2);
 
@@ -201,9 +205,35 @@ pub struct ServerTls {
     listen: SocketAddr,
     alpn: Vec<&'static [u8]>,
     current: RwLock<(Arc<rustls::ServerConfig>, [Option<SystemTime>; 3])>,
+    handshakes: tokio::sync::Semaphore,
+    /// Handshakes run or running, and the most run at once (tests read them).
+    handshake_stats: parking_lot::Mutex<(usize, usize, usize)>,
+}
+
+/// Counts a handshake as running until dropped.
+struct Running<'a>(&'a ServerTls);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.handshake_stats.lock().1 -= 1;
+    }
 }
 
 impl ServerTls {
+    fn handshake_started(&self) -> Running<'_> {
+        let mut st = self.handshake_stats.lock();
+        st.0 += 1;
+        st.1 += 1;
+        st.2 = st.2.max(st.1);
+        Running(self)
+    }
+
+    /// (handshakes started, the most that ran at once).
+    pub fn handshake_counts(&self) -> (usize, usize) {
+        let st = self.handshake_stats.lock();
+        (st.0, st.2)
+    }
+
     /// `None` when TLS is disabled.
     pub fn new(
         cfg: &TlsConfig,
@@ -221,6 +251,8 @@ impl ServerTls {
             listen,
             alpn: alpn.to_vec(),
             current: RwLock::new((config, stamps)),
+            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
+            handshake_stats: parking_lot::Mutex::new((0, 0, 0)),
         });
         if cfg.cert.is_some() || cfg.ca.is_some() {
             let weak = Arc::downgrade(&tls);
@@ -284,7 +316,12 @@ pub async fn accept(stream: TcpStream, tls: Option<&ServerTls>) -> io::Result<St
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no data from the client"))??;
     if n == 1 && first[0] == TLS_HANDSHAKE_RECORD {
         let acceptor = tls.acceptor();
-        let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        let handshake = async {
+            let _permit = tls.handshakes.acquire().await.expect("never closed");
+            let _running = tls.handshake_started();
+            acceptor.accept(stream).await
+        };
+        let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         Ok(Stream::Server(Box::new(s)))
@@ -575,6 +612,45 @@ mod tests {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
         Ok(out)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handshake_storm_is_served_a_bounded_number_at_a_time() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = pki(dir.path());
+        let cfg = TlsConfig {
+            mode: TlsMode::Enforcing,
+            cert: Some(cert),
+            key: Some(key),
+            ca: None,
+            client_auth: ClientAuth::None,
+        };
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let tls = ServerTls::new(&cfg, listen, &[]).unwrap().unwrap();
+        let addr = serve_once(Arc::clone(&tls)).await;
+        let client = Arc::new(ClientTls::with_ca(&ca).unwrap());
+        const CLIENTS: usize = 300;
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let client = Arc::clone(&client);
+                tokio::spawn(async move {
+                    let s = client
+                        .connect("127.0.0.1", TcpStream::connect(addr).await?)
+                        .await?;
+                    read_all(s).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), b"tls", "every client is served");
+        }
+        let (started, most) = tls.handshake_counts();
+        assert_eq!(started, CLIENTS);
+        assert!(
+            (1..=MAX_HANDSHAKES).contains(&most),
+            "{most} handshakes at once, limit {MAX_HANDSHAKES}"
+        );
     }
 
     #[tokio::test]
