@@ -6,6 +6,7 @@
 #   scripts/apache.sh topic WORKDIR TOPIC QUEUES  create TOPIC with QUEUES read and write queues
 #   scripts/apache.sh topics WORKDIR T:Q [T:Q...] create many topics in one mqadmin call
 #   scripts/apache.sh group WORKDIR GROUP         create subscription group GROUP
+#   scripts/apache.sh groups WORKDIR G [G...]     create many groups in one mqadmin call
 #   scripts/apache.sh stop WORKDIR                stop both (TERM, then KILL after APACHE_STOP_SECONDS)
 # WORKDIR holds the configs, the store, pid files (namesrv.pid, broker.pid) and logs (namesrv.out,
 # broker.out, and RocketMQ's own logs under logs/rocketmqlogs/). The gRPC proxy does not create
@@ -28,7 +29,7 @@ exec </dev/null
 
 cmd="${1:-}"
 work="${2:-}"
-usage() { echo "usage: $0 start|stop WORKDIR | topic WORKDIR TOPIC QUEUES | topics WORKDIR TOPIC:QUEUES... | group WORKDIR GROUP" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop WORKDIR | topic WORKDIR TOPIC QUEUES | topics WORKDIR TOPIC:QUEUES... | group WORKDIR GROUP | groups WORKDIR GROUP..." >&2; exit 2; }
 [ -n "$cmd" ] && [ -n "$work" ] || usage
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
@@ -187,6 +188,20 @@ print(json.dumps([{"topicName": t, "readQueueNums": int(q), "writeQueueNums": in
   out="$(mqadmin updateTopicList -n "$(namesrv_addr)" -c DefaultCluster -f "$work/topics.json")" || true
   grep -q success <<<"$out" || fail "topics failed: $out" "$work/logs/rocketmqlogs/tools.log"
   log "$# topics created"
+  ;;
+groups)
+  [ $# -ge 3 ] || usage
+  [ -f "$work/namesrv.conf" ] || { log "no $work/namesrv.conf: start it first"; exit 1; }
+  lib="$("$(dirname "$0")/setup-apache.sh" 2>/dev/null | tail -n 1)"
+  shift 2
+  # mqadmin updateSubGroupList reads a JSON list of SubscriptionGroupConfig. Apache's proxy
+  # answers a gRPC consumer only for a group the broker holds (auto-creation happens on the
+  # remoting path), so groups are created up front.
+  python3 -c 'import json, sys
+print(json.dumps([{"groupName": g} for g in sys.argv[1:]]))' "$@" >"$work/groups.json"
+  out="$(mqadmin updateSubGroupList -n "$(namesrv_addr)" -c DefaultCluster -f "$work/groups.json")" || true
+  grep -q success <<<"$out" || fail "groups failed: $out" "$work/logs/rocketmqlogs/tools.log"
+  log "$# groups created"
   ;;
 stop)
   [ $# -eq 2 ] || usage

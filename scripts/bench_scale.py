@@ -166,8 +166,9 @@ def raise_map_count(need):
     return int(path.read_text())
 
 
-def scale_runs(cfg, b, queues, scale, res, prefix=""):
-    """Warm-up (one message into every queue), drain (the groups read them), measured run."""
+def scale_runs(cfg, b, queues, scale, res, prefix="", drain_secs=1200):
+    """Warm-up (one message into every queue), drain (the groups read them, waiting at most
+    `drain_secs`), measured run."""
     t0 = time.time()
     res[prefix + "warmup"] = bench(cfg, b, prefix + "warmup",
                                    scale[:6] + ["--consumers", "0", "--messages", str(queues)], 1200)
@@ -175,7 +176,8 @@ def scale_runs(cfg, b, queues, scale, res, prefix=""):
     # The groups read those messages before the measured run, which then measures new
     # traffic only (not a backlog drained next to it).
     t0 = time.time()
-    res[prefix + "drain"] = bench(cfg, b, prefix + "drain", scale + ["--expect", str(queues)], 1200, producers=0)
+    res[prefix + "drain"] = bench(cfg, b, prefix + "drain", scale + ["--expect", str(queues)], drain_secs,
+                                  producers=0)
     res[prefix + "drainSecs"] = time.time() - t0
     res[prefix + "q100k"] = bench(cfg, b, prefix + "q100k", scale, cfg.secs)
 
@@ -251,10 +253,13 @@ def main():
             try:
                 topics = [("BenchTopic", 8)] + [(f"ScaleTopic-{i}", 8) for i in range(cfg.topics)]
                 res["apacheStartAndCreateSecs"] = a.start(topics)
+                t0 = time.time()
+                a.a.sh("groups", str(a.work), *[f"BenchGroup-{i}" for i in range(cfg.groups)])
+                res["apacheGroupsSecs"] = time.time() - t0
                 res["apacheIdle"] = proc_mem(a.p.pid)
                 res["apache_q8"] = bench(cfg, a, "apache_q8", ["--topic", "BenchTopic", "--consumers", "8"], cfg.secs)
                 res["apacheAfter8"] = proc_mem(a.p.pid)
-                scale_runs(cfg, a, queues, scale, res, prefix="apache_")
+                scale_runs(cfg, a, queues, scale, res, prefix="apache_", drain_secs=300)
                 res["apacheAfter100k"] = proc_mem(a.p.pid)
             finally:
                 a.stop()
@@ -303,7 +308,8 @@ def main():
             f"ours / Apache's at {queues:,} queues: {s100['perSec'] / a100['perSec']:.2f}x",
             f"- **Apache 5.4.0:** started and {cfg.topics:,} topics created (one mqadmin updateTopicList) in "
             f"{res['apacheStartAndCreateSecs']:.1f} s; first message into each queue {res['apache_warmupSecs']:.1f} s; "
-            f"read by the groups in {res['apache_drainSecs']:.1f} s; vm.max_map_count {res['apacheMapCount']}; "
+            f"read by the groups: {res['apache_drain']['endToEnd']['count']:,} in {res['apache_drainSecs']:.1f} s; "
+            f"{cfg.groups:,} groups created in {res['apacheGroupsSecs']:.1f} s; vm.max_map_count {res['apacheMapCount']}; "
             f"descriptors {res['apacheAfter100k']['fds']}, threads {res['apacheAfter100k']['threads']}",
         ]
     table = "\n".join(lines)

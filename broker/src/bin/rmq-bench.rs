@@ -205,6 +205,10 @@ async fn announce(
     client_type: pb::ClientType,
 ) -> anyhow::Result<mpsc::Sender<pb::TelemetryCommand>> {
     let (tx, rx) = mpsc::channel(4);
+    let settings_group = match &pub_sub {
+        pb::settings::PubSub::Subscription(sub) => sub.group.as_ref().map(|g| g.name.clone()),
+        _ => None,
+    };
     let settings = pb::Settings {
         client_type: Some(client_type as i32),
         request_timeout: Some(prost_types::Duration {
@@ -238,6 +242,23 @@ async fn announce(
         .await
         .context("no settings back over Telemetry in 5 s")??;
     tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+    // Heartbeats every 10 s, as the official clients send: Apache's proxy forgets the settings
+    // of a consumer whose channel no heartbeat registered (then its receives fail).
+    let group = match &settings_group {
+        Some(g) => res(g),
+        None => None,
+    };
+    let id = client_id.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let hb = pb::HeartbeatRequest {
+                group: group.clone(),
+                client_type: client_type as i32,
+            };
+            let _ = c.heartbeat(request(hb, &id)).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
     Ok(tx)
 }
 
