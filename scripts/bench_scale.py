@@ -5,9 +5,7 @@ One release `rmq-broker standalone` (ASYNC_FLUSH) on a fresh data folder, driven
 `rmq-bench` (N producers sending 1 KiB messages synchronously, C consumers acking):
 
 1. idle: RSS (anonymous and file-backed) and open descriptors of the fresh broker;
-2. 8 queues: one topic of 8 queues, one group - the reference; then the same with 64
-   consumers asking for one message per receive (the control: what a message costs when each
-   pays a whole receive and ack, as in step 4, without the queues);
+2. 8 queues: one topic of 8 queues, one group - the reference;
 3. topics: 12,500 topics of 8 queues created in batches through the HTTP admin API (timed);
    memory after creation;
 4. 100,000 queues: sends spread evenly over every queue of every topic, consumed by
@@ -191,12 +189,6 @@ def scale_runs(cfg, b, queues, scale, res, prefix="", drain_secs=1200):
     res[prefix + "q100k"] = bench(cfg, b, prefix + "q100k", scale, cfg.secs)
 
 
-# The control run: 8 queues, but every receive asks for one message, from 64 consumers - what
-# each message costs with 100,000 queues, where a topic gets a message every few seconds and a
-# receive finds about one (a whole receive and ack per message), without the queues.
-Q8_ONE = ["--topic", "BenchTopic", "--consumers", "64", "--receive-batch", "1"]
-
-
 def create_topics(http, topics):
     """Creates ScaleTopic-0.. through POST /admin/topics, 2,000 a request; returns seconds."""
     t0 = time.time()
@@ -237,8 +229,6 @@ def main():
         res["idle"] = proc_mem(b.p.pid)
         res["q8"] = bench(cfg, b, "q8", ["--topic", "BenchTopic", "--consumers", "8"], cfg.secs)
         res["after8"] = proc_mem(b.p.pid)
-        res["q8one"] = bench(cfg, b, "q8one", Q8_ONE, cfg.secs)
-        res["after8one"] = proc_mem(b.p.pid)
         scale = ["--topic", "ScaleTopic", "--topics", str(cfg.topics), "--queues", "8",
                  "--groups", str(cfg.groups), "--consumers", str(cfg.consumers),
                  "--long-polling-ms", str(cfg.long_polling_ms)]
@@ -282,8 +272,6 @@ def main():
                 res["apacheIdle"] = proc_mem(a.p.pid)
                 res["apache_q8"] = bench(cfg, a, "apache_q8", ["--topic", "BenchTopic", "--consumers", "8"], cfg.secs)
                 res["apacheAfter8"] = proc_mem(a.p.pid)
-                res["apache_q8one"] = bench(cfg, a, "apache_q8one", Q8_ONE, cfg.secs)
-                res["apacheAfter8one"] = proc_mem(a.p.pid)
                 scale_runs(cfg, a, queues, scale, res, prefix="apache_", drain_secs=300)
                 res["apacheAfter100k"] = proc_mem(a.p.pid)
             finally:
@@ -298,12 +286,9 @@ def main():
         "| run | send msg/s | p50 ms | p99 ms | received / sent | send errors | RSS MiB (anon) |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [("8 queues", res["q8"], "after8"),
-            ("8 queues, 1 message per receive", res["q8one"], "after8one"),
-            (f"{queues:,} queues", res["q100k"], "after100k")]
+    rows = [("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k")]
     if cfg.apache:
         rows += [("Apache 5.4.0, 8 queues", res["apache_q8"], "apacheAfter8"),
-                 ("Apache 5.4.0, 8 queues, 1 message per receive", res["apache_q8one"], "apacheAfter8one"),
                  (f"Apache 5.4.0, {queues:,} queues", res["apache_q100k"], "apacheAfter100k")]
     for name, r, mem in rows:
         s = r["send"]
@@ -312,8 +297,7 @@ def main():
                      f"{res[mem]['rssMiB']:.0f} ({res[mem]['anonMiB']:.0f}) |")
     lines += [
         "",
-        f"- **{queues:,}-queue send throughput / 8-queue:** {s100['perSec'] / s8['perSec']:.1%}; "
-        f"/ 8-queue with 1 message per receive: {s100['perSec'] / res['q8one']['send']['perSec']:.1%}",
+        f"- **{queues:,}-queue send throughput / 8-queue:** {s100['perSec'] / s8['perSec']:.1%}",
         f"- **Topic creation:** {cfg.topics:,} topics in {res['createSecs']:.1f} s (HTTP admin API, 2,000 a request)",
         f"- **First message into each of the {queues:,} queues** (creates its file): {res['warmupSecs']:.1f} s, "
         f"{res['warmup']['send']['perSec']:,.0f} msg/s",

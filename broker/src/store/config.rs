@@ -67,11 +67,6 @@ pub struct StoreConfig {
     /// checkpoint written.
     #[serde(with = "millis")]
     pub checkpoint_interval: Duration,
-    /// How often every ConsumeQueue entry held in memory is written to its file (a queue
-    /// writes its own as soon as 32 wait). Longer means fewer file writes with many quiet
-    /// queues; after a crash, recovery rebuilds the entries of this much CommitLog.
-    #[serde(with = "millis")]
-    pub consume_queue_write_back_interval: Duration,
     /// Entries per ConsumeQueue file (`mappedFileSizeConsumeQueue` / 20).
     pub consume_queue_entries_per_file: u64,
     /// ConsumeQueue files kept open at once, across all queues (least recently used closed
@@ -112,7 +107,6 @@ impl Default for StoreConfig {
             flush_thorough_interval: Duration::from_secs(10),
             sync_flush_timeout: Duration::from_secs(5),
             checkpoint_interval: Duration::from_secs(1),
-            consume_queue_write_back_interval: Duration::from_secs(30),
             consume_queue_entries_per_file: 300_000,
             consume_queue_open_files: 0,
             index: IndexConfig::default(),
@@ -165,10 +159,6 @@ impl StoreConfig {
         for (field, d) in [
             ("flushInterval", self.flush_interval),
             ("checkpointInterval", self.checkpoint_interval),
-            (
-                "consumeQueueWriteBackInterval",
-                self.consume_queue_write_back_interval,
-            ),
             ("retentionInterval", self.retention_interval),
             ("syncFlushTimeout", self.sync_flush_timeout),
         ] {

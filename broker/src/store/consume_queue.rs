@@ -52,15 +52,6 @@ const OPEN_STRIPES: usize = 64;
 /// nor reading it. 8 entries are 192 bytes per queue written to.
 const RECENT_ENTRIES: usize = 8;
 
-/// Entries a queue holds in memory before it writes them to its file (write-behind). New
-/// entries are kept in memory and written when this many wait, or when the store writes every
-/// queue back ([`ConsumeQueueStore::write_back_all`], from the checkpoint). With 100,000 queues
-/// each getting a message every few seconds, writing each entry as it comes meant reopening a
-/// file (the descriptor cache holds fewer) for every message; written back every 30 s, a file
-/// is opened once for all its entries of that time. Entries not yet written are rebuilt from the
-/// CommitLog after a crash: the checkpoint vouches only for what was written back.
-pub const WRITE_BEHIND_ENTRIES: usize = 32;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CqEntry {
     pub physical_offset: u64,
@@ -171,21 +162,8 @@ struct QueueState {
     max: u64,
     /// The CommitLog start the last `delete_before` ran for.
     deleted_below: u64,
-    /// Entries below this are in the files; `[written, max)` are in `recent` only.
-    written: u64,
-    /// The newest entries: those of `[max - len, max)`; at least every entry not yet written,
-    /// and up to [`RECENT_ENTRIES`] written ones.
+    /// The newest entries written, up to [`RECENT_ENTRIES`]: those of `[max - len, max)`.
     recent: VecDeque<CqEntry>,
-}
-
-impl QueueState {
-    /// Drops the oldest entries kept in memory that are in the files too.
-    fn trim_recent(&mut self) {
-        let keep = RECENT_ENTRIES.max((self.max - self.written) as usize);
-        while self.recent.len() > keep {
-            self.recent.pop_front();
-        }
-    }
 }
 
 /// One queue's ConsumeQueue.
@@ -228,7 +206,6 @@ impl ConsumeQueue {
                 min: 0,
                 max: 0,
                 deleted_below: 0,
-                written: 0,
                 recent: VecDeque::new(),
             }),
         };
@@ -259,7 +236,6 @@ impl ConsumeQueue {
                 st.max = first + n;
                 break;
             }
-            st.written = st.max;
             st.min = st.files.first().map_or(st.max, |f| *f);
             // Leading empty entries (a queue that starts inside its first file) are not
             // readable.
@@ -306,8 +282,7 @@ impl ConsumeQueue {
 
     /// Appends entries starting at logical offset `first`. Entries already present (a
     /// re-dispatch after a crash) are skipped; a gap (a bug, or a lost file) is filled with
-    /// empty entries that readers skip, and logged. The entries are readable at once; they
-    /// reach the file when [`WRITE_BEHIND_ENTRIES`] wait or at the next write-back.
+    /// empty entries that readers skip, and logged.
     pub fn append(&self, first: u64, entries: &[CqEntry]) -> Result<()> {
         let mut st = self.state.lock();
         let mut offset = first;
@@ -320,58 +295,30 @@ impl ConsumeQueue {
         if entries.is_empty() {
             return Ok(());
         }
-        if offset > st.max && st.files.is_empty() && st.written == st.max {
+        if offset > st.max && st.files.is_empty() {
             // A queue rebuilt from a tier whose oldest segments have expired: it starts here.
             st.min = offset;
             st.max = offset;
-            st.written = offset;
             st.recent.clear();
         }
-        let filled: Vec<CqEntry>;
         if offset > st.max {
             tracing::error!(dir = ?self.dir, expected = st.max, got = offset,
                 "ConsumeQueue gap: filling with empty entries");
-            let empty = CqEntry {
-                physical_offset: 0,
-                size: 0,
-                tag_code: 0,
-            };
-            filled = std::iter::repeat_n(empty, (offset - st.max) as usize)
-                .chain(entries.iter().copied())
-                .collect();
-            entries = &filled;
+            let gap = vec![
+                CqEntry {
+                    physical_offset: 0,
+                    size: 0,
+                    tag_code: 0
+                };
+                (offset - st.max) as usize
+            ];
+            let at = st.max;
+            self.write_locked(&mut st, at, &gap)?;
         }
-        st.recent.extend(entries.iter().copied());
-        st.max += entries.len() as u64;
-        if (st.max - st.written) as usize >= WRITE_BEHIND_ENTRIES {
-            self.write_back_locked(&mut st)?;
-        }
-        st.trim_recent();
-        Ok(())
+        self.write_locked(&mut st, offset, entries)
     }
 
-    /// Writes the entries held in memory only to the files.
-    pub fn write_back(&self) -> Result<()> {
-        let mut st = self.state.lock();
-        self.write_back_locked(&mut st)?;
-        st.trim_recent();
-        Ok(())
-    }
-
-    fn write_back_locked(&self, st: &mut QueueState) -> Result<()> {
-        let n = (st.max - st.written) as usize;
-        if n == 0 {
-            return Ok(());
-        }
-        let pending: Vec<CqEntry> = st.recent.range(st.recent.len() - n..).copied().collect();
-        let at = st.written;
-        self.write_files(st, at, &pending)?;
-        st.written = st.max;
-        Ok(())
-    }
-
-    /// Writes entries at logical offset `offset` into the files (creating them as needed).
-    fn write_files(
+    fn write_locked(
         &self,
         st: &mut QueueState,
         mut offset: u64,
@@ -404,8 +351,15 @@ impl ConsumeQueue {
                 .lock()
                 .entry((self.serial, file_first))
                 .or_insert_with(|| self.path(file_first));
+            for e in &entries[..n] {
+                if st.recent.len() == RECENT_ENTRIES {
+                    st.recent.pop_front();
+                }
+                st.recent.push_back(*e);
+            }
             offset += n as u64;
             entries = &entries[n..];
+            st.max = offset;
         }
         Ok(())
     }
@@ -443,9 +397,6 @@ impl ConsumeQueue {
     fn get_locked(&self, st: &QueueState, from: u64, max: usize) -> Result<Vec<CqEntry>> {
         let from = from.max(st.min);
         let to = st.max.min(from.saturating_add(max as u64));
-        if from >= to {
-            return Ok(Vec::new());
-        }
         let recent_first = st.max - st.recent.len() as u64;
         if from >= recent_first && from <= st.max {
             return Ok(st
@@ -456,15 +407,12 @@ impl ConsumeQueue {
                 .collect());
         }
         let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
-        // The files hold everything below `recent_first` (entries not yet written are all in
-        // memory); what follows it comes from memory.
-        let in_files = to.min(recent_first);
         let mut offset = from;
-        while offset < in_files {
+        while offset < to {
             let file_first = offset - offset % self.entries_per_file;
-            let n = (file_first + self.entries_per_file).min(in_files) - offset;
+            let n = (file_first + self.entries_per_file).min(to) - offset;
             if !st.files.contains(&file_first) {
-                return Ok(out);
+                break;
             }
             let file = self.file(file_first, false)?;
             let mut buf = vec![0u8; (n * ENTRY_SIZE) as usize];
@@ -472,9 +420,6 @@ impl ConsumeQueue {
                 .map_err(|e| StoreError::io(self.path(file_first), e))?;
             out.extend(buf.chunks_exact(ENTRY_SIZE as usize).map(CqEntry::decode));
             offset += n;
-        }
-        if to > in_files {
-            out.extend(st.recent.range(..(to - recent_first) as usize).copied());
         }
         Ok(out)
     }
@@ -505,10 +450,6 @@ impl ConsumeQueue {
             st.max = last;
             st.recent.pop_back();
             dropped += 1;
-            if last >= st.written {
-                continue; // in memory only
-            }
-            st.written = last;
             let file_first = last - last % self.entries_per_file;
             if last == file_first && st.files.len() > 1 {
                 self.remove_file(&mut st, file_first)?;
@@ -771,15 +712,6 @@ impl ConsumeQueueStore {
         &self.shared.files
     }
 
-    /// Writes every queue's entries held in memory only to its files (see
-    /// [`WRITE_BEHIND_ENTRIES`]); [`Self::sync_all`] then makes them durable.
-    pub fn write_back_all(&self) -> Result<()> {
-        for q in self.open_queues() {
-            q.write_back()?;
-        }
-        Ok(())
-    }
-
     /// Makes every write and new directory since the last call durable: each dirty file's
     /// data, or, when many are dirty, the whole file system at once.
     pub fn sync_all(&self) -> Result<()> {
@@ -839,7 +771,6 @@ mod tests {
             a.append(i as u64, std::slice::from_ref(x)).unwrap();
             b.append(i as u64, std::slice::from_ref(x)).unwrap();
         }
-        store.write_back_all().unwrap();
         let opens = store.open_files().opens();
         assert_eq!(a.get(12, 32).unwrap(), entries[12..].to_vec());
         assert_eq!(a.get(15, 2).unwrap(), entries[15..17].to_vec());
@@ -859,59 +790,11 @@ mod tests {
         let mut want = entries[12..17].to_vec();
         want.push(e(1000));
         assert_eq!(a.get(12, 32).unwrap(), want);
-        store.write_back_all().unwrap();
         store.sync_all().unwrap();
         drop((a, b, store));
         let store = ConsumeQueueStore::new(dir.path(), 4, 1).unwrap();
         let a = store.existing("A", 0).unwrap().unwrap();
         assert_eq!(a.get(12, 32).unwrap(), want, "the files hold the same");
-    }
-
-    #[test]
-    fn entries_wait_in_memory_until_written_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ConsumeQueueStore::new(dir.path(), 10, 16).unwrap();
-        let q = store.queue("T", 0).unwrap();
-        let entries: Vec<_> = (0..100).map(|i| e(i * 10)).collect();
-        for (i, x) in entries[..5].iter().enumerate() {
-            q.append(i as u64, std::slice::from_ref(x)).unwrap();
-        }
-        // Readable at once, not in any file yet.
-        assert_eq!(q.get(0, 32).unwrap(), entries[..5].to_vec());
-        assert_eq!(store.open_files().opens(), 0, "no file written or read");
-        assert!(!dir.path().join("T").exists());
-        store.write_back_all().unwrap();
-        assert_eq!(store.open_files().opens(), 1);
-        // More than WRITE_BEHIND_ENTRIES waiting: the queue writes them itself, across files.
-        for (i, x) in entries.iter().enumerate().skip(5) {
-            q.append(i as u64, std::slice::from_ref(x)).unwrap();
-        }
-        let written = 5 + WRITE_BEHIND_ENTRIES * ((100 - 5) / WRITE_BEHIND_ENTRIES);
-        // Reads that span the files and memory.
-        assert_eq!(q.get(0, 100).unwrap(), entries);
-        assert_eq!(
-            q.get(written as u64 - 3, 6).unwrap(),
-            entries[written - 3..written + 3].to_vec()
-        );
-        // A cut reaches entries in memory and in the files.
-        assert_eq!(q.truncate_beyond(950).unwrap(), 5);
-        assert_eq!(q.max_offset(), 95);
-        assert_eq!(q.get(0, 100).unwrap(), entries[..95].to_vec());
-        // Without a write-back, what waited in memory is gone after a restart (the CommitLog
-        // rebuilds it); the written part is intact.
-        store.sync_all().unwrap();
-        drop((q, store));
-        let store = ConsumeQueueStore::new(dir.path(), 10, 16).unwrap();
-        let q = store.existing("T", 0).unwrap().unwrap();
-        assert_eq!(q.max_offset(), written.min(95) as u64);
-        assert_eq!(q.get(0, 100).unwrap(), entries[..written.min(95)].to_vec());
-        q.append(written.min(95) as u64, &entries[written.min(95)..95])
-            .unwrap();
-        store.write_back_all().unwrap();
-        drop((q, store));
-        let store = ConsumeQueueStore::new(dir.path(), 10, 16).unwrap();
-        let q = store.existing("T", 0).unwrap().unwrap();
-        assert_eq!(q.get(0, 100).unwrap(), entries[..95].to_vec());
     }
 
     #[test]
@@ -926,7 +809,6 @@ mod tests {
         assert_eq!(q.max_offset(), 10);
         assert_eq!(q.get(2, 5).unwrap(), entries[2..7].to_vec());
         assert_eq!(q.get(8, 100).unwrap(), entries[8..].to_vec());
-        store.write_back_all().unwrap();
         store.sync_all().unwrap();
         drop(store);
         let store = ConsumeQueueStore::new(dir.path(), 4, 1024).unwrap();
@@ -979,7 +861,6 @@ mod tests {
                 .unwrap()
                 .append(0, &[e(0), e(10)])
                 .unwrap();
-            store.write_back_all().unwrap();
         }
         let path = dir.path().join("T/0").join(file_name(0));
         let mut bytes = std::fs::read(&path).unwrap();
@@ -1014,7 +895,6 @@ mod tests {
         q.append(250, &[e(20)]).unwrap();
         assert_eq!((q.min_offset(), q.max_offset()), (250, 251));
         assert_eq!(q.entry(250).unwrap(), Some(e(20)));
-        store.write_back_all().unwrap();
         store.sync_all().unwrap();
         drop(store);
         let store = ConsumeQueueStore::new(dir.path(), 100, 1024).unwrap();
@@ -1035,7 +915,6 @@ mod tests {
                 assert!(store.open_files().open_count() <= 16);
             }
         }
-        store.write_back_all().unwrap();
         store.sync_all().unwrap();
         for id in 0..500 {
             let q = store.queue(&format!("T{}", id % 50), id).unwrap();
@@ -1066,7 +945,6 @@ mod tests {
                 q.append(0, &(0..10).map(|i| e(i * 10)).collect::<Vec<_>>())
                     .unwrap();
             }
-            store.write_back_all().unwrap();
             store.sync_all().unwrap();
         }
         let store = ConsumeQueueStore::new(dir.path(), 4, 8).unwrap();

@@ -144,7 +144,6 @@ pub fn apply(inner: &Inner, entries: &[QueueEntry]) -> Result<()> {
     let mut per_queue: HashMap<*const ConsumeQueue, (Arc<ConsumeQueue>, u64, Vec<CqEntry>)> =
         HashMap::new();
     let mut keys: Vec<(String, u64, i64)> = Vec::new();
-    let index_from = inner.index_from.load(Ordering::Acquire);
     for m in entries {
         let q = inner.queues.queue(&m.topic, m.queue_id)?;
         let entry = CqEntry {
@@ -163,9 +162,6 @@ pub fn apply(inner: &Inner, entries: &[QueueEntry]) -> Result<()> {
             q.append(first, &entries)?;
         }
         slot.2.push(entry);
-        if m.physical_offset < index_from {
-            continue; // indexed before a crash; its queue entry was not written back
-        }
         for k in &m.keys {
             keys.push((
                 format!("{}#{}", m.topic, k),

@@ -131,13 +131,6 @@ pub struct Inner {
     /// One checkpoint at a time (the housekeeping thread's, an API call's, shutdown's): they
     /// write the same temporary file.
     checkpoint_lock: Mutex<()>,
-    /// The ConsumeQueue entries of every record below this CommitLog offset are in the queue
-    /// files and synced (the last write-back); what the checkpoint vouches for, and where
-    /// retention stops (a segment above it may still be needed to rebuild entries).
-    pub(crate) queues_written: AtomicU64,
-    /// Index entries of records below this offset are in the index already: a re-dispatch
-    /// after a crash (which starts at `queues_written`) does not add them twice.
-    pub(crate) index_from: AtomicU64,
     /// Receives waiting for new messages, by topic.
     pub(crate) topic_waiters: TopicWaiters,
 }
@@ -239,37 +232,27 @@ impl Inner {
         local.min(self.replication.confirm_limit.load(Ordering::Acquire))
     }
 
-    /// Makes ConsumeQueues (every entry written back), indexes and consumer offsets durable,
-    /// then records how far.
+    /// Makes ConsumeQueues, indexes and consumer offsets durable, then records how far.
     pub(crate) fn checkpoint(&self) -> Result<()> {
-        self.checkpoint_with(true, true)
+        self.checkpoint_with(true)
     }
 
-    /// A checkpoint. Consumer offsets are written only with `offsets` (the housekeeping thread
+    /// A checkpoint; consumer offsets are written only with `offsets` (the housekeeping thread
     /// writes them every [`OFFSETS_PERSIST_INTERVAL`], not every second: with 100,000 queues
     /// and 1,000 groups the table is megabytes, and the offsets are not what recovery starts
-    /// from). ConsumeQueue entries held in memory are written back only with `write_back`
-    /// (every `consumeQueueWriteBackInterval`); without it the checkpoint's ConsumeQueue offset
-    /// stays at the last write-back, and a crash rebuilds the entries from there.
-    fn checkpoint_with(&self, offsets: bool, write_back: bool) -> Result<()> {
+    /// from).
+    fn checkpoint_with(&self, offsets: bool) -> Result<()> {
         let _one = self.checkpoint_lock.lock();
         let started = Instant::now();
         let dispatched = self.dispatched.load(Ordering::Acquire);
-        if write_back {
-            // Every entry of a record below `dispatched` is in its queue's memory or files.
-            self.queues.write_back_all()?;
-        }
         self.queues.sync_all()?;
-        if write_back {
-            self.queues_written.fetch_max(dispatched, Ordering::AcqRel);
-        }
         self.index.flush()?;
         if offsets {
             self.offsets.persist()?;
         }
         Checkpoint {
             commitlog: self.commitlog.flushed(),
-            consume_queue: self.queues_written.load(Ordering::Acquire),
+            consume_queue: dispatched,
             index: dispatched,
         }
         .store(&self.config.root_dir)?;
@@ -380,8 +363,6 @@ impl MessageStore {
             dispatch_lock: Mutex::new(()),
             checkpoint_micros: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
-            queues_written: AtomicU64::new(0),
-            index_from: AtomicU64::new(0),
             topic_waiters: TopicWaiters::default(),
             config,
         });
@@ -1077,23 +1058,15 @@ fn housekeeping(inner: Arc<Inner>) {
     let cfg = &inner.config;
     let mut last_retention = Instant::now();
     let mut last_offsets = Instant::now();
-    let mut last_write_back = Instant::now();
     loop {
         inner.housekeeping_signal.wait(cfg.checkpoint_interval);
         if inner.shutdown.load(Ordering::Acquire) {
             return;
         }
         let offsets = last_offsets.elapsed() >= OFFSETS_PERSIST_INTERVAL;
-        let write_back = last_write_back.elapsed() >= cfg.consume_queue_write_back_interval;
-        match inner.checkpoint_with(offsets, write_back) {
-            Ok(()) => {
-                if offsets {
-                    last_offsets = Instant::now();
-                }
-                if write_back {
-                    last_write_back = Instant::now();
-                }
-            }
+        match inner.checkpoint_with(offsets) {
+            Ok(()) if offsets => last_offsets = Instant::now(),
+            Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "checkpoint failed"),
         }
         if last_retention.elapsed() >= cfg.retention_interval {

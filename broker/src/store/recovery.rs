@@ -45,20 +45,6 @@ pub struct RecoveryReport {
 }
 
 /// Bytes from `from` (relative) to the last non-zero byte of the segment.
-/// Re-dispatches `[from, end)`: rebuilds the ConsumeQueue entries that were not written back
-/// before the stop, without adding again the index entries below `indexed` (the checkpoint's
-/// index offset, which runs ahead of its ConsumeQueue offset between write-backs).
-fn redispatch(inner: &Inner, from: u64, end: u64, indexed: u64) -> Result<u64> {
-    inner
-        .index_from
-        .store(indexed.min(end), std::sync::atomic::Ordering::Release);
-    let reached = dispatch::dispatch_all(inner, from, end);
-    inner
-        .index_from
-        .store(0, std::sync::atomic::Ordering::Release);
-    reached
-}
-
 fn nonzero_extent(seg: &Segment, from: u64) -> u64 {
     const CHUNK: u64 = 1 << 20;
     let mut last_nonzero = None;
@@ -118,7 +104,7 @@ pub fn recover(
         log.set_end(end)?;
         let from = cp.consume_queue.min(cp.index).min(end).max(first);
         report.redispatched_from = from;
-        redispatch(inner, from, end, cp.index)?;
+        dispatch::dispatch_all(inner, from, end)?;
         return Ok(report);
     }
     if !crashed {
@@ -182,7 +168,7 @@ pub fn recover(
         .map_or(first, |c| c.consume_queue.min(c.index))
         .clamp(first, end);
     report.redispatched_from = from;
-    let reached = redispatch(inner, from, end, checkpoint.map_or(0, |c| c.index))?;
+    let reached = dispatch::dispatch_all(inner, from, end)?;
     if reached != end {
         tracing::warn!(
             reached,

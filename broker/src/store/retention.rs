@@ -42,23 +42,10 @@ pub fn disk_usage_ratio(path: &Path) -> Result<f64> {
     Ok(1.0 - st.f_bavail as f64 / st.f_blocks as f64)
 }
 
-/// Where deletion stops: a segment may go once the ConsumeQueue entries of its records are
-/// written back and synced (else a crash could not rebuild them). When the oldest segment
-/// ends past that (a young segment, under disk pressure), writes every queue back now.
-fn deletable_below(inner: &Inner) -> Result<u64> {
-    let dispatched = inner.dispatched.load(Ordering::Acquire);
-    let written = inner.queues_written.load(Ordering::Acquire);
-    let oldest_end = inner.commitlog.segments().first().map(|s| s.end());
-    if written < dispatched && oldest_end.is_some_and(|e| e > written && e <= dispatched) {
-        inner.checkpoint()?;
-    }
-    Ok(inner.queues_written.load(Ordering::Acquire).min(dispatched))
-}
-
 pub fn run(inner: &Inner, now: SystemTime, usage_ratio: f64) -> Result<RetentionReport> {
     let cfg = &inner.config;
     let hook = inner.retention_hook.read().clone();
-    let dispatched = deletable_below(inner)?;
+    let dispatched = inner.dispatched.load(Ordering::Acquire);
     let mut forced_budget = usize::from(usage_ratio >= cfg.disk_max_used_ratio);
     let mut kept_by_hook = 0;
     let (deleted, min_offset) = inner.commitlog.delete_oldest(|seg| {
@@ -107,7 +94,7 @@ pub fn run(inner: &Inner, now: SystemTime, usage_ratio: f64) -> Result<Retention
 /// undispatched bytes, never one the hook keeps.
 pub fn evict(inner: &Inner, keep_from: u64) -> Result<RetentionReport> {
     let hook = inner.retention_hook.read().clone();
-    let dispatched = deletable_below(inner)?;
+    let dispatched = inner.dispatched.load(Ordering::Acquire);
     let mut kept_by_hook = 0;
     let (deleted, min_offset) = inner.commitlog.delete_oldest(|seg| {
         if seg.end() > dispatched || seg.end() > keep_from {
