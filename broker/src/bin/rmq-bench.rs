@@ -368,11 +368,17 @@ async fn consume(
     run: Run,
 ) -> anyhow::Result<()> {
     let client_id = format!("bench-consumer-{id}-{}", std::process::id());
-    // This consumer's topics: every `consumers`-th one.
-    let mine: Vec<(String, String)> = (id..args.topics.max(1))
-        .step_by(args.consumers.max(1))
-        .map(|i| (args.topic_name(i), args.group_name(i)))
-        .collect();
+    // This consumer's topics: every `consumers`-th one; with more consumers than topics, one
+    // topic, shared with the other consumers of its group.
+    let topics = args.topics.max(1);
+    let mine: Vec<(String, String)> = if args.consumers > topics {
+        vec![(args.topic_name(id % topics), args.group_name(id % topics))]
+    } else {
+        (id..topics)
+            .step_by(args.consumers.max(1))
+            .map(|i| (args.topic_name(i), args.group_name(i)))
+            .collect()
+    };
     let subscription = pb::settings::PubSub::Subscription(pb::Subscription {
         group: res(&mine[0].1),
         subscriptions: mine
@@ -584,7 +590,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(admin) = &args.create_topics {
         create_topics(admin, &args).await?;
     }
-    let consumers: Vec<_> = (0..args.consumers.min(args.topics.max(1)))
+    let consumers: Vec<_> = (0..args.consumers)
         .map(|id| {
             tokio::spawn(consume(
                 client_for(args.producers + id),
