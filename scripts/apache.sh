@@ -176,32 +176,27 @@ topic | group)
   grep -q success <<<"$out" || fail "$cmd $3 failed: $out" "$work/logs/rocketmqlogs/tools.log"
   log "$cmd $3 created"
   ;;
-topics)
+topics | groups)
   [ $# -ge 3 ] || usage
   [ -f "$work/namesrv.conf" ] || { log "no $work/namesrv.conf: start it first"; exit 1; }
   lib="$("$(dirname "$0")/setup-apache.sh" 2>/dev/null | tail -n 1)"
+  kind="$cmd"
   shift 2
-  # mqadmin updateTopicList reads a JSON list of TopicConfig: one JVM for all of them.
+  # One mqadmin JVM for all of them: updateTopicList reads a JSON list of TopicConfig,
+  # updateSubGroupList one of SubscriptionGroupConfig. Apache's proxy answers a gRPC consumer
+  # only for a group the broker holds (auto-creation happens on the remoting path), so groups
+  # are created up front.
   python3 -c 'import json, sys
-print(json.dumps([{"topicName": t, "readQueueNums": int(q), "writeQueueNums": int(q), "perm": 6}
-                  for t, q in (a.rsplit(":", 1) for a in sys.argv[1:])]))' "$@" >"$work/topics.json"
-  out="$(mqadmin updateTopicList -n "$(namesrv_addr)" -c DefaultCluster -f "$work/topics.json")" || true
-  grep -q success <<<"$out" || fail "topics failed: $out" "$work/logs/rocketmqlogs/tools.log"
-  log "$# topics created"
-  ;;
-groups)
-  [ $# -ge 3 ] || usage
-  [ -f "$work/namesrv.conf" ] || { log "no $work/namesrv.conf: start it first"; exit 1; }
-  lib="$("$(dirname "$0")/setup-apache.sh" 2>/dev/null | tail -n 1)"
-  shift 2
-  # mqadmin updateSubGroupList reads a JSON list of SubscriptionGroupConfig. Apache's proxy
-  # answers a gRPC consumer only for a group the broker holds (auto-creation happens on the
-  # remoting path), so groups are created up front.
-  python3 -c 'import json, sys
-print(json.dumps([{"groupName": g} for g in sys.argv[1:]]))' "$@" >"$work/groups.json"
-  out="$(mqadmin updateSubGroupList -n "$(namesrv_addr)" -c DefaultCluster -f "$work/groups.json")" || true
-  grep -q success <<<"$out" || fail "groups failed: $out" "$work/logs/rocketmqlogs/tools.log"
-  log "$# groups created"
+if sys.argv[1] == "topics":
+    out = [{"topicName": t, "readQueueNums": int(q), "writeQueueNums": int(q), "perm": 6}
+           for t, q in (a.rsplit(":", 1) for a in sys.argv[2:])]
+else:
+    out = [{"groupName": g} for g in sys.argv[2:]]
+print(json.dumps(out))' "$kind" "$@" >"$work/$kind.json"
+  [ "$kind" = topics ] && admin_cmd=updateTopicList || admin_cmd=updateSubGroupList
+  out="$(mqadmin "$admin_cmd" -n "$(namesrv_addr)" -c DefaultCluster -f "$work/$kind.json")" || true
+  grep -q success <<<"$out" || fail "$kind failed: $out" "$work/logs/rocketmqlogs/tools.log"
+  log "$# $kind created"
   ;;
 stop)
   [ $# -eq 2 ] || usage

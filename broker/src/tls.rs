@@ -589,6 +589,21 @@ mod tests {
         generate_pki(dir, &["localhost", "127.0.0.1"]).unwrap()
     }
 
+    /// An enforcing listener's configuration; mutual TLS when given the CA.
+    fn enforcing(cert: &Path, key: &Path, ca: Option<&Path>) -> TlsConfig {
+        TlsConfig {
+            mode: TlsMode::Enforcing,
+            cert: Some(cert.to_owned()),
+            key: Some(key.to_owned()),
+            ca: ca.map(Path::to_owned),
+            client_auth: if ca.is_some() {
+                ClientAuth::Required
+            } else {
+                ClientAuth::None
+            },
+        }
+    }
+
     async fn serve_once(tls: Arc<ServerTls>) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -619,13 +634,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, ca) = pki(dir.path());
-        let cfg = TlsConfig {
-            mode: TlsMode::Enforcing,
-            cert: Some(cert),
-            key: Some(key),
-            ca: None,
-            client_auth: ClientAuth::None,
-        };
+        let cfg = enforcing(&cert, &key, None);
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let tls = ServerTls::new(&cfg, listen, &[]).unwrap().unwrap();
         let addr = serve_once(Arc::clone(&tls)).await;
@@ -745,13 +754,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, ca) = pki(dir.path());
-        let cfg = TlsConfig {
-            mode: TlsMode::Enforcing,
-            cert: Some(cert.clone()),
-            key: Some(key.clone()),
-            ca: Some(ca.clone()),
-            client_auth: ClientAuth::Required,
-        };
+        let cfg = enforcing(&cert, &key, Some(&ca));
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let addr = serve_once(ServerTls::new(&cfg, listen, &[]).unwrap().unwrap()).await;
         // Without a certificate: the handshake (or the first read) fails.
@@ -779,13 +782,7 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, ca) = pki(dir.path());
-        let cfg = TlsConfig {
-            mode: TlsMode::Enforcing,
-            cert: Some(cert),
-            key: Some(key),
-            ca: Some(ca.clone()),
-            client_auth: ClientAuth::Required,
-        };
+        let cfg = enforcing(&cert, &key, Some(&ca));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));

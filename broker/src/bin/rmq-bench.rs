@@ -82,7 +82,8 @@ struct Args {
     /// Concurrent producers (each sends synchronously, one message at a time). 0: consume only.
     #[arg(long, default_value_t = 8)]
     producers: usize,
-    /// Concurrent consumers (receive up to 32, then ack them in one call).
+    /// Concurrent consumers (receive up to `--receive-batch`, then ack them in one call); more
+    /// consumers than topics share them, several to a topic in its group.
     #[arg(long, default_value_t = 2)]
     consumers: usize,
     /// Seconds to send for; consumers keep going until they caught up (at most 10 s more).
