@@ -274,6 +274,16 @@ struct Run {
     stop: Arc<AtomicBool>,
     rec: Arc<Recorder>,
     errors: Arc<AtomicU64>,
+    calls: Arc<Calls>,
+}
+
+/// The consumers' RPCs: how many receives it took per message is what separates a few busy
+/// queues from many quiet ones.
+#[derive(Default)]
+struct Calls {
+    receives: AtomicU64,
+    empty_receives: AtomicU64,
+    acks: AtomicU64,
 }
 
 async fn produce(
@@ -417,6 +427,7 @@ async fn consume(
         // (Apache's proxy derives its polling time from it).
         let mut r = request(r, &client_id);
         r.set_timeout(long_polling + Duration::from_secs(3));
+        run.calls.receives.fetch_add(1, Ordering::Relaxed);
         let Ok(resp) = c.receive_message(r).await else {
             run.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -451,7 +462,10 @@ async fn consume(
                 });
             }
         }
-        if !entries.is_empty() {
+        if entries.is_empty() {
+            run.calls.empty_receives.fetch_add(1, Ordering::Relaxed);
+        } else {
+            run.calls.acks.fetch_add(1, Ordering::Relaxed);
             let ack = pb::AckMessageRequest {
                 group: res(group),
                 topic: res(topic),
@@ -581,12 +595,14 @@ async fn main() -> anyhow::Result<()> {
     let peak = watch_peak(args.broker_pid.clone(), Arc::clone(&stop_watch));
     let started = Instant::now();
     let first_error = Arc::new(Mutex::new(None));
+    let calls = Arc::new(Calls::default());
     let run = |stop: &Arc<AtomicBool>, rec: &Arc<Recorder>, errors: &Arc<AtomicU64>| Run {
         started,
         first_error: Arc::clone(&first_error),
         stop: Arc::clone(stop),
         rec: Arc::clone(rec),
         errors: Arc::clone(errors),
+        calls: Arc::clone(&calls),
     };
     if let Some(admin) = &args.create_topics {
         create_topics(admin, &args).await?;
@@ -753,6 +769,15 @@ async fn main() -> anyhow::Result<()> {
             received.per_sec,
             recv_errors.load(Ordering::Relaxed)
         );
+        let (receives, empty, acks) = (
+            calls.receives.load(Ordering::Relaxed),
+            calls.empty_receives.load(Ordering::Relaxed),
+            calls.acks.load(Ordering::Relaxed),
+        );
+        println!(
+            "consumer calls: {receives} receives ({empty} empty), {acks} acks; {:.2} messages per non-empty receive",
+            received.count as f64 / (receives - empty).max(1) as f64
+        );
     }
     if let Some(e) = first_error.lock().as_ref() {
         println!("first error: {e}");
@@ -786,6 +811,9 @@ async fn main() -> anyhow::Result<()> {
             "idleConsumers": args.idle_consumers, "idleErrors": idle_errors.load(Ordering::Relaxed),
             "send": send.json(), "sendErrors": send_errors.load(Ordering::Relaxed),
             "endToEnd": received.json(), "receiveErrors": recv_errors.load(Ordering::Relaxed),
+            "receives": calls.receives.load(Ordering::Relaxed),
+            "emptyReceives": calls.empty_receives.load(Ordering::Relaxed),
+            "acks": calls.acks.load(Ordering::Relaxed),
             "firstError": first_error.lock().clone(),
             "broker": (!args.broker_pid.is_empty()).then(|| json!({
                 "peakRssMiB": peak_rss / 1024, "peakAnonMiB": peak_anon / 1024,

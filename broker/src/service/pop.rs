@@ -104,6 +104,21 @@ impl QueueState {
         }
         self.next = self.next.max(self.commit);
     }
+
+    /// Retention removed every offset below `min`: deliveries and acks below it are moot, and
+    /// the group moves on to `min` (in one step however many messages were removed).
+    fn retained_from(&mut self, min: u64) {
+        if min <= self.commit {
+            return;
+        }
+        self.in_flight = self.in_flight.split_off(&min);
+        self.done = self.done.split_off(&min);
+        self.commit = min;
+        while self.done.remove(&self.commit) {
+            self.commit += 1;
+        }
+        self.next = self.next.max(self.commit);
+    }
 }
 
 type Key = (String, String, i32);
@@ -368,12 +383,30 @@ impl PopService {
             let got = self.store.get_message(topic, queue_id, st.next, want)?;
             match got.status {
                 GetStatus::Found => {}
-                GetStatus::OffsetTooSmall | GetStatus::OffsetFoundNull => {
-                    // Retention removed what the group had not consumed: skip ahead.
+                GetStatus::OffsetTooSmall => {
+                    // Retention removed what the group had not consumed: skip ahead, and
+                    // commit that (or the group's stored offset would stay behind the queue).
+                    let commit = st.commit;
+                    st.retained_from(got.next_offset);
+                    if st.commit != commit {
+                        self.store
+                            .consumer_offsets()
+                            .commit(group, topic, queue_id, st.commit);
+                    }
+                    continue;
+                }
+                GetStatus::OffsetFoundNull => {
+                    // Entries (at most `want`) whose messages are gone: done, like acks.
+                    let commit = st.commit;
                     for o in st.next..got.next_offset {
                         st.mark_done(o);
                     }
                     st.next = got.next_offset.max(st.next);
+                    if st.commit != commit {
+                        self.store
+                            .consumer_offsets()
+                            .commit(group, topic, queue_id, st.commit);
+                    }
                     continue;
                 }
                 _ => break,
@@ -809,6 +842,104 @@ mod tests {
             .collect();
         assert_eq!(text.lines().count(), N);
         assert_eq!(offsets, (0..N as u64).collect());
+    }
+
+    #[test]
+    fn a_group_behind_retention_moves_on_and_commits_where_the_queue_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            MessageStore::open(crate::store::StoreConfig {
+                segment_size: 64 * 1024,
+                flush_policy: crate::store::FlushPolicy::SyncFlush,
+                retention_interval: std::time::Duration::from_secs(3600),
+                ..crate::store::StoreConfig::at(dir.path())
+            })
+            .unwrap(),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        put_dispatched(&rt, &store, 3000);
+        let pop = PopService::open(Arc::clone(&store)).unwrap();
+        let p = |max| {
+            pop.pop(
+                "G",
+                16,
+                false,
+                "T",
+                0,
+                max,
+                60_000,
+                &TagFilter::All,
+                0,
+                None,
+            )
+            .unwrap()
+        };
+        // Two deliveries in flight, then retention removes them and more (a full disk).
+        assert_eq!(p(2).deliveries.len(), 2);
+        for _ in 0..2 {
+            store
+                .run_retention(std::time::SystemTime::now(), 0.95)
+                .unwrap();
+        }
+        let min = store.min_offset("T", 0).unwrap();
+        assert!(min > 2, "retention removed the first segments");
+        let got = p(4);
+        assert_eq!(
+            got.deliveries
+                .iter()
+                .map(|d| d.handle.offset)
+                .collect::<Vec<_>>(),
+            (min..min + 4).collect::<Vec<_>>(),
+            "the next receive starts where the queue now starts"
+        );
+        assert_eq!(pop.progress("G", "T", 0).unwrap(), (min, BTreeSet::new()));
+        assert_eq!(
+            store.consumer_offsets().get("G", "T", 0),
+            Some(min),
+            "the skip is committed, not only known in memory"
+        );
+        // An ack for a delivery retention removed changes nothing.
+        let early = ReceiptHandle {
+            topic: "T".into(),
+            queue_id: 0,
+            offset: 0,
+            deadline: 60_000,
+            attempt: 1,
+        };
+        assert_eq!(
+            rt.block_on(pop.ack("G", &[early])).unwrap(),
+            vec![AckOutcome::AlreadyAcked]
+        );
+    }
+
+    #[test]
+    fn retention_past_deliveries_in_flight_drops_them_in_one_step() {
+        let mut st = QueueState {
+            next: 10,
+            ..QueueState::default()
+        };
+        for o in [0, 4, 12] {
+            st.in_flight.insert(
+                o,
+                InFlight {
+                    deadline: 0,
+                    attempt: 1,
+                    renew_for: None,
+                },
+            );
+        }
+        st.mark_done(2);
+        st.mark_done(6);
+        st.retained_from(5);
+        assert_eq!(st.commit, 5);
+        assert_eq!(st.in_flight.keys().copied().collect::<Vec<_>>(), vec![12]);
+        assert_eq!(st.done.iter().copied().collect::<Vec<_>>(), vec![6]);
+        st.retained_from(1_000_000_000);
+        assert_eq!((st.commit, st.next), (1_000_000_000, 1_000_000_000));
+        assert!(st.in_flight.is_empty() && st.done.is_empty());
     }
 
     #[test]
