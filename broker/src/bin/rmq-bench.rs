@@ -86,6 +86,10 @@ struct Args {
     /// consumers than topics share them, several to a topic in its group.
     #[arg(long, default_value_t = 2)]
     consumers: usize,
+    /// Ack every received message in its own call, all of a receive's at once, as the
+    /// official clients do (their ack takes one message), instead of one call per receive.
+    #[arg(long)]
+    ack_each: bool,
     /// Seconds to send for; consumers keep going until they caught up (at most 10 s more).
     /// With `--producers 0`, the longest to wait for `--expect` messages.
     #[arg(long, default_value_t = 20)]
@@ -465,14 +469,28 @@ async fn consume(
         if entries.is_empty() {
             run.calls.empty_receives.fetch_add(1, Ordering::Relaxed);
         } else {
-            run.calls.acks.fetch_add(1, Ordering::Relaxed);
-            let ack = pb::AckMessageRequest {
-                group: res(group),
-                topic: res(topic),
-                entries,
+            let calls: Vec<Vec<pb::AckMessageEntry>> = if args.ack_each {
+                entries.into_iter().map(|e| vec![e]).collect()
+            } else {
+                vec![entries]
             };
-            if c.ack_message(request(ack, &client_id)).await.is_err() {
-                run.errors.fetch_add(1, Ordering::Relaxed);
+            run.calls
+                .acks
+                .fetch_add(calls.len() as u64, Ordering::Relaxed);
+            let acks = calls.into_iter().map(|entries| {
+                let mut c = c.clone();
+                let ack = pb::AckMessageRequest {
+                    group: res(group),
+                    topic: res(topic),
+                    entries,
+                };
+                let r = request(ack, &client_id);
+                async move { c.ack_message(r).await }
+            });
+            for r in futures_util::future::join_all(acks).await {
+                if r.is_err() {
+                    run.errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -778,6 +796,13 @@ async fn main() -> anyhow::Result<()> {
             "consumer calls: {receives} receives ({empty} empty), {acks} acks; {:.2} messages per non-empty receive",
             received.count as f64 / (receives - empty).max(1) as f64
         );
+        let send_calls = sent.div_ceil(args.batch.max(1) as u64);
+        if args.producers > 0 && received.count > 0 {
+            println!(
+                "calls per message (sends, receives and acks): {:.2}",
+                (send_calls + receives + acks) as f64 / received.count as f64
+            );
+        }
     }
     if let Some(e) = first_error.lock().as_ref() {
         println!("first error: {e}");
@@ -813,7 +838,7 @@ async fn main() -> anyhow::Result<()> {
             "endToEnd": received.json(), "receiveErrors": recv_errors.load(Ordering::Relaxed),
             "receives": calls.receives.load(Ordering::Relaxed),
             "emptyReceives": calls.empty_receives.load(Ordering::Relaxed),
-            "acks": calls.acks.load(Ordering::Relaxed),
+            "acks": calls.acks.load(Ordering::Relaxed), "ackEach": args.ack_each,
             "firstError": first_error.lock().clone(),
             "broker": (!args.broker_pid.is_empty()).then(|| json!({
                 "peakRssMiB": peak_rss / 1024, "peakAnonMiB": peak_anon / 1024,
