@@ -62,6 +62,14 @@ def proc_mem(pid):
             "fileMiB": round(kib("RssFile"), 1), "fds": fds, "threads": int(fields.get("Threads", 0))}
 
 
+def open_files_limit(pid):
+    """The soft open files limit of a process (from /proc/<pid>/limits)."""
+    for line in pathlib.Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return line.split()[3]
+    return "?"
+
+
 def metric(http, name):
     text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
     for line in text.splitlines():
@@ -284,6 +292,9 @@ def main():
                 res["apacheAfter8"] = proc_mem(a.p.pid)
                 scale_runs(cfg, a, queues, scale, res, prefix="apache_", drain_secs=300)
                 res["apacheAfter100k"] = proc_mem(a.p.pid)
+                # Apache keeps a descriptor open per ConsumeQueue file: at its limit, queue
+                # writes fail and its store stops taking messages.
+                res["apacheOpenFilesLimit"] = open_files_limit(a.p.pid)
             finally:
                 a.stop()
     s8, s100 = res["q8"]["send"], res["q100k"]["send"]
@@ -342,7 +353,8 @@ def main():
             f"{res['apacheStartAndCreateSecs']:.1f} s; first message into each queue {res['apache_warmupSecs']:.1f} s; "
             f"read by the groups: {res['apache_drain']['endToEnd']['count']:,} in {res['apache_drainSecs']:.1f} s; "
             f"{cfg.groups:,} groups created in {res['apacheGroupsSecs']:.1f} s; vm.max_map_count {res['apacheMapCount']}; "
-            f"descriptors {res['apacheAfter100k']['fds']}, threads {res['apacheAfter100k']['threads']}",
+            f"descriptors {res['apacheAfter100k']['fds']} (its open files limit: {res['apacheOpenFilesLimit']}), "
+            f"threads {res['apacheAfter100k']['threads']}",
         ]
     table = "\n".join(lines)
     print(table)
