@@ -139,6 +139,9 @@ pub struct ReceiveRequest<'a> {
 const MIN_INVISIBLE: Duration = Duration::from_secs(1);
 /// How far each renewal moves an auto-renewed delivery's invisible time.
 pub const AUTO_RENEW_EXTENSION: Duration = Duration::from_secs(60);
+/// A client silent this long is forgotten (its auto-renewed deliveries stopped being renewed
+/// after 30 s already).
+pub const CLIENT_FORGOTTEN: Duration = Duration::from_secs(300);
 const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 
 impl Broker {
@@ -211,20 +214,38 @@ impl Broker {
     }
 
     /// Keeps auto-renewed deliveries invisible while their client is alive (seen within 30 s,
-    /// three heartbeat periods).
+    /// three heartbeat periods), and forgets clients silent for [`CLIENT_FORGOTTEN`].
     pub fn renew_invisible_times(&self) -> usize {
-        let clients = self.clients.lock();
-        let alive = |c: &str| {
-            clients
-                .get(c)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        let renewed = {
+            let clients = self.clients.lock();
+            let alive = |c: &str| {
+                clients
+                    .get(c)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+            };
+            self.pop.renew(
+                now_millis(),
+                20_000,
+                AUTO_RENEW_EXTENSION.as_millis() as i64,
+                alive,
+            )
         };
-        self.pop.renew(
-            now_millis(),
-            20_000,
-            AUTO_RENEW_EXTENSION.as_millis() as i64,
-            alive,
-        )
+        self.forget_clients_silent_for(CLIENT_FORGOTTEN);
+        renewed
+    }
+
+    /// Drops clients not seen for `silence`: those that went away without a goodbye (killed,
+    /// or restarted under a new id) would otherwise stay in the table for ever.
+    fn forget_clients_silent_for(&self, silence: Duration) -> usize {
+        let mut clients = self.clients.lock();
+        let before = clients.len();
+        clients.retain(|_, seen| seen.elapsed() < silence);
+        before - clients.len()
+    }
+
+    /// Clients known now (seen and not forgotten).
+    pub fn known_clients(&self) -> usize {
+        self.clients.lock().len()
     }
 
     /// Checks a message against its topic before it is stored, including that its type is the
@@ -510,5 +531,33 @@ fn real_message(m: &crate::store::StoredMessage, prepared_transaction_offset: i6
         prepared_transaction_offset,
         body: m.body.clone(),
         properties: m.properties.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_that_vanish_without_a_goodbye_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
+        let broker = Broker::open(store, BrokerConfig::default()).unwrap();
+        for i in 0..1000 {
+            broker.client_seen(&format!("client-{i}"));
+        }
+        broker.client_gone("client-0");
+        assert_eq!(broker.known_clients(), 999);
+        // A regular pass keeps clients seen recently.
+        broker.renew_invisible_times();
+        assert_eq!(broker.known_clients(), 999);
+        std::thread::sleep(Duration::from_millis(20));
+        broker.client_seen("client-1");
+        assert_eq!(
+            broker.forget_clients_silent_for(Duration::from_millis(10)),
+            998
+        );
+        assert_eq!(broker.known_clients(), 1, "the one seen again stays");
     }
 }
