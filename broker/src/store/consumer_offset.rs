@@ -164,31 +164,38 @@ impl ConsumerOffsetStore {
     /// The whole table as RocketMQ writes `consumerOffset.json` and answers
     /// GET_ALL_CONSUMER_OFFSET: `{"offsetTable":{"topic@group":{"0":12,...}}}`, compact (one
     /// pass over the table; 12,500 topics x 8 queues of offsets is megabytes).
+    /// The copy is taken under the table's lock; the encoding is done outside it, so that
+    /// commits (acks) do not wait for it.
     pub fn encode(&self) -> Vec<u8> {
-        Self::encode_table(&self.table.lock())
+        let snapshot = Self::snapshot(&self.table.lock());
+        Self::encode_snapshot(&snapshot)
     }
 
-    fn encode_table(t: &Table) -> Vec<u8> {
-        let snapshot = OnDisk {
+    fn snapshot(t: &Table) -> OnDisk {
+        OnDisk {
             offset_table: t
                 .offsets
                 .iter()
                 .map(|(k, v)| (k.clone(), v.iter().map(|(a, b)| (*a, *b)).collect()))
                 .collect(),
-        };
-        serde_json::to_vec(&snapshot).expect("a map of numbers serializes")
+        }
+    }
+
+    fn encode_snapshot(snapshot: &OnDisk) -> Vec<u8> {
+        serde_json::to_vec(snapshot).expect("a map of numbers serializes")
     }
 
     /// Writes the table if it changed since the last call.
     pub fn persist(&self) -> Result<()> {
         let _guard = self.persist_lock.lock();
-        let (json, version) = {
+        let (snapshot, version) = {
             let t = self.table.lock();
             if t.version == t.persisted_version {
                 return Ok(());
             }
-            (Self::encode_table(&t), t.version)
+            (Self::snapshot(&t), t.version)
         };
+        let json = Self::encode_snapshot(&snapshot);
         let main = self.dir.join(FILE);
         if main.exists() {
             // The current file becomes the backup by a rename (no copy); if the process dies
