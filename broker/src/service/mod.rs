@@ -243,11 +243,6 @@ impl Broker {
         before - clients.len()
     }
 
-    /// Clients known now (seen and not forgotten).
-    pub fn known_clients(&self) -> usize {
-        self.clients.lock().len()
-    }
-
     /// Checks a message against its topic before it is stored, including that its type is the
     /// topic's (what the gRPC protocol requires).
     pub fn check_send(&self, msg: &Message, message_type: TopicMessageType) -> Result<()> {
@@ -537,6 +532,12 @@ fn real_message(m: &crate::store::StoredMessage, prepared_transaction_offset: i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Broker {
+        fn known_clients(&self) -> usize {
+            self.clients.lock().len()
+        }
+    }
 
     #[test]
     fn clients_that_vanish_without_a_goodbye_are_forgotten() {

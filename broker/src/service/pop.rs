@@ -747,6 +747,13 @@ mod tests {
         assert_eq!(ReceiptHandle::decode(""), None);
     }
 
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// Stores `n` one-byte messages in queue 0 of topic `T` and waits until they are dispatched.
     fn put_dispatched(rt: &tokio::runtime::Runtime, store: &MessageStore, n: usize) {
         let msg = crate::store::Message {
@@ -772,10 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread_runtime();
         put_dispatched(&rt, &store, 2);
         let pop = PopService::open(Arc::clone(&store)).unwrap();
         let all = TagFilter::All;
@@ -856,10 +860,7 @@ mod tests {
             })
             .unwrap(),
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = current_thread_runtime();
         put_dispatched(&rt, &store, 3000);
         let pop = PopService::open(Arc::clone(&store)).unwrap();
         let p = |max| {
