@@ -180,3 +180,48 @@ fn grpc_clients_through_either_proxy_survive_killed_nodes() {
         cluster.logs()
     );
 }
+
+#[test]
+fn with_its_name_server_down_a_proxy_keeps_serving_the_topics_in_use() {
+    let flags: &[&str] = &["--topic", "StaleTopic:4"];
+    let mut cluster = Cluster::start(1, &[("broker-a", flags)]);
+    let proxy = cluster.start_proxy(0);
+    let topic = "StaleTopic";
+    let mut sent = ids(
+        &clients::run(Client::Python, &proxy, &["send", topic, "SG", "5"], &[]),
+        "sent",
+    );
+    cluster.namesrvs[0].kill();
+    // Past the 3 s after which the proxy looks its route and the store addresses up again:
+    // the lookups fail, and the ones it has stay in use meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    sent.extend(ids(
+        &clients::run(Client::Python, &proxy, &["send", topic, "SG", "5"], &[]),
+        "sent",
+    ));
+    let got = clients::run(
+        Client::Python,
+        &proxy,
+        &["receive_ack", topic, "SG", "10"],
+        &[],
+    );
+    assert_eq!(ids(&got, "received"), sent, "{got}");
+    let metrics = ureq::get(&format!("http://{}/metrics", proxy.http))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let failed = r#"rocketmq_proxy_route_lookups_total{how="background",outcome="failed"} "#;
+    assert!(
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix(failed))
+            .any(|v| v.trim().parse::<u64>().unwrap() >= 1),
+        "the route was looked up again, in the background, and that failed:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"rocketmq_proxy_route_lookups_total{how="request",outcome="failed"}"#),
+        "no request waited for a lookup that failed:\n{metrics}"
+    );
+}

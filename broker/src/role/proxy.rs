@@ -54,7 +54,15 @@ use crate::store::{GetStatus, Message, StoredMessage};
 /// The producer group of transactional messages sent through a proxy: store nodes send their
 /// check-backs to a proxy that heartbeats with it.
 pub const PROXY_PRODUCER_GROUP: &str = "rmq_proxy_producer";
+/// A route this young is used as it is; an older one is used while a lookup in the
+/// background replaces it (requests never wait for the name servers for a topic in use).
 const ROUTE_TTL: Duration = Duration::from_secs(3);
+/// A route this old is not used: the next request looks it up and waits. It is also how long
+/// the name servers may be unreachable before requests for a topic fail, and an unused route
+/// is forgotten after it (so that the cache holds the topics in use, not every topic asked).
+const ROUTE_MAX_STALE: Duration = Duration::from_secs(60);
+/// How often a route's lookup also asks a store node for the topic's message type.
+const MESSAGE_TYPE_TTL: Duration = Duration::from_secs(30);
 const GROUP_TTL: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra connections to each store node for long polls (each holds up to 1,024).
@@ -162,6 +170,9 @@ impl Handler for CheckBacks {
 struct Route {
     sets: Vec<QueueSet>,
     fetched: Instant,
+    message_type: TopicMessageType,
+    /// When `message_type` was read from a store node.
+    typed: Instant,
 }
 
 type GroupTable = std::collections::BTreeMap<String, body::SubscriptionGroupWire>;
@@ -176,9 +187,15 @@ pub struct Remote {
     /// When `addrs` was last taken from the name servers: a primary moves without the old
     /// address failing (a restarted node comes back on it as a replica).
     addrs_at: Mutex<Option<Instant>>,
+    /// Set while `addrs` is looked up in the background.
+    brokers_refreshing: std::sync::atomic::AtomicBool,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     /// Held while a topic's route is looked up.
     route_fetches: SingleFlight,
+    /// Topics whose route is being looked up in the background.
+    route_refreshes: Mutex<std::collections::HashSet<String>>,
+    /// This proxy, for the tasks it spawns.
+    me: std::sync::Weak<Remote>,
     /// The subscription groups of a store node, as last fetched (every GROUP_TTL at most).
     groups: Mutex<Option<(Instant, Arc<GroupTable>)>>,
     /// Held while the group table is fetched: a storm of clients in new groups costs one
@@ -277,6 +294,8 @@ struct ProxyMetrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     call_latency: Histogram,
+    route_lookups: Family<CallLabels, Counter>,
+    routes: Gauge,
     store_nodes: Gauge,
     clients: Gauge,
     transactional_producers: Gauge,
@@ -288,6 +307,8 @@ impl Default for ProxyMetrics {
             registry: Registry::with_prefix("rocketmq_proxy"),
             calls: Family::default(),
             call_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            route_lookups: Family::default(),
+            routes: Gauge::default(),
             store_nodes: Gauge::default(),
             clients: Gauge::default(),
             transactional_producers: Gauge::default(),
@@ -302,6 +323,17 @@ impl Default for ProxyMetrics {
             "upstream_call_latency_seconds",
             "Round trip of a request forwarded to a store node",
             m.call_latency.clone(),
+        );
+        registry.register(
+            "route_lookups",
+            "Topic routes asked of the name servers, by how (a request waiting for it, or in \
+             the background while the cached one is used) and outcome",
+            m.route_lookups.clone(),
+        );
+        registry.register(
+            "routes",
+            "Topic routes cached (topics in use in the last minute)",
+            m.routes.clone(),
         );
         registry.register(
             "store_nodes",
@@ -376,7 +408,9 @@ impl Remote {
         tls: Option<crate::tls::ClientTls>,
     ) -> Arc<Remote> {
         let producers: Producers = Arc::default();
-        Arc::new(Remote {
+        Arc::new_cyclic(|me| Remote {
+            me: me.clone(),
+            route_refreshes: Mutex::default(),
             namesrv,
             pool: Pool::new(
                 Arc::new(CheckBacks {
@@ -389,6 +423,7 @@ impl Remote {
             producers,
             addrs: Mutex::default(),
             addrs_at: Mutex::default(),
+            brokers_refreshing: Default::default(),
             routes: Mutex::default(),
             route_fetches: SingleFlight::default(),
             groups: Mutex::default(),
@@ -420,25 +455,90 @@ impl Remote {
         )))
     }
 
+    /// A topic's route: the cached one while it is young enough (looked up again in the
+    /// background once older than [`ROUTE_TTL`]), else from the name servers.
     async fn route_of(&self, topic: &str) -> Result<Arc<Route>> {
-        let fresh = || {
-            self.routes
-                .lock()
-                .get(topic)
-                .filter(|r| r.fetched.elapsed() < ROUTE_TTL)
-                .map(Arc::clone)
-        };
-        if let Some(r) = fresh() {
-            return Ok(r);
+        let cached = self.routes.lock().get(topic).map(Arc::clone);
+        if let Some(r) = cached {
+            let age = r.fetched.elapsed();
+            if age < ROUTE_TTL {
+                return Ok(r);
+            }
+            if age < ROUTE_MAX_STALE {
+                self.refresh_route(topic);
+                return Ok(r);
+            }
         }
         if !metadata::valid_name(topic) {
             return Err(ServiceError::IllegalTopic(topic.to_owned()));
         }
         // Clients of one topic starting together wait for one lookup, not one each.
         let _fetching = self.route_fetches.hold(topic).await;
-        if let Some(r) = fresh() {
-            return Ok(r);
+        let cached = self.routes.lock().get(topic).map(Arc::clone);
+        if let Some(r) = cached.as_ref().filter(|r| r.fetched.elapsed() < ROUTE_TTL) {
+            return Ok(Arc::clone(r));
         }
+        let result = self.fetch_route(topic, cached.as_deref()).await;
+        self.count_lookup("request", &result);
+        result
+    }
+
+    /// Looks a topic's route up in the background, unless that is under way. The cached
+    /// route stays in use meanwhile, and when the lookup fails (dropped when the name servers
+    /// say the topic is gone).
+    fn refresh_route(&self, topic: &str) {
+        if !self.route_refreshes.lock().insert(topic.to_owned()) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            {
+                let _fetching = me.route_fetches.hold(&topic).await;
+                let cached = me.routes.lock().get(&topic).map(Arc::clone);
+                if cached
+                    .as_ref()
+                    .is_some_and(|r| r.fetched.elapsed() < ROUTE_TTL)
+                {
+                    // A request looked it up meanwhile.
+                } else {
+                    let result = me.fetch_route(&topic, cached.as_deref()).await;
+                    me.count_lookup("background", &result);
+                    match result {
+                        Ok(_) => {}
+                        Err(ServiceError::TopicNotFound(_)) => {
+                            me.routes.lock().remove(&topic);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%topic, error = %e, "looking up a route failed; the cached one stays in use")
+                        }
+                    }
+                }
+            }
+            me.route_refreshes.lock().remove(&topic);
+        });
+    }
+
+    fn count_lookup(&self, how: &str, result: &Result<Arc<Route>>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ServiceError::TopicNotFound(_)) => "not_found",
+            Err(_) => "failed",
+        };
+        self.metrics
+            .route_lookups
+            .get_or_create(&vec![
+                ("how".to_owned(), how.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Asks the name servers for a topic's route, and a store node for its message type
+    /// (unless `previous` read it recently), and caches the result.
+    async fn fetch_route(&self, topic: &str, previous: Option<&Route>) -> Result<Arc<Route>> {
         let r = self
             .ask_namesrv(conn::request(
                 rq::GET_ROUTEINFO_BY_TOPIC,
@@ -463,20 +563,10 @@ impl Remote {
             }
         }
         // The topic's message type lives in its config on the store nodes.
-        let mut message_type = TopicMessageType::Normal;
-        for q in &data.queue_datas {
-            let Some(addr) = self.addr_of(&q.broker_name) else {
-                continue;
-            };
-            let req = conn::request(rq::GET_TOPIC_CONFIG, [("topic", topic.to_owned())]);
-            if let Ok(r) = self.pool.invoke(&addr, req, CALL_TIMEOUT).await
-                && r.code == rs::SUCCESS
-                && let Ok(t) = body::from_body::<TopicConfigWire>(&r.body)
-            {
-                message_type = message_type_of(&t);
-                break;
-            }
-        }
+        let (message_type, typed) = match previous {
+            Some(p) if p.typed.elapsed() < MESSAGE_TYPE_TTL => (p.message_type, p.typed),
+            _ => (self.message_type_of(topic, &data).await, Instant::now()),
+        };
         let mut sets: Vec<QueueSet> = data
             .queue_datas
             .iter()
@@ -499,6 +589,8 @@ impl Remote {
         let route = Arc::new(Route {
             sets,
             fetched: Instant::now(),
+            message_type,
+            typed,
         });
         self.routes
             .lock()
@@ -506,20 +598,47 @@ impl Remote {
         Ok(route)
     }
 
+    /// A topic's message type, from the first of its store nodes that answers (normal when
+    /// none does).
+    async fn message_type_of(&self, topic: &str, data: &TopicRouteData) -> TopicMessageType {
+        for q in &data.queue_datas {
+            let Some(addr) = self.addr_of(&q.broker_name) else {
+                continue;
+            };
+            let req = conn::request(rq::GET_TOPIC_CONFIG, [("topic", topic.to_owned())]);
+            if let Ok(r) = self.pool.invoke(&addr, req, CALL_TIMEOUT).await
+                && r.code == rs::SUCCESS
+                && let Ok(t) = body::from_body::<TopicConfigWire>(&r.body)
+            {
+                return message_type_of(&t);
+            }
+        }
+        TopicMessageType::Normal
+    }
+
+    /// Forgets routes no request used for [`ROUTE_MAX_STALE`] (a route in use is looked up
+    /// again every [`ROUTE_TTL`]).
+    fn forget_unused_routes(&self) {
+        let mut routes = self.routes.lock();
+        routes.retain(|_, r| r.fetched.elapsed() < ROUTE_MAX_STALE);
+        self.metrics.routes.set(routes.len() as i64);
+    }
+
     fn addr_of(&self, broker: &str) -> Option<String> {
         self.addrs.lock().get(broker).cloned()
     }
 
-    /// The address of a broker, asking the name servers for cluster info if it is unknown.
+    /// The address of a broker's primary: as known, looked up again in the background when
+    /// older than [`ROUTE_TTL`]; asked of the name servers (and waited for) when unknown.
     async fn resolve(&self, broker: &str) -> Result<String> {
         let fresh = self
             .addrs_at
             .lock()
             .is_some_and(|at| at.elapsed() < ROUTE_TTL);
-        if !fresh {
-            let _ = self.refresh_brokers().await;
-        }
         if let Some(a) = self.addr_of(broker) {
+            if !fresh {
+                self.refresh_brokers_in_background();
+            }
             return Ok(a);
         }
         self.refresh_brokers().await?;
@@ -528,6 +647,22 @@ impl Remote {
                 "store node {broker:?} is not registered with any name server"
             ))
         })
+    }
+
+    fn refresh_brokers_in_background(&self) {
+        if self.brokers_refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            self.brokers_refreshing.store(false, Ordering::Release);
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = me.refresh_brokers().await {
+                tracing::warn!(error = %e, "looking up store nodes failed; the known addresses stay in use");
+            }
+            me.brokers_refreshing.store(false, Ordering::Release);
+        });
     }
 
     async fn refresh_brokers(&self) -> Result<()> {
@@ -691,6 +826,7 @@ impl Remote {
     fn encode_metrics(&self) -> String {
         let m = &self.metrics;
         m.store_nodes.set(self.addrs.lock().len() as i64);
+        m.routes.set(self.routes.lock().len() as i64);
         m.clients.set(self.clients.lock().len() as i64);
         m.transactional_producers
             .set(self.producers.lock().len() as i64);
@@ -1303,6 +1439,7 @@ pub async fn run(
             let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
             loop {
                 tick.tick().await;
+                r.forget_unused_routes();
                 r.heartbeat().await;
             }
         })
