@@ -99,6 +99,29 @@ fn consumers_read_from_a_replica_while_the_group_has_no_primary() {
         })
     });
 
+    // A topic and a group created on the primary once its replicas are linked reach them
+    // (metadata travels as changes after each link's first, whole, frame).
+    let on_primary = cluster.stores[(primary - 1) as usize].http;
+    ureq::put(&format!("http://{on_primary}/admin/topics/LateTopic"))
+        .send_json(serde_json::json!({"queues": 2}))
+        .unwrap();
+    ureq::put(&format!("http://{on_primary}/admin/groups/LateGroup"))
+        .send_json(serde_json::json!({"maxDeliveryAttempts": 3}))
+        .unwrap();
+    for (i, s) in cluster.stores.iter().enumerate() {
+        if i as i64 == primary - 1 {
+            continue;
+        }
+        wait_until("a new topic and group to reach a replica", 10, || {
+            let has = |path: &str| {
+                ureq::get(&format!("http://{}/admin/{path}", s.http))
+                    .call()
+                    .is_ok()
+            };
+            has("topics/LateTopic") && has("groups/LateGroup")
+        });
+    }
+
     let sent = remoting::java(&cluster, &["produce", TOPIC, "GProduce", "200"]);
     assert_eq!(sent["sent"], 200, "{sent}");
     // Every replica confirms what was acknowledged (the primary's confirm offset reaches them

@@ -518,3 +518,50 @@ async fn the_replication_link_runs_over_tls_and_refuses_a_primary_the_ca_did_not
     assert_eq!(c.store.log_offsets().written, 0);
     assert_eq!(d.store.log_offsets().written, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_sent_the_consumer_offsets_that_changed_not_the_whole_table() {
+    let a = node(FlushPolicy::AsyncFlush);
+    let b = node(FlushPolicy::AsyncFlush);
+    // 10,000 committed offsets (1,250 groups x 8 queues) before the replica links.
+    for g in 0..1250 {
+        for q in 0..8 {
+            a.store
+                .consumer_offsets()
+                .commit(&format!("G{g}"), TOPIC, q, 7);
+        }
+    }
+    let (primary, addr, _stop) = serve_primary(&a, ha(ReplicationMode::Async, 1, 1), 1).await;
+    let _follow = follow(&b, 1, &addr);
+    wait_until(
+        "the whole table to reach the replica",
+        Duration::from_secs(10),
+        || b.store.consumer_offsets().table() == a.store.consumer_offsets().table(),
+    )
+    .await;
+    let whole = primary.meta_bytes_sent();
+    assert!(
+        whole > 10_000 * 4,
+        "the first frame holds the whole table: {whole} bytes"
+    );
+    for round in 1..=3 {
+        a.store
+            .consumer_offsets()
+            .commit("G5", TOPIC, 3, 100 + round);
+        wait_until(
+            "a change to reach the replica",
+            Duration::from_secs(10),
+            || b.store.consumer_offsets().get("G5", TOPIC, 3) == Some(100 + round),
+        )
+        .await;
+    }
+    let changes = primary.meta_bytes_sent() - whole;
+    assert!(
+        changes < whole / 50,
+        "3 changes took {changes} bytes, the whole table {whole}"
+    );
+    assert_eq!(
+        b.store.consumer_offsets().table(),
+        a.store.consumer_offsets().table()
+    );
+}

@@ -32,6 +32,7 @@ use tokio::io::{BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::store::consumer_offset::{ConsumerOffsetStore, OffsetTable};
 use crate::store::{MessageStore, StoreError};
 use epoch::EpochFile;
 use wire::{Frame, Hello, Welcome, WireError};
@@ -123,24 +124,135 @@ impl HaConfig {
 }
 
 /// What besides the CommitLog a replica takes from its primary (metadata, consumer offsets).
-/// The primary sends a snapshot every second when its bytes changed.
+/// Every second the primary sends each replica what changed since its last frame on that link:
+/// everything first, then only the changes (or, to a replica of an earlier version that takes
+/// whole snapshots only, everything again whenever anything changed).
 pub trait MetaSync: Send + Sync {
+    /// Everything, as one frame.
     fn snapshot(&self) -> Bytes;
-    fn apply(&self, snapshot: &[u8]) -> Result<(), String>;
+    /// The next frame for a link, or None when nothing changed since the last one.
+    fn changes(&self, link: &mut MetaLink) -> Option<Bytes> {
+        link.whole_if_changed(self.snapshot())
+    }
+    fn apply(&self, frame: &[u8]) -> Result<(), String>;
     /// The node became its group's primary, or stopped being it.
     fn on_role_change(&self) {}
+}
+
+/// What one replica link has been sent of the metadata.
+#[derive(Default)]
+pub struct MetaLink {
+    /// The replica takes frames of changes (else whole snapshots only).
+    pub deltas: bool,
+    /// Checksum of the last whole snapshot sent.
+    crc: Option<u32>,
+    /// Versions (or checksums) of the parts last sent, by the implementation's own keys.
+    pub versions: HashMap<&'static str, u64>,
+    /// The consumer offsets as last sent.
+    offsets: Option<OffsetTable>,
+}
+
+impl MetaLink {
+    /// `snapshot` unless it is what was sent last.
+    pub fn whole_if_changed(&mut self, snapshot: Bytes) -> Option<Bytes> {
+        let crc = crc32fast::hash(&snapshot);
+        (self.crc.replace(crc) != Some(crc)).then_some(snapshot)
+    }
+
+    /// Whether the part `key` changed since it was last sent (recording `version` as sent).
+    pub fn part_changed(&mut self, key: &'static str, version: u64) -> bool {
+        self.versions.insert(key, version) != Some(version)
+    }
+
+    /// The consumer offsets to send: the whole table on a link's first frame (or when the
+    /// table lost entries, which a replica would otherwise keep), then what changed. The
+    /// flag says whether it is the whole table.
+    pub fn offsets(&mut self, offsets: &ConsumerOffsetStore) -> (OffsetTable, bool) {
+        let changed = self.part_changed("offsets", offsets.version());
+        if let Some(sent) = self.offsets.as_mut() {
+            if !changed {
+                return (OffsetTable::new(), false);
+            }
+            if let Some(changes) = offsets.changes_since(sent) {
+                return (changes, false);
+            }
+        }
+        let whole = offsets.table();
+        self.offsets = Some(whole.clone());
+        (whole, true)
+    }
+}
+
+/// A metadata frame: the parts that changed since the link's last frame (all of them in a
+/// whole snapshot). Earlier versions wrote and read `topics`, `groups`, `offsets` and `auth`,
+/// always the whole of each.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MetaFrame<T, G, A> {
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<T>>,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<G>>,
+    pub offsets: OffsetTable,
+    /// `offsets` holds only the entries that changed (else it is the whole table).
+    #[serde(
+        default,
+        rename = "offsetsChanged",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub offsets_changed: bool,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub auth: Option<A>,
+}
+
+impl<T, G, A> MetaFrame<T, G, A> {
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_none()
+            && self.groups.is_none()
+            && self.auth.is_none()
+            && self.offsets_changed
+            && self.offsets.is_empty()
+    }
+
+    /// Applies the offsets to a replica's table.
+    pub fn apply_offsets(&mut self, store: &ConsumerOffsetStore) {
+        let offsets = std::mem::take(&mut self.offsets);
+        if self.offsets_changed {
+            store.merge(offsets);
+        } else {
+            store.import(offsets);
+        }
+    }
 }
 
 /// Consumer offsets only (what a bare store replicates).
 pub struct OffsetSync(pub Arc<MessageStore>);
 
+type OffsetFrame = MetaFrame<(), (), ()>;
+
 impl MetaSync for OffsetSync {
     fn snapshot(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(&self.0.consumer_offsets().export().1).expect("plain data"))
+        let frame = OffsetFrame {
+            offsets: self.0.consumer_offsets().table(),
+            ..Default::default()
+        };
+        Bytes::from(serde_json::to_vec(&frame).expect("plain data"))
     }
-    fn apply(&self, snapshot: &[u8]) -> Result<(), String> {
-        let table = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
-        self.0.consumer_offsets().import(table);
+    fn changes(&self, link: &mut MetaLink) -> Option<Bytes> {
+        if !link.deltas {
+            return link.whole_if_changed(self.snapshot());
+        }
+        let (offsets, whole) = link.offsets(self.0.consumer_offsets());
+        let frame = OffsetFrame {
+            offsets,
+            offsets_changed: !whole,
+            ..Default::default()
+        };
+        (!frame.is_empty()).then(|| Bytes::from(serde_json::to_vec(&frame).expect("plain data")))
+    }
+    fn apply(&self, frame: &[u8]) -> Result<(), String> {
+        let mut frame: OffsetFrame = serde_json::from_slice(frame).map_err(|e| e.to_string())?;
+        frame.apply_offsets(self.0.consumer_offsets());
         Ok(())
     }
 }
@@ -210,6 +322,8 @@ pub struct Primary {
     cold: std::sync::OnceLock<Arc<dyn ColdLog>>,
     /// TLS on the HA port (the node's `tls` section).
     tls: std::sync::OnceLock<Arc<crate::tls::ServerTls>>,
+    /// Bytes of metadata frames sent to replicas.
+    meta_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// CommitLog bytes the primary no longer holds locally (they were tiered and evicted): a
@@ -298,6 +412,7 @@ impl Primary {
             ended: Default::default(),
             cold: Default::default(),
             tls: Default::default(),
+            meta_bytes: Default::default(),
         });
         {
             // Replicas the controllers hold in sync count as such until they are recorded out
@@ -329,6 +444,11 @@ impl Primary {
     }
 
     /// Serves replicas what was evicted locally from `cold` (the group's tier).
+    /// Bytes of metadata frames sent to replicas so far.
+    pub fn meta_bytes_sent(&self) -> u64 {
+        self.meta_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn set_cold_log(&self, cold: Arc<dyn ColdLog>) {
         let _ = self.cold.set(cold);
     }
@@ -627,7 +747,7 @@ impl Primary {
             })
         };
         let sent = tokio::select! {
-            r = self.send_loop(id, link, welcome.start, &mut w) => r,
+            r = self.send_loop(id, link, welcome.start, hello.meta_changes, &mut w) => r,
             r = acks => r.unwrap_or_else(|e| Err(HaError::Protocol(e.to_string()))),
             _ = shutdown.changed() => Ok(()),
         };
@@ -667,6 +787,7 @@ impl Primary {
         id: i64,
         link: u64,
         start: u64,
+        meta_changes: bool,
         w: &mut W,
     ) -> Result<(), HaError> {
         use tokio::io::AsyncWriteExt;
@@ -674,18 +795,20 @@ impl Primary {
         let mut last_confirm = u64::MAX;
         let mut last_beat = Instant::now();
         let mut last_meta = Instant::now() - META_EVERY;
-        let mut meta_version = None;
+        let mut meta = MetaLink {
+            deltas: meta_changes,
+            ..MetaLink::default()
+        };
         loop {
             let changed = self.store.written_changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if last_meta.elapsed() >= META_EVERY {
                 last_meta = Instant::now();
-                let snapshot = self.meta.snapshot();
-                let v = crc32fast::hash(&snapshot);
-                if meta_version != Some(v) {
-                    meta_version = Some(v);
-                    Frame::Meta(snapshot).write(w).await?;
+                if let Some(frame) = self.meta.changes(&mut meta) {
+                    self.meta_bytes
+                        .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Frame::Meta(frame).write(w).await?;
                 }
             }
             let offsets = self.store.log_offsets();
@@ -866,6 +989,7 @@ impl Replica {
             end: offsets.written,
             empty: self.store.log_is_empty(),
             segment_size: self.store.config().segment_size,
+            meta_changes: true,
         };
         Frame::Hello(hello).write(&mut w).await?;
         tokio::io::AsyncWriteExt::flush(&mut w).await?;

@@ -7,7 +7,8 @@
 //! Welcome  primary -> replica  JSON {epochs, truncateTo, start, segmentSize} or {error}
 //! Data     primary -> replica  offset:u64 confirm:u64 records...
 //! Beat     primary -> replica  confirm:u64 (when there is nothing to send)
-//! Meta     primary -> replica  JSON: the primary's metadata and consumer offsets
+//! Meta     primary -> replica  JSON: the primary's metadata and consumer offsets, whole or
+//!                              what changed since the link's last Meta (`metaChanges`)
 //! Ack      replica -> primary  written:u64
 //! ```
 
@@ -39,6 +40,9 @@ pub struct Hello {
     /// The replica holds no CommitLog segment.
     pub empty: bool,
     pub segment_size: u64,
+    /// The replica takes metadata frames of changes (earlier versions take whole snapshots).
+    #[serde(default)]
+    pub meta_changes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -205,6 +209,7 @@ mod tests {
                 end: 42,
                 empty: false,
                 segment_size: 1 << 20,
+                meta_changes: true,
             }),
             Frame::Welcome(Welcome {
                 start: 7,

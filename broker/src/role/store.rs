@@ -409,34 +409,61 @@ async fn adopt(
 /// offsets.
 struct BrokerMeta(Arc<Broker>, Arc<crate::auth::guard::Guard>);
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct MetaSnapshot {
-    topics: Vec<TopicConfig>,
-    groups: Vec<GroupConfig>,
-    offsets: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, u64>>,
-    /// Users and policies (absent from nodes of earlier versions).
-    #[serde(default)]
-    auth: Option<crate::auth::store::AuthState>,
+type MetaFrame = crate::ha::MetaFrame<TopicConfig, GroupConfig, crate::auth::store::AuthState>;
+
+fn encode(frame: &MetaFrame) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(frame).expect("plain data"))
 }
 
 impl crate::ha::MetaSync for BrokerMeta {
     fn snapshot(&self) -> bytes::Bytes {
-        let snapshot = MetaSnapshot {
-            topics: self.0.metadata.topics(),
-            groups: self.0.metadata.groups(),
-            offsets: self.0.store.consumer_offsets().export().1,
+        encode(&MetaFrame {
+            topics: Some(self.0.metadata.topics()),
+            groups: Some(self.0.metadata.groups()),
+            offsets: self.0.store.consumer_offsets().table(),
+            offsets_changed: false,
             auth: Some(self.1.users.state()),
-        };
-        bytes::Bytes::from(serde_json::to_vec(&snapshot).expect("plain data"))
+        })
     }
 
-    fn apply(&self, snapshot: &[u8]) -> Result<(), String> {
-        let s: MetaSnapshot = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+    fn changes(&self, link: &mut crate::ha::MetaLink) -> Option<bytes::Bytes> {
+        if !link.deltas {
+            return link.whole_if_changed(self.snapshot());
+        }
+        // Each version is read before its part: a change made in between bumps it again and
+        // is sent next time.
         let m = &self.0.metadata;
-        m.put_topics(s.topics).map_err(|e| e.to_string())?;
-        m.put_groups(s.groups).map_err(|e| e.to_string())?;
-        self.0.store.consumer_offsets().import(s.offsets);
-        if let Some(auth) = s.auth {
+        let topics = link.part_changed("topics", m.version()).then(|| m.topics());
+        let groups = link
+            .part_changed("groups", m.group_version())
+            .then(|| m.groups());
+        let auth = self.1.users.state();
+        let auth_crc = crc32fast::hash(&serde_json::to_vec(&auth).expect("plain data"));
+        let auth = link
+            .part_changed("auth", u64::from(auth_crc))
+            .then_some(auth);
+        let (offsets, whole) = link.offsets(self.0.store.consumer_offsets());
+        let frame = MetaFrame {
+            topics,
+            groups,
+            offsets,
+            offsets_changed: !whole,
+            auth,
+        };
+        (!frame.is_empty()).then(|| encode(&frame))
+    }
+
+    fn apply(&self, frame: &[u8]) -> Result<(), String> {
+        let mut f: MetaFrame = serde_json::from_slice(frame).map_err(|e| e.to_string())?;
+        let m = &self.0.metadata;
+        if let Some(topics) = f.topics.take() {
+            m.put_topics(topics).map_err(|e| e.to_string())?;
+        }
+        if let Some(groups) = f.groups.take() {
+            m.put_groups(groups).map_err(|e| e.to_string())?;
+        }
+        f.apply_offsets(self.0.store.consumer_offsets());
+        if let Some(auth) = f.auth {
             self.1.users.replace(auth).map_err(|e| e.to_string())?;
         }
         Ok(())

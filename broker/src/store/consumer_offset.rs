@@ -14,6 +14,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::write_atomically;
+
+/// Consumer offsets: "topic@group" -> queue id -> offset.
+pub type OffsetTable = HashMap<String, HashMap<i32, u64>>;
 use super::error::{IoContext, Result, StoreError};
 
 const FILE: &str = "consumerOffset.json";
@@ -109,25 +112,59 @@ impl ConsumerOffsetStore {
             .and_then(|q| q.get(&queue_id).copied())
     }
 
-    /// The whole table ("topic@group" -> queue id -> offset) and its version: what a
-    /// primary sends its replicas.
-    pub fn export(&self) -> (u64, BTreeMap<String, BTreeMap<i32, u64>>) {
+    /// A copy of the whole table: what a primary sends a replica first.
+    pub fn table(&self) -> OffsetTable {
+        self.table.lock().offsets.clone()
+    }
+
+    /// The table's version: it changes with every commit.
+    pub fn version(&self) -> u64 {
+        self.table.lock().version
+    }
+
+    /// The entries that differ from `sent` (a copy of what a replica was sent), and `sent`
+    /// brought up to date; None when an entry of `sent` is no longer in the table (the whole
+    /// table must be sent then).
+    pub fn changes_since(&self, sent: &mut OffsetTable) -> Option<OffsetTable> {
         let t = self.table.lock();
-        let table = t
-            .offsets
-            .iter()
-            .map(|(k, q)| (k.clone(), q.iter().map(|(i, o)| (*i, *o)).collect()))
-            .collect();
-        (t.version, table)
+        let mut changes = OffsetTable::new();
+        let mut entries = 0;
+        for (k, q) in &t.offsets {
+            entries += q.len();
+            match sent.get_mut(k) {
+                Some(was) => {
+                    for (id, o) in q {
+                        if was.insert(*id, *o) != Some(*o) {
+                            changes.entry(k.clone()).or_default().insert(*id, *o);
+                        }
+                    }
+                }
+                None => {
+                    sent.insert(k.clone(), q.clone());
+                    changes.insert(k.clone(), q.clone());
+                }
+            }
+        }
+        // `sent` now holds every entry of the table: more means it held one the table lost.
+        let held: usize = sent.values().map(HashMap::len).sum();
+        (held == entries).then_some(changes)
+    }
+
+    /// Merges a primary's changed entries into the table (see [`Self::changes_since`]).
+    pub fn merge(&self, changes: OffsetTable) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut t = self.table.lock();
+        for (k, q) in changes {
+            t.offsets.entry(k).or_default().extend(q);
+        }
+        t.version += 1;
     }
 
     /// Replaces the table with a primary's (a replica follows its primary's progress).
-    pub fn import(&self, table: BTreeMap<String, BTreeMap<i32, u64>>) {
+    pub fn import(&self, offsets: OffsetTable) {
         let mut t = self.table.lock();
-        let offsets: HashMap<String, HashMap<i32, u64>> = table
-            .into_iter()
-            .map(|(k, q)| (k, q.into_iter().collect()))
-            .collect();
         if offsets != t.offsets {
             t.offsets = offsets;
             t.version += 1;
@@ -212,6 +249,40 @@ impl ConsumerOffsetStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_is_sent_what_changed_and_the_whole_table_when_entries_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = ConsumerOffsetStore::open(dir.path()).unwrap();
+        let replica = ConsumerOffsetStore::open(&dir.path().join("replica")).unwrap();
+        primary.commit("G", "T", 0, 5);
+        primary.commit("G", "T", 1, 7);
+        let mut sent = primary.table();
+        replica.import(sent.clone());
+        assert_eq!(primary.changes_since(&mut sent), Some(OffsetTable::new()));
+
+        primary.commit("G", "T", 1, 8);
+        primary.commit("H", "T", 0, 1);
+        let changes = primary.changes_since(&mut sent).unwrap();
+        assert_eq!(
+            changes,
+            OffsetTable::from([
+                ("T@G".to_owned(), HashMap::from([(1, 8)])),
+                ("T@H".to_owned(), HashMap::from([(0, 1)])),
+            ])
+        );
+        replica.merge(changes);
+        assert_eq!(replica.table(), primary.table());
+        assert_eq!(sent, primary.table());
+
+        // The table was replaced without an entry the replica holds: only the whole table
+        // makes the replica drop it.
+        primary.import(OffsetTable::from([(
+            "T@G".to_owned(),
+            HashMap::from([(0, 5)]),
+        )]));
+        assert_eq!(primary.changes_since(&mut sent), None);
+    }
 
     #[test]
     fn commit_persist_reload_and_backup() {
