@@ -40,10 +40,21 @@ pub struct Metrics {
     pub put_total: Counter,
     pub get_total: Counter,
     extra: parking_lot::RwLock<Vec<ExtraMetrics>>,
+    /// Message counters per topic and per (topic, group); else one series each.
+    per_topic: bool,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(true)
+    }
+}
+
+impl Metrics {
+    /// `per_topic`: the message counters have a series per topic and per (topic, group);
+    /// without, one series each, with empty labels (Prometheus reads an empty label as none),
+    /// so that a node with tens of thousands of topics exports a few hundred series.
+    pub fn new(per_topic: bool) -> Self {
         let mut registry = Registry::with_prefix("rocketmq");
         let m = Metrics {
             messages_sent: Family::default(),
@@ -67,6 +78,7 @@ impl Default for Metrics {
             put_total: Counter::default(),
             get_total: Counter::default(),
             extra: Default::default(),
+            per_topic,
         };
         registry.register(
             "messages_sent",
@@ -176,15 +188,20 @@ impl Metrics {
     }
 }
 
-pub fn topic(t: &str) -> TopicLabel {
-    TopicLabel {
-        topic: t.to_owned(),
+impl Metrics {
+    /// The labels of a topic's series.
+    pub fn topic(&self, t: &str) -> TopicLabel {
+        TopicLabel {
+            topic: if self.per_topic { t } else { "" }.to_owned(),
+        }
     }
-}
 
-pub fn group(t: &str, g: &str) -> GroupLabels {
-    GroupLabels {
-        topic: t.to_owned(),
-        group: g.to_owned(),
+    /// The labels of a (topic, group) series.
+    pub fn group(&self, t: &str, g: &str) -> GroupLabels {
+        let (topic, group) = if self.per_topic { (t, g) } else { ("", "") };
+        GroupLabels {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        }
     }
 }

@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     /// producer, and the time between checks.
     #[serde(with = "crate::store::config::millis")]
     pub transaction_check_interval: Duration,
+    /// Message counters with a series per topic and per (topic, group) (on by default); off,
+    /// one series each, for nodes with so many topics that scraping them all costs too much.
+    pub metrics_per_topic: bool,
 }
 
 impl Default for BrokerConfig {
@@ -52,6 +55,7 @@ impl Default for BrokerConfig {
             default_queues: 8,
             max_body_size: 4 * 1024 * 1024,
             transaction_check_interval: Duration::from_secs(10),
+            metrics_per_topic: true,
         }
     }
 }
@@ -161,8 +165,8 @@ impl Broker {
             store,
             metadata,
             pop,
+            metrics: metrics::Metrics::new(config.metrics_per_topic),
             config,
-            metrics: metrics::Metrics::default(),
             timer: timer::TimerState::default(),
             transactions: transaction::TransactionState::default(),
             clients: Default::default(),
@@ -315,7 +319,7 @@ impl Broker {
             Err(_) => &self.metrics.send_errors,
         };
         for t in &topics {
-            family.get_or_create(&metrics::topic(t)).inc();
+            family.get_or_create(&self.metrics.topic(t)).inc();
         }
         Ok(result?)
     }
@@ -371,7 +375,7 @@ impl Broker {
                 }
             }
             if !out.is_empty() {
-                let labels = metrics::group(&topic.name, &group.name);
+                let labels = self.metrics.group(&topic.name, &group.name);
                 self.metrics.get_total.inc_by(out.len() as u64);
                 self.metrics
                     .messages_received
@@ -417,7 +421,7 @@ impl Broker {
             if *o == AckOutcome::Acked {
                 self.metrics
                     .messages_acked
-                    .get_or_create(&metrics::group(&h.topic, &group.name))
+                    .get_or_create(&self.metrics.group(&h.topic, &group.name))
                     .inc();
             }
         }
@@ -502,7 +506,7 @@ impl Broker {
         self.pop.ack(group, std::slice::from_ref(&d.handle)).await?;
         self.metrics
             .messages_dead_lettered
-            .get_or_create(&metrics::group(&m.topic, group))
+            .get_or_create(&self.metrics.group(&m.topic, group))
             .inc();
         tracing::info!(group, topic = %m.topic, offset = m.queue_offset, attempts = d.handle.attempt, "message moved to the dead-letter queue");
         Ok(())
@@ -536,6 +540,63 @@ mod tests {
     impl Broker {
         fn known_clients(&self) -> usize {
             self.clients.lock().len()
+        }
+    }
+
+    #[test]
+    fn without_per_topic_metrics_the_counters_have_one_series() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for per_topic in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                Arc::new(MessageStore::open(crate::store::StoreConfig::at(dir.path())).unwrap());
+            let config = BrokerConfig {
+                metrics_per_topic: per_topic,
+                ..BrokerConfig::default()
+            };
+            let broker = Broker::open(store, config).unwrap();
+            let topics = ["A", "B", "C"];
+            for t in topics {
+                broker
+                    .metadata
+                    .put_topic(TopicConfig {
+                        name: t.into(),
+                        queues: 1,
+                        message_type: TopicMessageType::Normal,
+                    })
+                    .unwrap();
+                let m = Message {
+                    topic: t.into(),
+                    queue_id: 0,
+                    flag: 0,
+                    sys_flag: 0,
+                    born_timestamp: 0,
+                    born_host: "127.0.0.1:1".parse().unwrap(),
+                    reconsume_times: 0,
+                    prepared_transaction_offset: 0,
+                    body: bytes::Bytes::from_static(b"x"),
+                    properties: bytes::Bytes::new(),
+                };
+                rt.block_on(broker.send(vec![m])).unwrap();
+            }
+            let text = broker.metrics.encode();
+            let sent: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("rocketmq_messages_sent_total"))
+                .collect();
+            if per_topic {
+                assert_eq!(sent.len(), 3, "{text}");
+                assert!(sent.contains(&r#"rocketmq_messages_sent_total{topic="B"} 1"#));
+            } else {
+                assert_eq!(
+                    sent,
+                    [r#"rocketmq_messages_sent_total{topic=""} 3"#],
+                    "{text}"
+                );
+            }
         }
     }
 

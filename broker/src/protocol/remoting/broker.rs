@@ -863,7 +863,7 @@ impl BrokerHandler {
                     self.broker
                         .metrics
                         .messages_received
-                        .get_or_create(&crate::service::metrics::group(topic, group))
+                        .get_or_create(&self.broker.metrics.group(topic, group))
                         .inc_by(n);
                     self.broker.metrics.get_total.inc_by(n);
                     return respond(rs::SUCCESS, got.next_offset, body.freeze());
