@@ -215,6 +215,18 @@ def create_topics(http, topics):
     return time.time() - t0
 
 
+def create_groups(http, groups):
+    """Creates BenchGroup-0.. through POST /admin/groups, 2,000 a request; returns seconds."""
+    t0 = time.time()
+    for start in range(0, groups, 2000):
+        body = json.dumps([{"name": f"BenchGroup-{i}"}
+                           for i in range(start, min(start + 2000, groups))]).encode()
+        req = urllib.request.Request(f"http://{http}/admin/groups", data=body, method="POST",
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=120).read()
+    return time.time() - t0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, type=pathlib.Path, help="folder with rmq-broker and rmq-bench")
@@ -223,6 +235,9 @@ def main():
     ap.add_argument("--consumers", type=int, default=64)
     ap.add_argument("--topics", type=int, default=12500)
     ap.add_argument("--groups", type=int, default=1000)
+    ap.add_argument("--created-groups", type=int, default=10000,
+                    help="groups created (BenchGroup-0..) before the 100,000-queue runs, which use the "
+                         "first --groups of them: memory per group")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "bench-results")
     ap.add_argument("--long-polling-ms", type=int, default=None,
                     help="receive long polling of the 100,000-queue runs (default 1000; 5000 with --apache: "
@@ -253,6 +268,9 @@ def main():
         res["createSecs"] = create_topics(f"127.0.0.1:{b.http}", cfg.topics)
         time.sleep(2)
         res["afterCreate"] = proc_mem(b.p.pid)
+        res["createGroupsSecs"] = create_groups(f"127.0.0.1:{b.http}", cfg.created_groups)
+        time.sleep(2)
+        res["afterGroups"] = proc_mem(b.p.pid)
         # Warm-up: one message into every queue, so the measured run is the steady state and
         # not the creation of 100,000 queue files (measured here on its own).
         scale_runs(cfg, b, queues, scale, res)
@@ -334,8 +352,10 @@ def main():
         f"{res['drainSecs']:.1f} s, {res['drain']['endToEnd']['count']:,} received",
         f"- **Memory:** anonymous RSS idle {res['idle']['anonMiB']:.0f} MiB, after creating the topics "
         f"{res['afterCreate']['anonMiB']:.0f} MiB, after traffic on every queue {res['after100k']['anonMiB']:.0f} MiB: "
-        f"{mib('after8', 'after100k', 'anonMiB') / (queues / 10000):.1f} MiB per 10,000 queues used "
-        f"({mib('after8', 'afterCreate', 'anonMiB') / (cfg.topics / 1000):.2f} MiB per 1,000 topics created)",
+        f"{(mib('after8', 'after100k', 'anonMiB') - mib('afterCreate', 'afterGroups', 'anonMiB')) / (queues / 10000):.1f} "
+        f"MiB per 10,000 queues used ({mib('after8', 'afterCreate', 'anonMiB') / (cfg.topics / 1000):.2f} MiB per "
+        f"1,000 topics created, {mib('afterCreate', 'afterGroups', 'anonMiB') / (cfg.created_groups / 1000):.2f} MiB "
+        f"per 1,000 groups created: {cfg.created_groups:,} in {res['createGroupsSecs']:.1f} s)",
         f"- **Descriptors:** {res['idle']['fds']} idle, {res['after100k']['fds']} after traffic on {queues:,} queues "
         f"(ConsumeQueue files open: {res['metrics']['consumequeue_open_files']:.0f}, opened since start: "
         f"{res['metrics']['consumequeue_file_opens']:.0f}); threads {res['idle']['threads']} -> {res['after100k']['threads']}",

@@ -56,6 +56,32 @@ fn topics_groups_send_receive_progress_and_metrics() {
         &["create-group", "CliGroup", "--max-delivery-attempts", "3"],
     );
     assert!(ok && out.contains("\"maxDeliveryAttempts\": 3"), "{out}");
+    // Many groups in one request; a bad one refuses the whole request.
+    let post = |body: serde_json::Value| {
+        ureq::post(&format!("http://{}/admin/groups", b.http))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(body)
+            .unwrap()
+    };
+    let mut r = post(serde_json::json!([{"name": "BatchA"}, {"name": "BatchB", "fifo": true}]));
+    assert_eq!(
+        r.status(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let mut r =
+        post(serde_json::json!([{"name": "BatchC"}, {"name": "Bad", "maxDeliveryAttempts": 0}]));
+    assert_eq!(r.status(), 400);
+    let body = r.body_mut().read_to_string().unwrap();
+    assert!(body.contains("max delivery attempts must be 1 to 1000"), "{body}");
+    let groups = get(&format!("http://{}/admin/groups", b.http));
+    assert!(
+        groups.contains("BatchA") && groups.contains("BatchB") && !groups.contains("BatchC"),
+        "{body}\n{groups}"
+    );
 
     let (ok, out) = admin(
         &b,

@@ -5,6 +5,7 @@
 //! GET  /admin/topics                      -> [TopicConfig]
 //! PUT  /admin/topics/{name}               {"queues": 8, "messageType": "NORMAL"}
 //! GET  /admin/groups                      -> [GroupConfig]
+//! POST /admin/groups                      [{"name": "G", "maxDeliveryAttempts": 16, "fifo": false}]
 //! PUT  /admin/groups/{name}               {"maxDeliveryAttempts": 16, "fifo": false}
 //! GET  /admin/groups/{name}/progress?topic=T -> per queue: committed offset, max offset, lag
 //! ```
@@ -35,7 +36,7 @@ pub fn router_with_readiness(broker: Arc<Broker>, guard: Arc<Guard>, ready: Read
     let admin = Router::new()
         .route("/admin/topics", get(list_topics).post(put_topics))
         .route("/admin/topics/{name}", get(get_topic).put(put_topic))
-        .route("/admin/groups", get(list_groups))
+        .route("/admin/groups", get(list_groups).post(put_groups))
         .route("/admin/groups/{name}", get(get_group).put(put_group))
         .route("/admin/groups/{name}/progress", get(progress))
         .with_state(broker.clone())
@@ -190,6 +191,38 @@ struct GroupSpec {
 
 fn sixteen() -> u32 {
     16
+}
+
+/// Creates or updates many groups with one file write (`POST /admin/groups`, a JSON list of
+/// `{name, maxDeliveryAttempts, fifo}`); all are checked before any is written.
+async fn put_groups(State(b): State<Arc<Broker>>, Json(groups): Json<Vec<NamedGroup>>) -> Response {
+    let groups: Vec<GroupConfig> = groups
+        .into_iter()
+        .map(|g| GroupConfig {
+            name: g.name,
+            max_delivery_attempts: g.max_delivery_attempts,
+            fifo: g.fifo,
+        })
+        .collect();
+    let asked = groups.len();
+    match tokio::task::spawn_blocking(move || b.metadata.put_groups(groups)).await {
+        Ok(Ok(changed)) => {
+            tracing::info!(asked, changed, "groups created or updated");
+            Json(serde_json::json!({ "groups": asked, "changed": changed })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NamedGroup {
+    name: String,
+    #[serde(default = "sixteen")]
+    max_delivery_attempts: u32,
+    #[serde(default)]
+    fifo: bool,
 }
 
 async fn put_group(
