@@ -76,7 +76,10 @@ fn topics_groups_send_receive_progress_and_metrics() {
         post(serde_json::json!([{"name": "BatchC"}, {"name": "Bad", "maxDeliveryAttempts": 0}]));
     assert_eq!(r.status(), 400);
     let body = r.body_mut().read_to_string().unwrap();
-    assert!(body.contains("max delivery attempts must be 1 to 1000"), "{body}");
+    assert!(
+        body.contains("max delivery attempts must be 1 to 1000"),
+        "{body}"
+    );
     let groups = get(&format!("http://{}/admin/groups", b.http));
     assert!(
         groups.contains("BatchA") && groups.contains("BatchB") && !groups.contains("BatchC"),

@@ -40,6 +40,30 @@ pub struct Groups {
     pub nodes: Vec<StoreNodeStatus>,
 }
 
+/// Per group StatefulSet ("namespace/name"): the fingerprint of the StatefulSet and PDB this
+/// process applied last, and the StatefulSet's generation after it. A pass applies them again
+/// only when the rendering changed or the live generation moved (someone edited it), so that
+/// a settled cluster of 100 groups costs no writes.
+type Applied = std::collections::HashMap<String, (u64, Option<i64>)>;
+
+static APPLIED: std::sync::LazyLock<std::sync::Mutex<Applied>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn applied() -> std::sync::MutexGuard<'static, Applied> {
+    APPLIED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fingerprint(sts: &StatefulSet, pdb: &PodDisruptionBudget) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&(sts, pdb))
+        .expect("rendered objects serialize")
+        .hash(&mut h);
+    h.finish()
+}
+
 /// The pod of a broker id: ids are ordinals + 1 (0 is what a primary registers as).
 fn member_pod(n: &Names<'_>, group: i32, broker_id: i64) -> String {
     n.group_member(group, (broker_id - 1) as i32)
@@ -234,33 +258,40 @@ pub async fn reconcile(
         }
     }
 
-    // The desired groups: created at once, updated once the earlier roles are rolled out.
+    // The desired groups: created at once, updated once the earlier roles are rolled out;
+    // not applied again while what was applied last is what the live StatefulSet holds.
     for g in 0..desired {
         if may_roll || !live.contains_key(&g) {
-            let sts = apply(&ctx.client, &ns, &render::group_stateful_set(c, g, hash)).await?;
-            apply(&ctx.client, &ns, &render::group_pdb(c, g)).await?;
+            let sts = render::group_stateful_set(c, g, hash);
+            let pdb = render::group_pdb(c, g);
+            let key = format!("{ns}/{}", sts.name_any());
+            let print = fingerprint(&sts, &pdb);
+            let current = live
+                .get(&g)
+                .is_some_and(|l| applied().get(&key) == Some(&(print, l.metadata.generation)));
+            if current {
+                continue;
+            }
+            let sts = apply(&ctx.client, &ns, &sts).await?;
+            apply(&ctx.client, &ns, &pdb).await?;
+            applied().insert(key, (print, sts.metadata.generation));
             live.insert(g, sts);
         }
     }
 
     // Replace outdated pods: one pod of one group per pass, while its group is whole and in
-    // sync; replicas before the primary.
+    // sync; replicas before the primary. One list of every group's pods.
+    let mut pods_of: BTreeMap<i32, Vec<Pod>> = BTreeMap::new();
+    for p in pods_api.list(&by_group).await?.items {
+        if let Some(g) = p.labels().get(GROUP_LABEL).and_then(|g| g.parse().ok()) {
+            pods_of.entry(g).or_default().push(p);
+        }
+    }
     let mut rolling = false;
     for g in 0..desired {
         let Some(sts) = live.get(&g) else { continue };
         let name = n.store_node(g);
-        let pods: Vec<Pod> = pods_api
-            .list(
-                &ListParams::default().labels(
-                    &render::group_selector(c, g)
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            )
-            .await?
-            .items;
+        let pods = pods_of.remove(&g).unwrap_or_default();
         let ready = pods.iter().filter(|p| pod_ready(p)).count() as i32;
         if ready >= members {
             out.ready_groups += 1;
