@@ -40,11 +40,27 @@ pub struct Groups {
     pub nodes: Vec<StoreNodeStatus>,
 }
 
-/// Per group StatefulSet ("namespace/name"): the fingerprint of the StatefulSet and PDB this
-/// process applied last, and the StatefulSet's generation after it. A pass applies them again
-/// only when the rendering changed or the live generation moved (someone edited it), so that
-/// a settled cluster of 100 groups costs no writes.
-type Applied = std::collections::HashMap<String, (u64, Option<i64>)>;
+/// What this process applied last for a group: the fingerprint of the rendered StatefulSet
+/// and PDB, and the uid and generation each object had after it. A pass applies them again
+/// only when the rendering changed or either live object is another one or was edited (its
+/// spec; label-only edits are not seen), so that a settled cluster of 100 groups costs no
+/// writes.
+#[derive(PartialEq)]
+struct Record {
+    print: u64,
+    sts: Ident,
+    pdb: Ident,
+}
+
+/// An object's uid and generation.
+type Ident = (Option<String>, Option<i64>);
+
+fn ident(m: &kube::api::ObjectMeta) -> Ident {
+    (m.uid.clone(), m.generation)
+}
+
+/// Per group StatefulSet ("namespace/name").
+type Applied = std::collections::HashMap<String, Record>;
 
 static APPLIED: std::sync::LazyLock<std::sync::Mutex<Applied>> =
     std::sync::LazyLock::new(Default::default);
@@ -259,22 +275,48 @@ pub async fn reconcile(
     }
 
     // The desired groups: created at once, updated once the earlier roles are rolled out;
-    // not applied again while what was applied last is what the live StatefulSet holds.
+    // not applied again while the live StatefulSet and PDB are the ones applied last.
+    let live_pdbs: BTreeMap<String, Ident> = if may_roll {
+        Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&render::selector_string(c, render::Role::Broker)))
+            .await?
+            .items
+            .into_iter()
+            .map(|p| (p.name_any(), ident(&p.metadata)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     for g in 0..desired {
         if may_roll || !live.contains_key(&g) {
             let sts = render::group_stateful_set(c, g, hash);
             let pdb = render::group_pdb(c, g);
             let key = format!("{ns}/{}", sts.name_any());
             let print = fingerprint(&sts, &pdb);
-            let current = live
-                .get(&g)
-                .is_some_and(|l| applied().get(&key) == Some(&(print, l.metadata.generation)));
+            let current = match (live.get(&g), live_pdbs.get(&pdb.name_any())) {
+                (Some(l), Some(p)) => {
+                    applied().get(&key)
+                        == Some(&Record {
+                            print,
+                            sts: ident(&l.metadata),
+                            pdb: p.clone(),
+                        })
+                }
+                _ => false,
+            };
             if current {
                 continue;
             }
             let sts = apply(&ctx.client, &ns, &sts).await?;
-            apply(&ctx.client, &ns, &pdb).await?;
-            applied().insert(key, (print, sts.metadata.generation));
+            let pdb = apply(&ctx.client, &ns, &pdb).await?;
+            applied().insert(
+                key,
+                Record {
+                    print,
+                    sts: ident(&sts.metadata),
+                    pdb: ident(&pdb.metadata),
+                },
+            );
             live.insert(g, sts);
         }
     }

@@ -1054,9 +1054,13 @@ impl Replica {
                     Frame::Ack { written }.write(&mut w).await?;
                     tokio::io::AsyncWriteExt::flush(&mut w).await?;
                 }
-                Some(Frame::Meta(snapshot)) => {
-                    if let Err(e) = self.meta.apply(&snapshot) {
-                        tracing::warn!(error = %e, "applying the primary's metadata failed");
+                Some(Frame::Meta(frame)) => {
+                    if let Err(e) = self.meta.apply(&frame) {
+                        // Later frames carry only what changes after this one: the link
+                        // restarts, and its first frame is whole.
+                        return Err(HaError::Protocol(format!(
+                            "applying the primary's metadata failed: {e}"
+                        )));
                     }
                 }
                 Some(other) => {

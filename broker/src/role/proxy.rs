@@ -171,8 +171,9 @@ struct Route {
     sets: Vec<QueueSet>,
     fetched: Instant,
     message_type: TopicMessageType,
-    /// When `message_type` was read from a store node.
-    typed: Instant,
+    /// When `message_type` was read from a store node; None when none answered (asked again
+    /// at the next lookup).
+    typed: Option<Instant>,
 }
 
 type GroupTable = std::collections::BTreeMap<String, body::SubscriptionGroupWire>;
@@ -189,6 +190,9 @@ pub struct Remote {
     addrs_at: Mutex<Option<Instant>>,
     /// Set while `addrs` is looked up in the background.
     brokers_refreshing: std::sync::atomic::AtomicBool,
+    /// Store nodes found unreachable so far: a lookup that began before one was does not
+    /// cache what it got.
+    node_losses: std::sync::atomic::AtomicU64,
     routes: Mutex<HashMap<String, Arc<Route>>>,
     /// Held while a topic's route is looked up.
     route_fetches: SingleFlight,
@@ -220,6 +224,15 @@ pub struct Remote {
 /// lookup instead of each making their own; different keys never wait on each other.
 #[derive(Default)]
 struct SingleFlight(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Runs a closure when dropped (however the scope it lives in ends).
+struct Cleared<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Cleared<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
 
 /// Holds a key of a [`SingleFlight`] until dropped.
 struct Flight<'a> {
@@ -424,6 +437,7 @@ impl Remote {
             addrs: Mutex::default(),
             addrs_at: Mutex::default(),
             brokers_refreshing: Default::default(),
+            node_losses: Default::default(),
             routes: Mutex::default(),
             route_fetches: SingleFlight::default(),
             groups: Mutex::default(),
@@ -487,14 +501,18 @@ impl Remote {
     /// route stays in use meanwhile, and when the lookup fails (dropped when the name servers
     /// say the topic is gone).
     fn refresh_route(&self, topic: &str) {
-        if !self.route_refreshes.lock().insert(topic.to_owned()) {
-            return;
-        }
         let Some(me) = self.me.upgrade() else {
             return;
         };
+        if !self.route_refreshes.lock().insert(topic.to_owned()) {
+            return;
+        }
         let topic = topic.to_owned();
         tokio::spawn(async move {
+            // Cleared however the task ends.
+            let _done = Cleared(|| {
+                me.route_refreshes.lock().remove(&topic);
+            });
             {
                 let _fetching = me.route_fetches.hold(&topic).await;
                 let cached = me.routes.lock().get(&topic).map(Arc::clone);
@@ -517,7 +535,6 @@ impl Remote {
                     }
                 }
             }
-            me.route_refreshes.lock().remove(&topic);
         });
     }
 
@@ -539,6 +556,9 @@ impl Remote {
     /// Asks the name servers for a topic's route, and a store node for its message type
     /// (unless `previous` read it recently), and caches the result.
     async fn fetch_route(&self, topic: &str, previous: Option<&Route>) -> Result<Arc<Route>> {
+        // A store node found unreachable while the name servers are asked: their answer may
+        // predate that, and must not put the node back into the caches.
+        let losses = self.node_losses.load(Ordering::Acquire);
         let r = self
             .ask_namesrv(conn::request(
                 rq::GET_ROUTEINFO_BY_TOPIC,
@@ -554,7 +574,7 @@ impl Remote {
         let data: TopicRouteData = body::from_body(&r.body).map_err(|e| {
             ServiceError::Unavailable(format!("malformed route from a name server: {e}"))
         })?;
-        {
+        if self.node_losses.load(Ordering::Acquire) == losses {
             let mut addrs = self.addrs.lock();
             for b in &data.broker_datas {
                 if let Some(a) = b.broker_addrs.get(&0) {
@@ -562,10 +582,19 @@ impl Remote {
                 }
             }
         }
-        // The topic's message type lives in its config on the store nodes.
+        // The topic's message type lives in its config on the store nodes. When none answers,
+        // the last one known stays (normal for a topic never typed) until the next lookup.
         let (message_type, typed) = match previous {
-            Some(p) if p.typed.elapsed() < MESSAGE_TYPE_TTL => (p.message_type, p.typed),
-            _ => (self.message_type_of(topic, &data).await, Instant::now()),
+            Some(p) if p.typed.is_some_and(|t| t.elapsed() < MESSAGE_TYPE_TTL) => {
+                (p.message_type, p.typed)
+            }
+            _ => match self.message_type_of(topic, &data).await {
+                Some(t) => (t, Some(Instant::now())),
+                None => (
+                    previous.map_or(TopicMessageType::Normal, |p| p.message_type),
+                    None,
+                ),
+            },
         };
         let mut sets: Vec<QueueSet> = data
             .queue_datas
@@ -592,15 +621,20 @@ impl Remote {
             message_type,
             typed,
         });
-        self.routes
-            .lock()
-            .insert(topic.to_owned(), Arc::clone(&route));
+        if self.node_losses.load(Ordering::Acquire) == losses {
+            self.routes
+                .lock()
+                .insert(topic.to_owned(), Arc::clone(&route));
+        }
         Ok(route)
     }
 
-    /// A topic's message type, from the first of its store nodes that answers (normal when
-    /// none does).
-    async fn message_type_of(&self, topic: &str, data: &TopicRouteData) -> TopicMessageType {
+    /// A topic's message type, from the first of its store nodes that answers.
+    async fn message_type_of(
+        &self,
+        topic: &str,
+        data: &TopicRouteData,
+    ) -> Option<TopicMessageType> {
         for q in &data.queue_datas {
             let Some(addr) = self.addr_of(&q.broker_name) else {
                 continue;
@@ -610,10 +644,10 @@ impl Remote {
                 && r.code == rs::SUCCESS
                 && let Ok(t) = body::from_body::<TopicConfigWire>(&r.body)
             {
-                return message_type_of(&t);
+                return Some(message_type_of(&t));
             }
         }
-        TopicMessageType::Normal
+        None
     }
 
     /// Forgets routes no request used for [`ROUTE_MAX_STALE`] (a route in use is looked up
@@ -658,20 +692,25 @@ impl Remote {
             return;
         };
         tokio::spawn(async move {
+            let _done = Cleared(|| me.brokers_refreshing.store(false, Ordering::Release));
             if let Err(e) = me.refresh_brokers().await {
                 tracing::warn!(error = %e, "looking up store nodes failed; the known addresses stay in use");
             }
-            me.brokers_refreshing.store(false, Ordering::Release);
         });
     }
 
     async fn refresh_brokers(&self) -> Result<()> {
+        let losses = self.node_losses.load(Ordering::Acquire);
         let r = self
             .ask_namesrv(conn::request(rq::GET_BROKER_CLUSTER_INFO, []))
             .await?;
         let info: ClusterInfo = body::from_body(&r.body).map_err(|e| {
             ServiceError::Unavailable(format!("malformed cluster info from a name server: {e}"))
         })?;
+        if self.node_losses.load(Ordering::Acquire) != losses {
+            // A node was found unreachable meanwhile: this answer may still list it.
+            return Ok(());
+        }
         *self.addrs_at.lock() = Some(Instant::now());
         let mut addrs = self.addrs.lock();
         addrs.clear();
@@ -760,6 +799,7 @@ impl Remote {
             Err(e) => {
                 // Routes through this node are looked up again; the others stay cached (a
                 // node down must not send every topic's clients to the name servers at once).
+                self.node_losses.fetch_add(1, Ordering::AcqRel);
                 self.routes
                     .lock()
                     .retain(|_, r| !r.sets.iter().any(|s| s.broker == broker));

@@ -433,9 +433,11 @@ impl crate::ha::MetaSync for BrokerMeta {
         // Each version is read before its part: a change made in between bumps it again and
         // is sent next time.
         let m = &self.0.metadata;
-        let topics = link.part_changed("topics", m.version()).then(|| m.topics());
+        let topics = link
+            .part_changed("topics", m.topic_changes())
+            .then(|| m.topics());
         let groups = link
-            .part_changed("groups", m.group_version())
+            .part_changed("groups", m.group_changes())
             .then(|| m.groups());
         let auth = self.1.users.state();
         let auth_crc = crc32fast::hash(&serde_json::to_vec(&auth).expect("plain data"));
@@ -456,17 +458,30 @@ impl crate::ha::MetaSync for BrokerMeta {
     fn apply(&self, frame: &[u8]) -> Result<(), String> {
         let mut f: MetaFrame = serde_json::from_slice(frame).map_err(|e| e.to_string())?;
         let m = &self.0.metadata;
-        if let Some(topics) = f.topics.take() {
-            m.put_topics(topics).map_err(|e| e.to_string())?;
+        // Every part is applied even when another fails (the link then restarts, and its
+        // first frame is whole again).
+        let mut failed = Vec::new();
+        if let Some(topics) = f.topics.take()
+            && let Err(e) = m.put_topics(topics)
+        {
+            failed.push(format!("topics: {e}"));
         }
-        if let Some(groups) = f.groups.take() {
-            m.put_groups(groups).map_err(|e| e.to_string())?;
+        if let Some(groups) = f.groups.take()
+            && let Err(e) = m.put_groups(groups)
+        {
+            failed.push(format!("groups: {e}"));
         }
         f.apply_offsets(self.0.store.consumer_offsets());
-        if let Some(auth) = f.auth {
-            self.1.users.replace(auth).map_err(|e| e.to_string())?;
+        if let Some(auth) = f.auth
+            && let Err(e) = self.1.users.replace(auth)
+        {
+            failed.push(format!("users: {e}"));
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 
     fn on_role_change(&self) {

@@ -156,8 +156,6 @@ pub struct Metadata {
     groups: Table<GroupConfig>,
     /// Bumped by every topic change (store nodes re-register with the name servers on it).
     version: AtomicU64,
-    /// Bumped by every group change.
-    group_version: AtomicU64,
 }
 
 const TOPICS: &str = "topics.json";
@@ -183,7 +181,6 @@ impl Metadata {
             topics: Table::open(dir, TOPICS, |t: &TopicConfig| &t.name)?,
             groups: Table::open(dir, GROUPS, |g: &GroupConfig| &g.name)?,
             version: Default::default(),
-            group_version: Default::default(),
         })
     }
 
@@ -212,9 +209,16 @@ impl Metadata {
         self.version.load(Ordering::Acquire)
     }
 
-    /// Changes with every group created or updated.
-    pub fn group_version(&self) -> u64 {
-        self.group_version.load(Ordering::Acquire)
+    /// Changes with every topic created or updated in memory (even when writing the file
+    /// then failed): what replicas follow.
+    pub fn topic_changes(&self) -> u64 {
+        self.topics.changes.load(Ordering::Acquire)
+    }
+
+    /// Changes with every group created or updated in memory (even when writing the file
+    /// then failed).
+    pub fn group_changes(&self) -> u64 {
+        self.groups.changes.load(Ordering::Acquire)
     }
 
     /// Creates or updates a topic.
@@ -258,14 +262,10 @@ impl Metadata {
                 return Err(MetadataError::InvalidAttempts(group.max_delivery_attempts));
             }
         }
-        let changed = self.groups.put(
+        Ok(self.groups.put(
             &self.dir,
             groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
-        )?;
-        if changed > 0 {
-            self.group_version.fetch_add(1, Ordering::Release);
-        }
-        Ok(changed)
+        )?)
     }
 
     /// The group, created with defaults on first use (RocketMQ's
