@@ -442,7 +442,17 @@ async fn a_group_shares_one_tier_that_only_the_primary_writes() {
     for seq in 2000..3000 {
         put(&b.store, seq).await.unwrap();
     }
+    // Segments count as sealed once flushed (ASYNC here): wait for the flusher, or the
+    // target below may be a segment the old primary uploaded already.
+    let written = b.store.log_offsets().written;
+    wait_until(
+        "the new primary to flush its writes",
+        Duration::from_secs(10),
+        || b.store.log_offsets().flushed >= written,
+    )
+    .await;
     let sealed_end = b.store.sealed_segments().last().map(|s| s.end).unwrap();
+    assert!(sealed_end > end_before, "{sealed_end} {end_before}");
     wait_until(
         "the new primary to upload from where the old one stopped",
         Duration::from_secs(30),
