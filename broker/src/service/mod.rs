@@ -568,19 +568,7 @@ mod tests {
                         message_type: TopicMessageType::Normal,
                     })
                     .unwrap();
-                let m = Message {
-                    topic: t.into(),
-                    queue_id: 0,
-                    flag: 0,
-                    sys_flag: 0,
-                    born_timestamp: 0,
-                    born_host: "127.0.0.1:1".parse().unwrap(),
-                    reconsume_times: 0,
-                    prepared_transaction_offset: 0,
-                    body: bytes::Bytes::from_static(b"x"),
-                    properties: bytes::Bytes::new(),
-                };
-                rt.block_on(broker.send(vec![m])).unwrap();
+                rt.block_on(broker.send(vec![Message::tiny(t)])).unwrap();
             }
             let text = broker.metrics.encode();
             let sent: Vec<&str> = text

@@ -756,18 +756,7 @@ mod tests {
 
     /// Stores `n` one-byte messages in queue 0 of topic `T` and waits until they are dispatched.
     fn put_dispatched(rt: &tokio::runtime::Runtime, store: &MessageStore, n: usize) {
-        let msg = crate::store::Message {
-            topic: "T".into(),
-            queue_id: 0,
-            flag: 0,
-            sys_flag: 0,
-            born_timestamp: 0,
-            born_host: "127.0.0.1:1".parse().unwrap(),
-            reconsume_times: 0,
-            prepared_transaction_offset: 0,
-            body: bytes::Bytes::from_static(b"x"),
-            properties: bytes::Bytes::new(),
-        };
+        let msg = crate::store::Message::tiny("T");
         let r = rt.block_on(store.put_messages(&vec![msg; n])).unwrap();
         let last = &r[n - 1];
         rt.block_on(store.wait_dispatched(last.physical_offset + u64::from(last.size)))

@@ -78,6 +78,23 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message of `topic`'s queue 0 with a one-byte body and no properties (for tests).
+    #[cfg(test)]
+    pub fn tiny(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            queue_id: 0,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().expect("an address"),
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: Bytes::from_static(b"x"),
+            properties: Bytes::new(),
+        }
+    }
+
     /// The value of a property, if present.
     pub fn property_value(&self, key: &str) -> Option<&str> {
         crate::store::properties::get(&self.properties, key)
