@@ -147,7 +147,7 @@ pub struct MetaLink {
     /// Checksum of the last whole snapshot sent.
     crc: Option<u32>,
     /// Versions (or checksums) of the parts last sent, by the implementation's own keys.
-    pub versions: HashMap<&'static str, u64>,
+    versions: HashMap<&'static str, u64>,
     /// The consumer offsets as last sent.
     offsets: Option<OffsetTable>,
 }
@@ -443,12 +443,12 @@ impl Primary {
         Ok(primary)
     }
 
-    /// Serves replicas what was evicted locally from `cold` (the group's tier).
     /// Bytes of metadata frames sent to replicas so far.
     pub fn meta_bytes_sent(&self) -> u64 {
         self.meta_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Serves replicas what was evicted locally from `cold` (the group's tier).
     pub fn set_cold_log(&self, cold: Arc<dyn ColdLog>) {
         let _ = self.cold.set(cold);
     }

@@ -501,13 +501,16 @@ impl Remote {
     /// route stays in use meanwhile, and when the lookup fails (dropped when the name servers
     /// say the topic is gone).
     fn refresh_route(&self, topic: &str) {
+        let mut refreshing = self.route_refreshes.lock();
+        if refreshing.contains(topic) {
+            return;
+        }
         let Some(me) = self.me.upgrade() else {
             return;
         };
-        if !self.route_refreshes.lock().insert(topic.to_owned()) {
-            return;
-        }
         let topic = topic.to_owned();
+        refreshing.insert(topic.clone());
+        drop(refreshing);
         tokio::spawn(async move {
             // Cleared however the task ends.
             let _done = Cleared(|| {
