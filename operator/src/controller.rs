@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +40,7 @@ pub struct Ctx {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub nodes: NodeClient,
+    pub stores: Stores,
     /// When each cluster's store nodes were last asked for their tiering lag
     /// (`namespace/name`). Status writes wake the controller, so a lag that changes on every
     /// read would otherwise keep it busy; it is read at most once per [`LAG_EVERY`].
@@ -66,7 +68,61 @@ fn network_policy_absent() -> std::sync::MutexGuard<'static, std::collections::H
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+/// The kinds the operator owns (but the proxies' Deployment, always read afresh), as its watches
+/// last saw them (the same watches wake it when one
+/// changes). Reads that decide what to do next (scale-in, rollout order) still go to the API
+/// server; these caches only tell whether an object is still what this process applied.
+#[derive(Clone)]
+pub struct Stores {
+    pub stateful_sets: Store<StatefulSet>,
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+/// An object of `store` in `ns` by name.
+pub(crate) fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(ns))
+}
+
+/// What this process applied last to an object: the fingerprint of the rendering, and the uid
+/// and resourceVersion the object had right after.
+#[derive(PartialEq)]
+struct Applied {
+    print: u64,
+    uid: Option<String>,
+    version: Option<String>,
+}
+
+/// Per object (`Kind/namespace/name`).
+static APPLIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Applied>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn fingerprint<T: Serialize>(obj: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(obj)
+        .expect("rendered objects serialize")
+        .hash(&mut h);
+    h.finish()
+}
+
+/// Server-side apply of a rendered object, unless `live` is the very object this process left
+/// after applying the same rendering (same uid and resourceVersion): then `live` is returned
+/// and nothing is sent. Any write by anyone else (a spec or label edit, a status update, a
+/// delete and re-create) moves the resourceVersion, so the next pass applies again and undoes
+/// what it owns; a settled cluster costs no writes.
+pub(crate) async fn apply_changed<K>(
+    client: &Client,
+    ns: &str,
+    obj: &K,
+    live: Option<&K>,
+) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -74,14 +130,54 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().expect("rendered objects are named");
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
+    let key = format!("{}/{ns}/{name}", K::kind(&()));
+    let print = fingerprint(obj);
+    let applied = |m: &kube::api::ObjectMeta| Applied {
+        print,
+        uid: m.uid.clone(),
+        version: m.resource_version.clone(),
+    };
+    let records = || APPLIED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(live) = live
+        && records().get(&key) == Some(&applied(live.meta()))
+    {
+        return Ok(live.clone());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let out = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+    records().insert(key, applied(out.meta()));
+    Ok(out)
+}
+
+/// [`apply_changed`] with the object as `store` last saw it.
+pub(crate) async fn apply_cached<K>(
+    client: &Client,
+    ns: &str,
+    obj: &K,
+    store: &Store<K>,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static,
+{
+    let name = obj
+        .meta()
+        .name
+        .as_deref()
+        .expect("rendered objects are named");
+    let live = cached(store, ns, name);
+    apply_changed(client, ns, obj, live.as_deref()).await
 }
 
 /// A StatefulSet's `replicas` pods all run its current template and are Ready (what an
@@ -454,8 +550,15 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let cm_for_hash =
         render::config_map(c, &Adoptions::new()).map_err(|e| Error::Invalid(format!("{e:#}")))?;
     let hash = |role| render::config_hash(&cm_for_hash, role, &c.spec.image);
-    apply::<ConfigMap>(client, &ns, &cm).await?;
-    apply::<ServiceAccount>(client, &ns, &render::service_account(c)).await?;
+    let stores = &ctx.stores;
+    apply_cached(client, &ns, &cm, &stores.config_maps).await?;
+    apply_cached(
+        client,
+        &ns,
+        &render::service_account(c),
+        &stores.service_accounts,
+    )
+    .await?;
     let mut headless = vec![Role::NameServer, Role::Broker];
     // Broker groups have a PDB each (crate::groups), not one for every store node.
     let mut pdbs = vec![Role::NameServer, Role::Proxy];
@@ -466,18 +569,30 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
         pdbs.push(Role::Broker);
     }
     for role in headless {
-        apply::<Service>(client, &ns, &render::headless_service(c, role)).await?;
+        apply_cached(
+            client,
+            &ns,
+            &render::headless_service(c, role),
+            &stores.services,
+        )
+        .await?;
     }
     for role in [Role::NameServer, Role::Proxy] {
-        apply::<Service>(client, &ns, &render::client_service(c, role)).await?;
+        apply_cached(
+            client,
+            &ns,
+            &render::client_service(c, role),
+            &stores.services,
+        )
+        .await?;
     }
     for role in pdbs {
-        apply::<PodDisruptionBudget>(client, &ns, &render::pdb(c, role)).await?;
+        apply_cached(client, &ns, &render::pdb(c, role), &stores.pdbs).await?;
     }
     let np_key = format!("{ns}/{}", c.name_any());
     match render::network_policy(c) {
         Some(np) => {
-            apply::<NetworkPolicy>(client, &ns, &np).await?;
+            apply_cached(client, &ns, &np, &stores.network_policies).await?;
             network_policy_absent().remove(&np_key);
         }
         // Switched off (or never on): deleted once per operator process, not on every pass.
@@ -499,10 +614,11 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     // Name servers, then store nodes once the name servers are rolled out, then proxies once
     // the store nodes are. A role that does not exist yet is created at once.
     let ns_replicas = c.spec.name_server.replicas;
-    let namesrv = apply::<StatefulSet>(
+    let namesrv = apply_cached(
         client,
         &ns,
         &render::stateful_set(c, Role::NameServer, ns_replicas, &hash(Role::NameServer)),
+        &stores.stateful_sets,
     )
     .await?;
     let namesrv_done = sts_rolled_out(&namesrv);
@@ -520,7 +636,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
                     h.controllers.replicas,
                     &hash(Role::Controller),
                 );
-                Some(apply::<StatefulSet>(client, &ns, &sts).await?)
+                Some(apply_changed(client, &ns, &sts, live.as_ref()).await?)
             } else {
                 live
             };
@@ -551,7 +667,7 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
         None
     } else if namesrv_done || live_brokers.is_none() {
         let sts = render::stateful_set(c, Role::Broker, broker_replicas, &hash(Role::Broker));
-        Some(apply::<StatefulSet>(client, &ns, &sts).await?)
+        Some(apply_changed(client, &ns, &sts, live_brokers.as_ref()).await?)
     } else {
         live_brokers.clone()
     };
@@ -600,7 +716,8 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let live_proxy = deploy_api.get_opt(&n.of(Role::Proxy)).await?;
     let proxy = if (namesrv_done && brokers_done) || live_proxy.is_none() {
-        Some(apply::<Deployment>(client, &ns, &render::deployment(c, &hash(Role::Proxy))).await?)
+        let deploy = render::deployment(c, &hash(Role::Proxy));
+        Some(apply_changed(client, &ns, &deploy, live_proxy.as_ref()).await?)
     } else {
         live_proxy
     };

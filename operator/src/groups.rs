@@ -18,7 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use crate::controller::{Ctx, Error, apply};
+use crate::controller::{Ctx, Error, apply_cached, apply_changed};
 use crate::crd::{
     BrokerGroupStatus, RocketMQCluster, RocketMQClusterStatus, StoreNodeState, StoreNodeStatus,
 };
@@ -38,46 +38,6 @@ pub struct Groups {
     pub statuses: Vec<BrokerGroupStatus>,
     /// Per group (its broker name): serving, draining or drained.
     pub nodes: Vec<StoreNodeStatus>,
-}
-
-/// What this process applied last for a group: the fingerprint of the rendered StatefulSet
-/// and PDB, and the uid and generation each object had after it. A pass applies them again
-/// only when the rendering changed or either live object is another one or was edited (its
-/// spec; label-only edits are not seen), so that a settled cluster of 100 groups costs no
-/// writes.
-#[derive(PartialEq)]
-struct Record {
-    print: u64,
-    sts: Ident,
-    pdb: Ident,
-}
-
-/// An object's uid and generation.
-type Ident = (Option<String>, Option<i64>);
-
-fn ident(m: &kube::api::ObjectMeta) -> Ident {
-    (m.uid.clone(), m.generation)
-}
-
-/// Per group StatefulSet ("namespace/name").
-type Applied = std::collections::HashMap<String, Record>;
-
-static APPLIED: std::sync::LazyLock<std::sync::Mutex<Applied>> =
-    std::sync::LazyLock::new(Default::default);
-
-fn applied() -> std::sync::MutexGuard<'static, Applied> {
-    APPLIED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn fingerprint(sts: &StatefulSet, pdb: &PodDisruptionBudget) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(&(sts, pdb))
-        .expect("rendered objects serialize")
-        .hash(&mut h);
-    h.finish()
 }
 
 /// The pod of a broker id: ids are ordinals + 1 (0 is what a primary registers as).
@@ -275,48 +235,12 @@ pub async fn reconcile(
     }
 
     // The desired groups: created at once, updated once the earlier roles are rolled out;
-    // not applied again while the live StatefulSet and PDB are the ones applied last.
-    let live_pdbs: BTreeMap<String, Ident> = if may_roll {
-        Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default().labels(&render::selector_string(c, render::Role::Broker)))
-            .await?
-            .items
-            .into_iter()
-            .map(|p| (p.name_any(), ident(&p.metadata)))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
+    // not applied again while the live StatefulSet and PDB are what this process applied last.
     for g in 0..desired {
         if may_roll || !live.contains_key(&g) {
             let sts = render::group_stateful_set(c, g, hash);
-            let pdb = render::group_pdb(c, g);
-            let key = format!("{ns}/{}", sts.name_any());
-            let print = fingerprint(&sts, &pdb);
-            let current = match (live.get(&g), live_pdbs.get(&pdb.name_any())) {
-                (Some(l), Some(p)) => {
-                    applied().get(&key)
-                        == Some(&Record {
-                            print,
-                            sts: ident(&l.metadata),
-                            pdb: p.clone(),
-                        })
-                }
-                _ => false,
-            };
-            if current {
-                continue;
-            }
-            let sts = apply(&ctx.client, &ns, &sts).await?;
-            let pdb = apply(&ctx.client, &ns, &pdb).await?;
-            applied().insert(
-                key,
-                Record {
-                    print,
-                    sts: ident(&sts.metadata),
-                    pdb: ident(&pdb.metadata),
-                },
-            );
+            let sts = apply_changed(&ctx.client, &ns, &sts, live.get(&g)).await?;
+            apply_cached(&ctx.client, &ns, &render::group_pdb(c, g), &ctx.stores.pdbs).await?;
             live.insert(g, sts);
         }
     }

@@ -15,9 +15,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, CustomResourceExt};
 
 use crate::crd::RocketMQCluster;
@@ -155,6 +158,28 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
     tracing::info!(%identity, "leading: reconciling RocketMQCluster resources");
 
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = &args.watch_namespace;
+    // Lists are served from the API server's watch cache, as client-go's informers do: a list
+    // read from etcd can be older than a restarted API server's watch cache, and the watch that
+    // follows it then fails (410 Gone) until etcd has moved past the cache's start.
+    let labels = watcher::Config::default()
+        .labels("app.kubernetes.io/managed-by=rocketmq-operator")
+        .any_semantic();
+    let (stateful_sets, sts_changes) = reflect(api::<StatefulSet>(&client, ns), &labels);
+    let (config_maps, cm_changes) = reflect(api::<ConfigMap>(&client, ns), &labels);
+    let (services, svc_changes) = reflect(api::<Service>(&client, ns), &labels);
+    let (service_accounts, sa_changes) = reflect(api::<ServiceAccount>(&client, ns), &labels);
+    let (pdbs, pdb_changes) = reflect(api::<PodDisruptionBudget>(&client, ns), &labels);
+    let (network_policies, np_changes) = reflect(api::<NetworkPolicy>(&client, ns), &labels);
     let ctx = Arc::new(controller::Ctx {
         client: client.clone(),
         recorder: Recorder::new(
@@ -166,18 +191,16 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         ),
         metrics: metrics.clone(),
         nodes: nodes::NodeClient::new(&args.store_endpoints),
+        stores: controller::Stores {
+            stateful_sets,
+            config_maps,
+            services,
+            service_accounts,
+            pdbs,
+            network_policies,
+        },
         lag_read_at: Default::default(),
     });
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let ns = &args.watch_namespace;
     let lost = async move {
         while *leader.borrow_and_update() {
             if leader.changed().await.is_err() {
@@ -185,17 +208,21 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let labels =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=rocketmq-operator");
+    // Every owned kind is watched: a change to any of them (an edit, a delete) wakes the
+    // cluster that owns it, and the watches fill the caches that let a pass skip applying
+    // what has not changed.
     Controller::new(
         api::<RocketMQCluster>(&client, ns),
-        watcher::Config::default(),
+        watcher::Config::default().any_semantic(),
     )
     .trigger_backoff(QuickBackoff::default())
-    .owns(api::<StatefulSet>(&client, ns), labels.clone())
-    .owns(api::<Deployment>(&client, ns), labels.clone())
-    .owns(api::<ConfigMap>(&client, ns), labels.clone())
-    .owns(api::<Service>(&client, ns), labels)
+    .owns_stream(sts_changes)
+    .owns(api::<Deployment>(&client, ns), labels)
+    .owns_stream(cm_changes)
+    .owns_stream(svc_changes)
+    .owns_stream(sa_changes)
+    .owns_stream(pdb_changes)
+    .owns_stream(np_changes)
     .graceful_shutdown_on(lost)
     .run(controller::reconcile, controller::error_policy, ctx)
     .for_each(|r| async move {
@@ -207,6 +234,39 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     .await;
     lease_task.abort();
     anyhow::bail!("lost the leader-election Lease; exiting so that a standby takes over")
+}
+
+/// A watch of `api` that keeps a cache (without managedFields, which the operator never reads)
+/// and yields each object it sees change. Each watch backs off on its own and keeps its errors
+/// (logged by the watcher) out of the controller's merged trigger stream: that stream has one
+/// backoff, so with many watches failing in turn (as they all do when the API server restarts)
+/// their pauses added up to more than a minute.
+fn reflect<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, config.clone())
+        .backoff(QuickBackoff::default())
+        .modify(|o| {
+            o.meta_mut().managed_fields = None;
+        })
+        .reflect(writer)
+        .touched_objects()
+        .filter(|r| std::future::ready(r.is_ok()));
+    (reader, changes)
 }
 
 /// The watches' backoff after an error: 250 ms doubling to at most 5 s, reset after a success.
