@@ -63,6 +63,8 @@ const ROUTE_TTL: Duration = Duration::from_secs(3);
 const ROUTE_MAX_STALE: Duration = Duration::from_secs(60);
 /// How often a route's lookup also asks a store node for the topic's message type.
 const MESSAGE_TYPE_TTL: Duration = Duration::from_secs(30);
+/// How long a store node asked for a topic's message type has before the next one is asked too.
+const TYPE_HEDGE: Duration = Duration::from_millis(250);
 const GROUP_TTL: Duration = Duration::from_secs(10);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra connections to each store node for long polls (each holds up to 1,024).
@@ -632,25 +634,49 @@ impl Remote {
         Ok(route)
     }
 
-    /// A topic's message type, from the first of its store nodes that answers.
+    /// A topic's message type, from the first of its store nodes that answers. The nodes are
+    /// asked one after another, the next one as soon as the last fails or has been silent for
+    /// [`TYPE_HEDGE`] (the earlier calls stay open): a node that hangs (a partitioned zone,
+    /// a stopped process) delays the answer by that much, not by a whole call timeout.
     async fn message_type_of(
         &self,
         topic: &str,
         data: &TopicRouteData,
     ) -> Option<TopicMessageType> {
-        for q in &data.queue_datas {
-            let Some(addr) = self.addr_of(&q.broker_name) else {
-                continue;
-            };
-            let req = conn::request(rq::GET_TOPIC_CONFIG, [("topic", topic.to_owned())]);
-            if let Ok(r) = self.pool.invoke(&addr, req, CALL_TIMEOUT).await
-                && r.code == rs::SUCCESS
-                && let Ok(t) = body::from_body::<TopicConfigWire>(&r.body)
-            {
-                return Some(message_type_of(&t));
+        use futures_util::StreamExt;
+        let mut nodes = data
+            .queue_datas
+            .iter()
+            .filter_map(|q| self.addr_of(&q.broker_name));
+        let mut asking = futures_util::stream::FuturesUnordered::new();
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            if let Some(addr) = nodes.next() {
+                let req = conn::request(rq::GET_TOPIC_CONFIG, [("topic", topic.to_owned())]);
+                asking.push(async move {
+                    match self.pool.invoke(&addr, req, CALL_TIMEOUT).await {
+                        Ok(r) if r.code == rs::SUCCESS => {
+                            body::from_body::<TopicConfigWire>(&r.body)
+                                .ok()
+                                .map(|t| message_type_of(&t))
+                        }
+                        _ => None,
+                    }
+                });
+            } else if asking.is_empty() {
+                return None;
+            }
+            let hedge = tokio::time::sleep(TYPE_HEDGE);
+            tokio::select! {
+                Some(answer) = asking.next() => {
+                    if answer.is_some() {
+                        return answer;
+                    }
+                }
+                () = hedge => {}
+                () = tokio::time::sleep_until(deadline) => return None,
             }
         }
-        None
     }
 
     /// Forgets routes no request used for [`ROUTE_MAX_STALE`] (a route in use is looked up
@@ -1512,6 +1538,77 @@ mod tests {
             seen[turns.next(&["E2E", "G"]) % 3] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
+    }
+
+    /// A name server and a store node in one: the route of every topic names a store node
+    /// `hung` first and `live` (this server) second; topic configs are FIFO.
+    struct NameServerAndNode {
+        hung: String,
+        live: String,
+    }
+
+    impl Handler for NameServerAndNode {
+        async fn request(
+            self: Arc<Self>,
+            _conn: Arc<Connection>,
+            request: RemotingCommand,
+        ) -> Option<RemotingCommand> {
+            let mut r = RemotingCommand::response_to(&request, rs::SUCCESS, "");
+            r.body = match request.code {
+                rq::GET_ROUTEINFO_BY_TOPIC => {
+                    let node = |name: &str, addr: &str| body::BrokerData {
+                        cluster: "C".into(),
+                        broker_name: name.into(),
+                        broker_addrs: [(0, addr.to_owned())].into(),
+                        enable_acting_master: false,
+                    };
+                    let queues = |name: &str| body::QueueData {
+                        broker_name: name.into(),
+                        read_queue_nums: 4,
+                        write_queue_nums: 4,
+                        ..Default::default()
+                    };
+                    body::to_body(&TopicRouteData {
+                        queue_datas: vec![queues("hung"), queues("live")],
+                        broker_datas: vec![node("hung", &self.hung), node("live", &self.live)],
+                        ..Default::default()
+                    })
+                }
+                rq::GET_TOPIC_CONFIG => body::to_body(&TopicConfigWire {
+                    topic_name: "T".into(),
+                    attributes: [("+message.type".to_owned(), "FIFO".to_owned())].into(),
+                    ..Default::default()
+                }),
+                _ => return Some(conn::not_supported(&request)),
+            };
+            Some(r)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_store_node_does_not_hold_up_a_topics_message_type() {
+        // Accepts connections (the kernel does) and never answers.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap().to_string();
+        let handler = NameServerAndNode {
+            hung: hung.local_addr().unwrap().to_string(),
+            live: live.clone(),
+        };
+        tokio::spawn(conn::serve(
+            listener,
+            Arc::new(handler),
+            1 << 20,
+            None,
+            std::future::pending(),
+        ));
+        let remote = Remote::new(vec![live], 1 << 20, "test".into(), None);
+        let started = Instant::now();
+        let route = remote.fetch_route("T", None).await.unwrap();
+        assert_eq!(route.message_type, TopicMessageType::Fifo);
+        assert!(route.typed.is_some());
+        // Asking the nodes strictly in turn waited out the hung node's whole call timeout.
+        assert!(started.elapsed() < CALL_TIMEOUT, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
