@@ -7,14 +7,14 @@ One release `rmq-broker standalone` (ASYNC_FLUSH) on a fresh data folder, driven
 1. idle: RSS (anonymous and file-backed) and open descriptors of the fresh broker;
 2. 8 queues: one topic of 8 queues, one group - the reference; run twice, acking each
    receive's messages in one call, then each message in its own call (as the official
-   clients do); each run prints the calls (sends, receives, acks) it took per message, and
+   clients do); then once with sends only (no consumers); each run prints the calls (sends, receives, acks) it took per message, and
    the broker's CPU time per message and per call;
 3. topics: 12,500 topics of 8 queues created in batches through the HTTP admin API (timed);
    memory after creation;
 4. 100,000 queues: sends spread evenly over every queue of every topic, consumed by
    `--groups` groups (topic i by group i % G) - throughput against the reference, whether
    the consumers kept up (received == sent), memory and descriptors after; again with one
-   ack a message;
+   ack a message, and once with sends only;
    (one message is sent into every queue first, and read by the groups, so that the measured
    run neither creates queue files nor drains a backlog);
 5. clean restart: SIGTERM, start again, time until `/readyz` answers and a send succeeds;
@@ -201,6 +201,7 @@ def scale_runs(cfg, b, queues, scale, res, prefix="", drain_secs=1200):
     res[prefix + "q100k"] = bench(cfg, b, prefix + "q100k", scale, cfg.secs)
     if not prefix:
         res["q100kEach"] = bench(cfg, b, "q100kEach", scale + ["--ack-each"], cfg.secs)
+        res["q100kSend"] = bench(cfg, b, "q100kSend", scale[:6] + ["--consumers", "0"], cfg.secs)
 
 
 def create_topics(http, topics):
@@ -263,6 +264,9 @@ def main():
         # message); the runs above ack a whole receive in one call.
         res["q8each"] = bench(cfg, b, "q8each", ["--topic", "BenchTopic", "--consumers", "8", "--ack-each"],
                               cfg.secs)
+        # Sends alone: what the queue count costs the send and storage path, apart from the
+        # consumers' calls.
+        res["q8send"] = bench(cfg, b, "q8send", ["--topic", "BenchTopic", "--consumers", "0"], cfg.secs)
         res["after8"] = proc_mem(b.p.pid)
         scale = ["--topic", "ScaleTopic", "--topics", str(cfg.topics), "--queues", "8",
                  "--groups", str(cfg.groups), "--consumers", str(cfg.consumers),
@@ -334,14 +338,16 @@ def main():
     ]
     rows = [("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k"),
             ("8 queues, one ack a message", res["q8each"], "after8"),
-            (f"{queues:,} queues, one ack a message", res["q100kEach"], "after100k")]
+            (f"{queues:,} queues, one ack a message", res["q100kEach"], "after100k"),
+            ("8 queues, sends only", res["q8send"], "after8"),
+            (f"{queues:,} queues, sends only", res["q100kSend"], "after100k")]
     if cfg.apache:
         rows += [("Apache 5.4.0, 8 queues", res["apache_q8"], "apacheAfter8"),
                  (f"Apache 5.4.0, {queues:,} queues", res["apache_q100k"], "apacheAfter100k")]
     for name, r, mem in rows:
         s = r["send"]
         received = r["endToEnd"]["count"]
-        calls = (s["count"] + r.get("receives", 0) + r.get("acks", 0)) / max(received, 1)
+        calls = (s["count"] + r.get("receives", 0) + r.get("acks", 0)) / max(received or s["count"], 1)
         cpu = (r.get("broker") or {}).get("cpuSecsPerMillion", 0)
         lines.append(f"| {name} | {s['perSec']:,.0f} | {s['p50Ms']:.2f} | {s['p99Ms']:.2f} | "
                      f"{received:,} / {s['count']:,} | {r.get('sendErrors', 0)} | {calls:.2f} | {cpu:.1f} | "
@@ -350,7 +356,8 @@ def main():
     lines += [
         "",
         f"- **{queues:,}-queue send throughput / 8-queue:** {s100['perSec'] / s8['perSec']:.1%} "
-        f"(one ack a message, as the official clients: {e100['perSec'] / e8['perSec']:.1%})",
+        f"(one ack a message, as the official clients: {e100['perSec'] / e8['perSec']:.1%}; sends only, no "
+        f"consumers: {res['q100kSend']['send']['perSec'] / res['q8send']['send']['perSec']:.1%})",
         f"- **Topic creation:** {cfg.topics:,} topics in {res['createSecs']:.1f} s (HTTP admin API, 2,000 a request)",
         f"- **First message into each of the {queues:,} queues** (creates its file): {res['warmupSecs']:.1f} s, "
         f"{res['warmup']['send']['perSec']:,.0f} msg/s",
