@@ -68,13 +68,12 @@ fn network_policy_absent() -> std::sync::MutexGuard<'static, std::collections::H
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The kinds the operator owns (but the proxies' Deployment, always read afresh), as its watches
-/// last saw them (the same watches wake it when one
-/// changes). Reads that decide what to do next (scale-in, rollout order) still go to the API
-/// server; these caches only tell whether an object is still what this process applied.
+/// The kinds the operator owns, as its watches last saw them (the same watches wake it when one
+/// changes). Reads that decide what to do next (scale-in, rollout order: the StatefulSets of
+/// each role and the proxies' Deployment) still go to the API server; these caches only tell
+/// whether an object is still what this process applied.
 #[derive(Clone)]
 pub struct Stores {
-    pub stateful_sets: Store<StatefulSet>,
     pub config_maps: Store<ConfigMap>,
     pub services: Store<Service>,
     pub service_accounts: Store<ServiceAccount>,
@@ -90,14 +89,18 @@ where
     store.get(&ObjectRef::new(name).within(ns))
 }
 
-/// What this process applied last to an object: the fingerprint of the rendering, and the uid
-/// and resourceVersion the object had right after.
-#[derive(PartialEq)]
+/// What this process applied last to an object: the fingerprint of the rendering, the uid and
+/// resourceVersion the object had right after, and when.
 struct Applied {
     print: u64,
     uid: Option<String>,
     version: Option<String>,
+    at: Instant,
 }
+
+/// A record older than this is not trusted: the object is applied again (a safety net should a
+/// watch miss an edit or a delete, as it can across a relist).
+const APPLIED_TRUST: Duration = Duration::from_secs(15 * 60);
 
 /// Per object (`Kind/namespace/name`).
 static APPLIED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Applied>>> =
@@ -113,10 +116,10 @@ fn fingerprint<T: Serialize>(obj: &T) -> u64 {
 }
 
 /// Server-side apply of a rendered object, unless `live` is the very object this process left
-/// after applying the same rendering (same uid and resourceVersion): then `live` is returned
-/// and nothing is sent. Any write by anyone else (a spec or label edit, a status update, a
-/// delete and re-create) moves the resourceVersion, so the next pass applies again and undoes
-/// what it owns; a settled cluster costs no writes.
+/// after applying the same rendering (same uid and resourceVersion) less than
+/// [`APPLIED_TRUST`] ago: then `live` is returned and nothing is sent. Any write by anyone else
+/// (a spec or label edit, a status update, a delete and re-create) moves the resourceVersion,
+/// so the next pass applies again and undoes what it owns; a settled cluster costs no writes.
 pub(crate) async fn apply_changed<K>(
     client: &Client,
     ns: &str,
@@ -133,14 +136,14 @@ where
     let name = obj.meta().name.clone().expect("rendered objects are named");
     let key = format!("{}/{ns}/{name}", K::kind(&()));
     let print = fingerprint(obj);
-    let applied = |m: &kube::api::ObjectMeta| Applied {
-        print,
-        uid: m.uid.clone(),
-        version: m.resource_version.clone(),
-    };
     let records = || APPLIED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(live) = live
-        && records().get(&key) == Some(&applied(live.meta()))
+        && records().get(&key).is_some_and(|r| {
+            r.print == print
+                && r.uid == live.meta().uid
+                && r.version == live.meta().resource_version
+                && r.at.elapsed() < APPLIED_TRUST
+        })
     {
         return Ok(live.clone());
     }
@@ -152,7 +155,18 @@ where
             &Patch::Apply(obj),
         )
         .await?;
-    records().insert(key, applied(out.meta()));
+    let mut records = records();
+    // Records of objects no longer applied (deleted clusters, removed groups) go once stale.
+    records.retain(|_, r| r.at.elapsed() < APPLIED_TRUST);
+    records.insert(
+        key,
+        Applied {
+            print,
+            uid: out.meta().uid.clone(),
+            version: out.meta().resource_version.clone(),
+            at: Instant::now(),
+        },
+    );
     Ok(out)
 }
 
@@ -614,11 +628,12 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     // Name servers, then store nodes once the name servers are rolled out, then proxies once
     // the store nodes are. A role that does not exist yet is created at once.
     let ns_replicas = c.spec.name_server.replicas;
-    let namesrv = apply_cached(
+    let live_namesrv = sts_api.get_opt(&n.of(Role::NameServer)).await?;
+    let namesrv = apply_changed(
         client,
         &ns,
         &render::stateful_set(c, Role::NameServer, ns_replicas, &hash(Role::NameServer)),
-        &stores.stateful_sets,
+        live_namesrv.as_ref(),
     )
     .await?;
     let namesrv_done = sts_rolled_out(&namesrv);

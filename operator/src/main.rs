@@ -174,7 +174,6 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let labels = watcher::Config::default()
         .labels("app.kubernetes.io/managed-by=rocketmq-operator")
         .any_semantic();
-    let (stateful_sets, sts_changes) = reflect(api::<StatefulSet>(&client, ns), &labels);
     let (config_maps, cm_changes) = reflect(api::<ConfigMap>(&client, ns), &labels);
     let (services, svc_changes) = reflect(api::<Service>(&client, ns), &labels);
     let (service_accounts, sa_changes) = reflect(api::<ServiceAccount>(&client, ns), &labels);
@@ -192,7 +191,6 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         nodes: nodes::NodeClient::new(&args.store_endpoints),
         stores: controller::Stores {
-            stateful_sets,
             config_maps,
             services,
             service_accounts,
@@ -213,10 +211,12 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     // what has not changed.
     Controller::new(
         api::<RocketMQCluster>(&client, ns),
-        watcher::Config::default().any_semantic(),
+        // The resource itself is listed afresh (its status carries state the operator builds
+        // on, which a lagging API server's cache could roll back).
+        watcher::Config::default(),
     )
     .trigger_backoff(QuickBackoff::default())
-    .owns_stream(sts_changes)
+    .owns(api::<StatefulSet>(&client, ns), labels.clone())
     .owns(api::<Deployment>(&client, ns), labels)
     .owns_stream(cm_changes)
     .owns_stream(svc_changes)
@@ -259,12 +259,14 @@ where
 {
     let (reader, writer) = reflector::store();
     let changes = watcher(api, config.clone())
-        .backoff(QuickBackoff::default())
         .modify(|o| {
             o.meta_mut().managed_fields = None;
         })
         .reflect(writer)
         .touched_objects()
+        // After touched_objects: the watcher's bookkeeping events (yielded before each list
+        // attempt) would reset the backoff, which then never grew past its first step.
+        .backoff(QuickBackoff::default())
         .filter(|r| std::future::ready(r.is_ok()));
     (reader, changes)
 }
