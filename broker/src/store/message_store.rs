@@ -131,6 +131,9 @@ pub struct Inner {
     /// One checkpoint at a time (the housekeeping thread's, an API call's, shutdown's): they
     /// write the same temporary file.
     checkpoint_lock: Mutex<()>,
+    /// When ConsumeQueues and indexes were last synced, and the dispatch position that sync
+    /// covered (what checkpoints vouch for until the next one).
+    queues_synced: Mutex<Option<(Instant, u64)>>,
     /// Receives waiting for new messages, by topic.
     pub(crate) topic_waiters: TopicWaiters,
 }
@@ -233,27 +236,40 @@ impl Inner {
     }
 
     /// Makes ConsumeQueues, indexes and consumer offsets durable, then records how far.
+    /// A checkpoint that makes everything dispatched so far durable.
     pub(crate) fn checkpoint(&self) -> Result<()> {
-        self.checkpoint_with(true)
+        self.checkpoint_with(true, true)
     }
 
-    /// A checkpoint; consumer offsets are written only with `offsets` (the housekeeping thread
+    /// A checkpoint. Consumer offsets are written only with `offsets` (the housekeeping thread
     /// writes them every [`OFFSETS_PERSIST_INTERVAL`], not every second: with 100,000 queues
     /// and 1,000 groups the table is megabytes, and the offsets are not what recovery starts
-    /// from).
-    fn checkpoint_with(&self, offsets: bool) -> Result<()> {
+    /// from). ConsumeQueues and indexes are synced with `all`, or once
+    /// `consume_queue_sync_interval` has passed since they last were; in between the
+    /// checkpoint vouches for the dispatch position of their last sync.
+    fn checkpoint_with(&self, offsets: bool, all: bool) -> Result<()> {
         let _one = self.checkpoint_lock.lock();
         let started = Instant::now();
-        let dispatched = self.dispatched.load(Ordering::Acquire);
-        self.queues.sync_all()?;
-        self.index.flush()?;
+        let mut synced = self.queues_synced.lock();
+        let due = all
+            || synced.is_none_or(|(at, _)| at.elapsed() >= self.config.consume_queue_sync_interval);
+        let vouched = match *synced {
+            Some((_, vouched)) if !due => vouched,
+            _ => {
+                let dispatched = self.dispatched.load(Ordering::Acquire);
+                self.queues.sync_all()?;
+                self.index.flush()?;
+                *synced = Some((Instant::now(), dispatched));
+                dispatched
+            }
+        };
         if offsets {
             self.offsets.persist()?;
         }
         Checkpoint {
             commitlog: self.commitlog.flushed(),
-            consume_queue: dispatched,
-            index: dispatched,
+            consume_queue: vouched,
+            index: vouched,
         }
         .store(&self.config.root_dir)?;
         self.checkpoint_micros
@@ -363,6 +379,7 @@ impl MessageStore {
             dispatch_lock: Mutex::new(()),
             checkpoint_micros: AtomicU64::new(0),
             checkpoint_lock: Mutex::new(()),
+            queues_synced: Mutex::new(None),
             topic_waiters: TopicWaiters::default(),
             config,
         });
@@ -1064,7 +1081,7 @@ fn housekeeping(inner: Arc<Inner>) {
             return;
         }
         let offsets = last_offsets.elapsed() >= OFFSETS_PERSIST_INTERVAL;
-        match inner.checkpoint_with(offsets) {
+        match inner.checkpoint_with(offsets, false) {
             Ok(()) if offsets => last_offsets = Instant::now(),
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "checkpoint failed"),

@@ -21,6 +21,8 @@ pub fn small_config(dir: &Path, policy: FlushPolicy, segment_size: u64) -> Store
         flush_policy: policy,
         flush_interval: Duration::from_millis(20),
         checkpoint_interval: Duration::from_millis(50),
+        // Checkpoints that vouch for an older queue sync, and syncs, both within a test.
+        consume_queue_sync_interval: Duration::from_millis(150),
         consume_queue_entries_per_file: 64,
         index: IndexConfig {
             slots: 97,
