@@ -88,8 +88,8 @@ def nofile_limit():
 
 
 class Broker:
-    def __init__(self, binary, work: pathlib.Path):
-        self.binary, self.work = binary, work
+    def __init__(self, binary, work: pathlib.Path, cq_sync_ms=None):
+        self.binary, self.work, self.cq_sync_ms = binary, work, cq_sync_ms
         self.port, self.http = free_port(), free_port()
         self.p = None
 
@@ -101,7 +101,8 @@ class Broker:
         # them (RocketMQ's diskMaxUsedSpaceRatio). The benchmark needs them kept; scripts/
         # apache.sh raises Apache's thresholds the same way.
         conf = self.work / "broker.yaml"
-        conf.write_text("store:\n  diskMaxUsedRatio: 0.99\n")
+        conf.write_text("store:\n  diskMaxUsedRatio: 0.99\n"
+                        + (f"  consumeQueueSyncInterval: {self.cq_sync_ms}\n" if self.cq_sync_ms else ""))
         args = [str(self.binary), "standalone", "--config", str(conf), "--data-dir", str(self.work / "data"),
                 "--grpc-listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http}",
                 "--topic", "BenchTopic:8", "--group", "BenchGroup"]
@@ -133,20 +134,38 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
 
+def disk_writes(path):
+    """(writes completed, bytes written) so far on the block device holding `path`, from
+    /proc/diskstats; None when it is not listed there."""
+    dev = os.stat(path).st_dev
+    with open("/proc/diskstats") as f:
+        for line in f:
+            x = line.split()
+            if (int(x[0]), int(x[1])) == (os.major(dev), os.minor(dev)):
+                return int(x[7]), int(x[9]) * 512
+    return None
+
+
 def bench(cfg, b, label, extra, secs, producers=None):
-    """Runs rmq-bench against `b` (our Broker, or ApacheTarget) and returns its JSON."""
+    """Runs rmq-bench against `b` (our Broker, or ApacheTarget) and returns its JSON, with the
+    disk writes the machine made meanwhile."""
     out = b.work / f"{label}.json"
     producers = cfg.producers if producers is None else producers
     argv = [str(cfg.bin / "rmq-bench"), "--endpoint", b.endpoint, "--size", "1024",
             "--producers", str(producers), "--duration", str(secs),
             "--broker-pid", str(b.p.pid), "--json", str(out), *extra]
     log(f"{label}: {' '.join(argv[1:])}")
+    d0, t0 = disk_writes(b.work), time.time()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 600)
+    d1, t1 = disk_writes(b.work), time.time()
     log(r.stdout)
     if r.returncode != 0:
         raise SystemExit(f"rmq-bench failed ({label}):\n{r.stdout}\n{r.stderr}")
     res = json.loads(out.read_text())
     res["stdout"] = r.stdout
+    if d0 and d1:
+        res["disk"] = {"writesPerSec": (d1[0] - d0[0]) / (t1 - t0),
+                       "mbPerSec": (d1[1] - d0[1]) / (t1 - t0) / 1e6}
     return res
 
 
@@ -245,6 +264,8 @@ def main():
     ap.add_argument("--long-polling-ms", type=int, default=None,
                     help="receive long polling of the 100,000-queue runs (default 1000; 5000 with --apache: "
                          "Apache's proxy refuses receives whose deadline leaves less than that)")
+    ap.add_argument("--cq-sync-ms", type=int, default=None,
+                    help="the broker's consumeQueueSyncInterval in ms (its default when not given)")
     ap.add_argument("--apache", action="store_true",
                     help="run the same steps against Apache RocketMQ 5.4.0 too (scripts/apache.sh; "
                          "raises vm.max_map_count when allowed)")
@@ -255,7 +276,7 @@ def main():
     res = {"config": vars(cfg) | {"bin": str(cfg.bin), "out": str(cfg.out)}}
     with tempfile.TemporaryDirectory(prefix="rmq-bench-scale-") as tmp:
         work = pathlib.Path(tmp)
-        b = Broker(cfg.bin / "rmq-broker", work)
+        b = Broker(cfg.bin / "rmq-broker", work, cfg.cq_sync_ms)
         res["firstStartSecs"] = b.start()
         time.sleep(1)
         res["idle"] = proc_mem(b.p.pid)
@@ -330,11 +351,12 @@ def main():
     lines = [
         f"Queue scale on one node: {queues:,} queues ({cfg.topics:,} topics x 8, {cfg.groups} groups) vs 8 "
         f"({cfg.producers} producers, {cfg.consumers} consumers, 1 KiB, {cfg.secs} s, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        + (f"consumeQueueSyncInterval {cfg.cq_sync_ms} ms, " if cfg.cq_sync_ms else "")
+        + f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         "| run | send msg/s | p50 ms | p99 ms | received / sent | send errors | calls per message | "
-        "broker CPU s per M messages | broker CPU us per call | RSS MiB (anon) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "broker CPU s per M messages | broker CPU us per call | RSS MiB (anon) | disk writes/s (MB/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("8 queues", res["q8"], "after8"), (f"{queues:,} queues", res["q100k"], "after100k"),
             ("8 queues, one ack a message", res["q8each"], "after8"),
@@ -351,7 +373,8 @@ def main():
         cpu = (r.get("broker") or {}).get("cpuSecsPerMillion", 0)
         lines.append(f"| {name} | {s['perSec']:,.0f} | {s['p50Ms']:.2f} | {s['p99Ms']:.2f} | "
                      f"{received:,} / {s['count']:,} | {r.get('sendErrors', 0)} | {calls:.2f} | {cpu:.1f} | "
-                     f"{cpu / calls if calls else 0:.1f} | {res[mem]['rssMiB']:.0f} ({res[mem]['anonMiB']:.0f}) |")
+                     f"{cpu / calls if calls else 0:.1f} | {res[mem]['rssMiB']:.0f} ({res[mem]['anonMiB']:.0f}) | "
+                     + (f"{r['disk']['writesPerSec']:,.0f} ({r['disk']['mbPerSec']:.0f}) |" if "disk" in r else "n/a |"))
     e8, e100 = res["q8each"]["send"], res["q100kEach"]["send"]
     lines += [
         "",
