@@ -22,7 +22,7 @@ pub use super::ports::free_port;
 
 impl BrokerProcess {
     /// Starts `rmq-broker standalone` with data in `dir` and the extra arguments, and waits
-    /// until its gRPC port accepts connections.
+    /// until its gRPC and HTTP ports accept connections.
     pub fn start(dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::start_role("standalone", dir, extra)
     }
@@ -101,7 +101,9 @@ impl BrokerProcess {
             .expect("start rmq-broker");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
+        // Both ports: the HTTP one may open a moment after the main one.
+        let listening = |a: SocketAddr| TcpStream::connect(a).is_ok();
+        while !listening(self.addr) || (self.role != "controller" && !listening(self.http)) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("rmq-broker exited with {status}:\n{}", self.logs());
             }
