@@ -81,14 +81,6 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
 }
 
-/// An object of `store` in `ns` by name.
-pub(crate) fn cached<K>(store: &Store<K>, ns: &str, name: &str) -> Option<Arc<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store.get(&ObjectRef::new(name).within(ns))
-}
-
 /// What this process applied last to an object: the fingerprint of the rendering, the uid and
 /// resourceVersion the object had right after, and when.
 struct Applied {
@@ -190,7 +182,7 @@ where
         .name
         .as_deref()
         .expect("rendered objects are named");
-    let live = cached(store, ns, name);
+    let live = store.get(&ObjectRef::new(name).within(ns));
     apply_changed(client, ns, obj, live.as_deref()).await
 }
 
@@ -582,23 +574,12 @@ async fn reconcile_inner(c: &RocketMQCluster, ctx: &Ctx) -> Result<Action, Error
     } else {
         pdbs.push(Role::Broker);
     }
-    for role in headless {
-        apply_cached(
-            client,
-            &ns,
-            &render::headless_service(c, role),
-            &stores.services,
-        )
-        .await?;
-    }
-    for role in [Role::NameServer, Role::Proxy] {
-        apply_cached(
-            client,
-            &ns,
-            &render::client_service(c, role),
-            &stores.services,
-        )
-        .await?;
+    let services = headless
+        .into_iter()
+        .map(|role| render::headless_service(c, role))
+        .chain([Role::NameServer, Role::Proxy].map(|role| render::client_service(c, role)));
+    for svc in services {
+        apply_cached(client, &ns, &svc, &stores.services).await?;
     }
     for role in pdbs {
         apply_cached(client, &ns, &render::pdb(c, role), &stores.pdbs).await?;
