@@ -107,24 +107,38 @@ fn fingerprint<T: Serialize>(obj: &T) -> u64 {
     h.finish()
 }
 
+/// A namespaced kind the operator renders and applies.
+pub(crate) trait Owned:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + 'static
+{
+}
+
+impl<K> Owned for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static
+{
+}
+
 /// Server-side apply of a rendered object, unless `live` is the very object this process left
 /// after applying the same rendering (same uid and resourceVersion) less than
 /// [`APPLIED_TRUST`] ago: then `live` is returned and nothing is sent. Any write by anyone else
 /// (a spec or label edit, a status update, a delete and re-create) moves the resourceVersion,
 /// so the next pass applies again and undoes what it owns; a settled cluster costs no writes.
-pub(crate) async fn apply_changed<K>(
+pub(crate) async fn apply_changed<K: Owned>(
     client: &Client,
     ns: &str,
     obj: &K,
     live: Option<&K>,
-) -> Result<K, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<K, kube::Error> {
     let name = obj.meta().name.clone().expect("rendered objects are named");
     let key = format!("{}/{ns}/{name}", K::kind(&()));
     let print = fingerprint(obj);
@@ -163,20 +177,12 @@ where
 }
 
 /// [`apply_changed`] with the object as `store` last saw it.
-pub(crate) async fn apply_cached<K>(
+pub(crate) async fn apply_cached<K: Owned>(
     client: &Client,
     ns: &str,
     obj: &K,
     store: &Store<K>,
-) -> Result<K, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug
-        + 'static,
-{
+) -> Result<K, kube::Error> {
     let name = obj
         .meta()
         .name
