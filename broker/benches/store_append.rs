@@ -17,13 +17,15 @@
 //! case's data is deleted when it ends.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use broker::store::{FlushPolicy, Message, MessageStore, StoreConfig, properties, record};
+use broker::store::{FlushPolicy, record};
+
+mod common;
+use common::{data_dir, env_u64, message, open_store, proc_status_kib, write_results};
 
 const BODY: usize = 1024;
 
@@ -37,36 +39,6 @@ struct StoreRun {
     anon_kib: u64,
 }
 
-fn message(queue_id: i32) -> Message {
-    Message {
-        topic: "BenchTopic".into(),
-        queue_id,
-        flag: 0,
-        sys_flag: 0,
-        born_timestamp: 1_700_000_000_000,
-        born_host: SocketAddr::from(([127, 0, 0, 1], 50000)),
-        reconsume_times: 0,
-        prepared_transaction_offset: 0,
-        body: vec![b'x'; BODY].into(),
-        properties: properties::encode([
-            ("UNIQ_KEY", "7F0000010000000000000000000000000000"),
-            ("TAGS", "bench"),
-        ]),
-    }
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn run_store(
     dir: &Path,
     policy: FlushPolicy,
@@ -74,20 +46,12 @@ fn run_store(
     secs: u64,
     max_bytes: u64,
 ) -> StoreRun {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store = Arc::new(
-        MessageStore::open(StoreConfig {
-            flush_policy: policy,
-            ..StoreConfig::at(dir)
-        })
-        .expect("open store"),
-    );
+    let (rt, store) = open_store(dir, policy);
     let stop = Arc::new(AtomicBool::new(false));
-    let record_len = record::encoded_len(&message(0), &store.config().store_host) as u64;
+    let record_len = record::encoded_len(
+        &message("BenchTopic", 0, 0, BODY),
+        &store.config().store_host,
+    ) as u64;
     let max_appends = max_bytes / record_len;
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -98,7 +62,7 @@ fn run_store(
             let stop = Arc::clone(&stop);
             let count = Arc::clone(&count);
             tasks.push(tokio::spawn(async move {
-                let msg = message((p % 8) as i32);
+                let msg = message("BenchTopic", (p % 8) as i32, 0, BODY);
                 let mut lat = Vec::with_capacity(1 << 20);
                 while !stop.load(Ordering::Relaxed) {
                     if count.fetch_add(1, Ordering::Relaxed) >= max_appends {
@@ -174,20 +138,9 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
-    let env_u64 = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
     let secs = env_u64("RMQ_BENCH_SECS", 5);
     let max_bytes = env_u64("RMQ_BENCH_MAX_MB", 2048) * 1_000_000;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_owned());
-    let base = std::env::var("RMQ_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(&target).join("bench-data"));
-    std::fs::create_dir_all(&base).expect("bench dir");
+    let base = data_dir();
     let header = "| policy | producers | appends/s | MB/s | p50 us | p99 us | p999 us | appends/flush | raw MB/s (same bytes, same syncs) | store/raw | RSS MiB (anon) |";
     let mut rows = vec![
         header.to_owned(),
@@ -225,13 +178,9 @@ fn main() {
             rows.push(row);
         }
     }
-    let out = PathBuf::from(&target).join("bench-results");
-    std::fs::create_dir_all(&out).expect("results dir");
-    let file = out.join("store_append.md");
-    let text = format!(
-        "# store_append ({secs} s per case, {BODY}-byte bodies)\n\n{}\n",
-        rows.join("\n")
+    write_results(
+        "store_append",
+        &format!("store_append ({secs} s per case, {BODY}-byte bodies)"),
+        &rows,
     );
-    std::fs::write(&file, text).expect("write results");
-    println!("results written to {}", file.display());
 }

@@ -24,27 +24,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker::store::{FlushPolicy, GetStatus, Message, MessageStore, StoreConfig, properties};
+use broker::store::{FlushPolicy, GetStatus, Message, MessageStore, StoreConfig};
 use broker::tier::{Tier, TierBackend, TierConfig};
 use object_store::ObjectStoreExt;
 
 const BODY: usize = 1024;
 const SEGMENT: u64 = 16 << 20;
 
-fn message(i: u64) -> Message {
-    Message {
-        topic: "TierBench".into(),
-        queue_id: (i % 4) as i32,
-        flag: 0,
-        sys_flag: 0,
-        born_timestamp: 1,
-        born_host: SocketAddr::from(([127, 0, 0, 1], 1)),
-        reconsume_times: 0,
-        prepared_transaction_offset: 0,
-        body: vec![b'x'; BODY].into(),
-        properties: properties::encode([(properties::UNIQ_KEY, format!("U{i:016}").as_str())]),
-    }
-}
+mod common;
+use common::message;
 
 #[path = "../tests/common/ports.rs"]
 mod ports;
@@ -144,7 +132,10 @@ fn main() {
     let count = mb * 1_000_000 / (BODY as u64 + 100);
     rt.block_on(async {
         for chunk in (0..count).collect::<Vec<_>>().chunks(64) {
-            let batch: Vec<Message> = chunk.iter().map(|i| message(*i)).collect();
+            let batch: Vec<Message> = chunk
+                .iter()
+                .map(|i| message("TierBench", (i % 4) as i32, *i, BODY))
+                .collect();
             store.put_messages(&batch).await.unwrap();
         }
         loop {

@@ -55,6 +55,14 @@ fn scale_writer_child() {
         let store = MessageStore::open(config(Path::new(&dir))).unwrap();
         let before = open_fds();
         for seq in 0..TOPICS * QUEUES {
+            if seq == TOPICS * QUEUES * 3 / 5 {
+                // A checkpoint after 12,000 messages: recovery re-dispatches the 8,000 after.
+                store
+                    .wait_dispatched(store.log_offsets().written)
+                    .await
+                    .unwrap();
+                store.checkpoint().unwrap();
+            }
             let m = message(&topic(seq), queue_of(seq), seq, 200);
             let r = store.put_message(&m).await.unwrap();
             assert_eq!(r.queue_offset, 0, "one message per queue");

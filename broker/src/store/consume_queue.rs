@@ -18,6 +18,12 @@
 //! - Durability is batched: writes only mark their file dirty and new directories are recorded;
 //!   the checkpoint syncs them all at once (one `syncfs` when many are dirty) before it records
 //!   how far the queues are built. A crash before that re-dispatches from the older checkpoint.
+//! - Writes wait when they would reopen a file: a new entry whose file is not among the cached
+//!   descriptors stays in memory (a queue keeps its newest entries there anyway, and readers
+//!   take them from there) until the queue has [`RECENT_ENTRIES`] waiting, its file is open
+//!   again, or the next sync writes every queue's waiting entries back, each queue's in one
+//!   write. With more queues than descriptors that is one open per queue per sync, not one per
+//!   message; the checkpoint vouches only for what was written back and synced.
 //! - Repairs that touch every queue (truncation after a crash or a diverged log, retention)
 //!   are applied to open queues at once and to the others when they are first opened.
 
@@ -29,7 +35,7 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
@@ -123,6 +129,35 @@ impl OpenFiles {
         Ok(file)
     }
 
+    /// The file's descriptor: the cached one, or a fresh one that is cached only while the
+    /// cache has room (a write-back touches every queue once and would push out the files
+    /// readers use).
+    fn get_uncached(&self, key: FileKey, path: &Path, create: bool) -> Result<Arc<File>> {
+        if let Some(f) = self.lru.lock().peek(&key) {
+            return Ok(Arc::clone(f));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .at(path)?;
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(file);
+        let mut lru = self.lru.lock();
+        if lru.len() < lru.cap().get() {
+            lru.put(key, Arc::clone(&file));
+        }
+        Ok(file)
+    }
+
+    /// Whether writing to the file would (re)open it: it is not cached and the cache is full.
+    fn would_open(&self, key: FileKey) -> bool {
+        let lru = self.lru.lock();
+        lru.len() == lru.cap().get() && !lru.contains(&key)
+    }
+
     fn forget(&self, key: FileKey) {
         self.lru.lock().pop(&key);
     }
@@ -160,10 +195,24 @@ struct QueueState {
     min: u64,
     /// Next logical offset to be written (one past the last entry).
     max: u64,
+    /// One past the last entry in the files: `[written, max)` wait in `recent` for a write.
+    written: u64,
     /// The CommitLog start the last `delete_before` ran for.
     deleted_below: u64,
-    /// The newest entries written, up to [`RECENT_ENTRIES`]: those of `[max - len, max)`.
+    /// The newest entries, up to [`RECENT_ENTRIES`]: those of `[max - len, max)`. They include
+    /// every entry not written to the files yet.
     recent: VecDeque<CqEntry>,
+}
+
+impl QueueState {
+    /// The entries not written to the files yet.
+    fn waiting(&self) -> Vec<CqEntry> {
+        let n = (self.max - self.written) as usize;
+        self.recent
+            .range(self.recent.len() - n..)
+            .copied()
+            .collect()
+    }
 }
 
 /// One queue's ConsumeQueue.
@@ -173,6 +222,8 @@ pub struct ConsumeQueue {
     entries_per_file: u64,
     shared: Arc<Shared>,
     state: Mutex<QueueState>,
+    /// Entries wait in memory for a write (set and cleared under `state`).
+    waiting: AtomicBool,
 }
 
 impl ConsumeQueue {
@@ -205,9 +256,11 @@ impl ConsumeQueue {
                 files,
                 min: 0,
                 max: 0,
+                written: 0,
                 deleted_below: 0,
                 recent: VecDeque::new(),
             }),
+            waiting: AtomicBool::new(false),
         };
         {
             let mut st = q.state.lock();
@@ -236,6 +289,7 @@ impl ConsumeQueue {
                 st.max = first + n;
                 break;
             }
+            st.written = st.max;
             st.min = st.files.first().map_or(st.max, |f| *f);
             // Leading empty entries (a queue that starts inside its first file) are not
             // readable.
@@ -299,6 +353,7 @@ impl ConsumeQueue {
             // A queue rebuilt from a tier whose oldest segments have expired: it starts here.
             st.min = offset;
             st.max = offset;
+            st.written = offset;
             st.recent.clear();
         }
         if offset > st.max {
@@ -318,11 +373,54 @@ impl ConsumeQueue {
         self.write_locked(&mut st, offset, entries)
     }
 
-    fn write_locked(
+    /// Appends `entries` at `offset` (the queue's end). They wait in memory when their file
+    /// is not open and the queue has room for them there; otherwise every waiting entry is
+    /// written with them.
+    fn write_locked(&self, st: &mut QueueState, offset: u64, entries: &[CqEntry]) -> Result<()> {
+        debug_assert_eq!(offset, st.max);
+        let waiting = (st.max - st.written) as usize + entries.len();
+        let first_file = st.written - st.written % self.entries_per_file;
+        let wait =
+            waiting <= RECENT_ENTRIES && self.shared.files.would_open((self.serial, first_file));
+        if !wait {
+            let mut all = st.waiting();
+            all.extend_from_slice(entries);
+            let at = st.written;
+            self.write_entries(st, at, &all, true)?;
+            st.written = offset + entries.len() as u64;
+        }
+        for e in entries {
+            if st.recent.len() == RECENT_ENTRIES {
+                st.recent.pop_front();
+            }
+            st.recent.push_back(*e);
+        }
+        st.max = offset + entries.len() as u64;
+        self.waiting.store(st.written < st.max, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the entries waiting in memory to the files.
+    fn write_back(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.written < st.max {
+            let waiting = st.waiting();
+            let at = st.written;
+            self.write_entries(&mut st, at, &waiting, false)?;
+            st.written = st.max;
+        }
+        self.waiting.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes `entries` to the files from logical offset `offset`, creating files (and
+    /// folders) as needed; `cache` keeps a descriptor it opens in the store's cache.
+    fn write_entries(
         &self,
         st: &mut QueueState,
         mut offset: u64,
         mut entries: &[CqEntry],
+        cache: bool,
     ) -> Result<()> {
         let mut buf = Vec::with_capacity(entries.len().min(4096) * ENTRY_SIZE as usize);
         while !entries.is_empty() {
@@ -336,7 +434,14 @@ impl ConsumeQueue {
                 }
                 self.shared.dirs.lock().insert(self.dir.clone());
             }
-            let file = self.file(file_first, created)?;
+            let key = (self.serial, file_first);
+            let file = if cache {
+                self.file(file_first, created)?
+            } else {
+                self.shared
+                    .files
+                    .get_uncached(key, &self.path(file_first), created)?
+            };
             st.files.insert(file_first);
             buf.clear();
             buf.resize(n * ENTRY_SIZE as usize, 0);
@@ -349,17 +454,10 @@ impl ConsumeQueue {
             self.shared
                 .dirty
                 .lock()
-                .entry((self.serial, file_first))
+                .entry(key)
                 .or_insert_with(|| self.path(file_first));
-            for e in &entries[..n] {
-                if st.recent.len() == RECENT_ENTRIES {
-                    st.recent.pop_front();
-                }
-                st.recent.push_back(*e);
-            }
             offset += n as u64;
             entries = &entries[n..];
-            st.max = offset;
         }
         Ok(())
     }
@@ -408,9 +506,11 @@ impl ConsumeQueue {
         }
         let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
         let mut offset = from;
-        while offset < to {
+        // The files hold `[.., written)`; the rest waits in `recent` (read after them).
+        let in_files = to.min(st.written);
+        while offset < in_files {
             let file_first = offset - offset % self.entries_per_file;
-            let n = (file_first + self.entries_per_file).min(to) - offset;
+            let n = (file_first + self.entries_per_file).min(in_files) - offset;
             if !st.files.contains(&file_first) {
                 break;
             }
@@ -420,6 +520,14 @@ impl ConsumeQueue {
                 .map_err(|e| StoreError::io(self.path(file_first), e))?;
             out.extend(buf.chunks_exact(ENTRY_SIZE as usize).map(CqEntry::decode));
             offset += n;
+        }
+        if offset == in_files && offset < to {
+            out.extend(
+                st.recent
+                    .range((offset - recent_first) as usize..)
+                    .take((to - offset) as usize)
+                    .copied(),
+            );
         }
         Ok(out)
     }
@@ -450,6 +558,11 @@ impl ConsumeQueue {
             st.max = last;
             st.recent.pop_back();
             dropped += 1;
+            if last >= st.written {
+                // It was waiting in memory only.
+                continue;
+            }
+            st.written = last;
             let file_first = last - last % self.entries_per_file;
             if last == file_first && st.files.len() > 1 {
                 self.remove_file(&mut st, file_first)?;
@@ -460,6 +573,7 @@ impl ConsumeQueue {
                     .at(&path)?;
             }
         }
+        self.waiting.store(st.written < st.max, Ordering::Relaxed);
         Ok(dropped)
     }
 
@@ -712,9 +826,15 @@ impl ConsumeQueueStore {
         &self.shared.files
     }
 
-    /// Makes every write and new directory since the last call durable: each dirty file's
-    /// data, or, when many are dirty, the whole file system at once.
+    /// Writes every entry waiting in memory to its file, then makes every write and new
+    /// directory since the last call durable: each dirty file's data, or, when many are dirty,
+    /// the whole file system at once. Everything appended before the call is then durable.
     pub fn sync_all(&self) -> Result<()> {
+        for q in self.open_queues() {
+            if q.waiting.load(Ordering::Relaxed) {
+                q.write_back()?;
+            }
+        }
         let dirty = std::mem::take(&mut *self.shared.dirty.lock());
         let dirs = std::mem::take(&mut *self.shared.dirs.lock());
         let result = self.sync(&dirty, &dirs);
@@ -795,6 +915,72 @@ mod tests {
         let store = ConsumeQueueStore::new(dir.path(), 4, 1).unwrap();
         let a = store.existing("A", 0).unwrap().unwrap();
         assert_eq!(a.get(12, 32).unwrap(), want, "the files hold the same");
+    }
+
+    #[test]
+    fn entries_whose_file_is_closed_wait_in_memory_until_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        // 100 queues, 4 cached descriptors.
+        let store = ConsumeQueueStore::new(dir.path(), 4, 4).unwrap();
+        let queues: Vec<_> = (0..100)
+            .map(|id| store.queue(&format!("T{}", id % 10), id).unwrap())
+            .collect();
+        for round in 0..6u64 {
+            for (id, q) in queues.iter().enumerate() {
+                q.append(round, &[e(round * 1000 + id as u64)]).unwrap();
+            }
+        }
+        // The first 4 queues' files filled the cache; after that nothing (re)opened a file.
+        assert_eq!(store.open_files().opens(), 4);
+        for (id, q) in queues.iter().enumerate() {
+            let got = q.get(0, 100).unwrap();
+            assert_eq!(got.len(), 6);
+            assert_eq!(got[5], e(5000 + id as u64), "queue {id} reads what waits");
+        }
+        // A queue that fills its memory writes everything it holds, as one write per file.
+        for round in 6..9u64 {
+            queues[7].append(round, &[e(round * 1000 + 7)]).unwrap();
+        }
+        assert_eq!(store.open_files().opens(), 4 + 3, "9 entries, files of 4");
+        // Dropped without a sync (a crash): the waiting entries are gone, the written stay.
+        drop(queues);
+        drop(store);
+        let store = ConsumeQueueStore::new(dir.path(), 4, 4).unwrap();
+        assert_eq!(store.counts(), (0, 5), "queues 0-3 and 7 reached the disk");
+        assert_eq!(store.existing("T7", 7).unwrap().unwrap().max_offset(), 9);
+        assert_eq!(store.existing("T1", 1).unwrap().unwrap().max_offset(), 4);
+        // The sync writes every queue's waiting entries back, one open per file.
+        let queues: Vec<_> = (0..100)
+            .map(|id| store.queue(&format!("T{}", id % 10), id).unwrap())
+            .collect();
+        for (id, q) in queues.iter().enumerate() {
+            let from = q.max_offset();
+            q.append(from, &[e(1), e(2), e(3)]).unwrap();
+            assert_eq!(q.max_offset(), from + 3, "queue {id}");
+        }
+        let opens = store.open_files().opens();
+        store.sync_all().unwrap();
+        assert!(
+            store.open_files().opens() - opens <= 100,
+            "one open per queue"
+        );
+        assert!(store.open_files().open_count() <= 4);
+        drop(queues);
+        drop(store);
+        let store = ConsumeQueueStore::new(dir.path(), 4, 4).unwrap();
+        for id in 0..100 {
+            let q = store
+                .existing(&format!("T{}", id % 10), id)
+                .unwrap()
+                .unwrap();
+            let want = match id {
+                7 => 12,
+                0..4 => 7,
+                _ => 3,
+            };
+            assert_eq!(q.max_offset(), want, "queue {id}");
+            assert_eq!(q.get(want - 3, 3).unwrap(), vec![e(1), e(2), e(3)]);
+        }
     }
 
     #[test]
