@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use broker::store::{FlushPolicy, record};
 
 mod common;
-use common::{data_dir, env_u64, message, open_store, proc_status_kib, write_results};
+use common::{case_dir, data_dir, env_u64, message, open_store, proc_status_kib, write_results};
 
 const BODY: usize = 1024;
 
@@ -154,7 +154,7 @@ fn main() {
     println!("{header}");
     for policy in [FlushPolicy::AsyncFlush, FlushPolicy::SyncFlush] {
         for producers in [1usize, 4, 16] {
-            let dir = tempfile::tempdir_in(&base).expect("temp dir");
+            let dir = case_dir(&base);
             let s = run_store(dir.path(), policy, producers, secs, max_bytes);
             let per_flush = s.bytes / s.flushes.max(1);
             let raw = run_raw(dir.path(), s.bytes, per_flush.max(1));

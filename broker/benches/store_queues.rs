@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use broker::store::FlushPolicy;
 
 mod common;
-use common::{data_dir, env_u64, message, open_store, proc_status_kib, write_results};
+use common::{case_dir, data_dir, env_u64, message, open_store, proc_status_kib, write_results};
 
 const BODY: usize = 1024;
 const PRODUCERS: u64 = 4;
@@ -171,7 +171,7 @@ fn main() {
     );
     println!("{header}");
     for queues in cases {
-        let dir = tempfile::tempdir_in(&base).expect("temp dir");
+        let dir = case_dir(&base);
         let r = run(dir.path(), queues.max(1), secs, max_appends);
         let n = r.appends.max(1) as f64;
         let row = format!(

@@ -49,7 +49,40 @@ pub fn data_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| target_dir().join("bench-data"));
     std::fs::create_dir_all(&base).expect("bench dir");
+    remove_abandoned(&base);
     base
+}
+
+/// A fresh folder for one case under `base`, deleted when dropped. Its name carries this
+/// process's id, so that a later run can delete what a killed one left (gigabytes).
+#[allow(dead_code)] // not every bench uses it
+pub fn case_dir(base: &Path) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("run-{}-", std::process::id()))
+        .tempdir_in(base)
+        .expect("temp dir")
+}
+
+/// Deletes the case folders of benchmark processes that no longer run.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("deleting {} (left by a killed run)", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A field of /proc/self/status in KiB (`VmRSS:`, `RssAnon:`), 0 when absent.

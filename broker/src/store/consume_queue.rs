@@ -58,6 +58,9 @@ const OPEN_STRIPES: usize = 64;
 /// nor reading it. 8 entries are 192 bytes per queue written to.
 const RECENT_ENTRIES: usize = 8;
 
+/// Writes of up to this many entries are encoded in a buffer on the stack.
+const STACK_ENTRIES: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CqEntry {
     pub physical_offset: u64,
@@ -383,10 +386,14 @@ impl ConsumeQueue {
         let wait =
             waiting <= RECENT_ENTRIES && self.shared.files.would_open((self.serial, first_file));
         if !wait {
-            let mut all = st.waiting();
-            all.extend_from_slice(entries);
             let at = st.written;
-            self.write_entries(st, at, &all, true)?;
+            if at == st.max {
+                self.write_entries(st, at, entries, true)?;
+            } else {
+                let mut all = st.waiting();
+                all.extend_from_slice(entries);
+                self.write_entries(st, at, &all, true)?;
+            }
             st.written = offset + entries.len() as u64;
         }
         for e in entries {
@@ -422,7 +429,9 @@ impl ConsumeQueue {
         mut entries: &[CqEntry],
         cache: bool,
     ) -> Result<()> {
-        let mut buf = Vec::with_capacity(entries.len().min(4096) * ENTRY_SIZE as usize);
+        // Most writes carry a few entries: those are encoded on the stack.
+        let mut stack = [0u8; STACK_ENTRIES * ENTRY_SIZE as usize];
+        let mut heap = Vec::new();
         while !entries.is_empty() {
             let file_first = offset - offset % self.entries_per_file;
             let room = (file_first + self.entries_per_file - offset) as usize;
@@ -443,13 +452,19 @@ impl ConsumeQueue {
                     .get_uncached(key, &self.path(file_first), created)?
             };
             st.files.insert(file_first);
-            buf.clear();
-            buf.resize(n * ENTRY_SIZE as usize, 0);
+            let len = n * ENTRY_SIZE as usize;
+            let buf = if n <= STACK_ENTRIES {
+                &mut stack[..len]
+            } else {
+                heap.clear();
+                heap.resize(len, 0);
+                &mut heap[..]
+            };
             for (i, e) in entries[..n].iter().enumerate() {
                 e.encode(&mut buf[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize]);
             }
             let pos = (offset - file_first) * ENTRY_SIZE;
-            file.write_all_at(&buf, pos)
+            file.write_all_at(buf, pos)
                 .map_err(|e| StoreError::io(self.path(file_first), e))?;
             self.shared
                 .dirty
