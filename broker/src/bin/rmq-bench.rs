@@ -479,16 +479,17 @@ async fn consume(
                 });
             }
         }
-        if catching_up && entries.is_empty() {
-            run.calls.catch_up_receives.fetch_add(1, Ordering::Relaxed);
-        } else if catching_up {
-            run.calls.receives.fetch_add(1, Ordering::Relaxed);
+        // While catching up, an empty receive is only the sweep (counted apart).
+        let counter = match (catching_up, entries.is_empty()) {
+            (true, true) => Some(&run.calls.catch_up_receives),
+            (true, false) => Some(&run.calls.receives),
+            (false, true) => Some(&run.calls.empty_receives),
+            (false, false) => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
         }
-        if entries.is_empty() {
-            if !catching_up {
-                run.calls.empty_receives.fetch_add(1, Ordering::Relaxed);
-            }
-        } else {
+        if !entries.is_empty() {
             let calls: Vec<Vec<pb::AckMessageEntry>> = if args.ack_each {
                 entries.into_iter().map(|e| vec![e]).collect()
             } else {
