@@ -371,7 +371,7 @@ def main():
             (f"{queues:,} queues, one ack a message", res["q100kEach"], "after100k"),
             ("8 queues, sends only", res["q8send"], "after8"),
             (f"{queues:,} queues, sends only", res["q100kSend"], "after100k"),
-            ("8 queues, sends only, same node after the 100,000-queue runs", res["q8sendAfter"], "after100k"),
+            (f"8 queues, sends only, same node after the {queues:,}-queue runs", res["q8sendAfter"], "after100k"),
             (f"{queues:,} queues, sends only, again", res["q100kSend2"], "after100k")]
     if cfg.apache:
         rows += [("Apache 5.4.0, 8 queues", res["apache_q8"], "apacheAfter8"),
