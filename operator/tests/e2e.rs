@@ -430,7 +430,9 @@ impl DataPlane {
             &env,
             self.dir.join(format!("{name}.log")),
         );
+        // Both ports: the HTTP port may open after the remoting one.
         wait_listening(listen, &p);
+        wait_listening(http, &p);
         ureq::put(&format!("http://{http}/admin/topics/E2E"))
             .send_json(serde_json::json!({"queues": 4}))
             .expect("create the test topic");
