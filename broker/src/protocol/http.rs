@@ -79,6 +79,7 @@ async fn metrics(State(b): State<Arc<Broker>>) -> Response {
     m.consumequeue_queues.set(q.open_queues as i64);
     m.consumequeue_open_files.set(q.open_files as i64);
     m.consumequeue_file_opens.set(q.file_opens as i64);
+    m.consumequeue_waiting_queues.set(q.waiting_queues as i64);
     m.checkpoint_seconds.set(q.last_checkpoint.as_secs_f64());
     (
         [(

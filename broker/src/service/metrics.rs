@@ -35,6 +35,7 @@ pub struct Metrics {
     pub consumequeue_queues: Gauge,
     pub consumequeue_open_files: Gauge,
     pub consumequeue_file_opens: Gauge,
+    pub consumequeue_waiting_queues: Gauge,
     pub checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Totals over all topics (for RocketMQ's runtime info; not exported twice).
     pub put_total: Counter,
@@ -73,6 +74,7 @@ impl Metrics {
             consumequeue_queues: Gauge::default(),
             consumequeue_open_files: Gauge::default(),
             consumequeue_file_opens: Gauge::default(),
+            consumequeue_waiting_queues: Gauge::default(),
             checkpoint_seconds: Gauge::default(),
             registry: Registry::default(),
             put_total: Counter::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             "consumequeue_file_opens",
             "ConsumeQueue files opened since start (descriptor cache misses)",
             m.consumequeue_file_opens.clone(),
+        );
+        registry.register(
+            "consumequeue_waiting_queues",
+            "ConsumeQueues whose newest entries wait in memory for their file (written at the next queue sync)",
+            m.consumequeue_waiting_queues.clone(),
         );
         registry.register(
             "checkpoint_seconds",

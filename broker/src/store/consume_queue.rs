@@ -837,6 +837,16 @@ impl ConsumeQueueStore {
         (open, closed)
     }
 
+    /// Open queues whose newest entries wait in memory for the next sync to write them.
+    pub fn waiting_count(&self) -> usize {
+        self.queues
+            .read()
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|q| q.waiting.load(Ordering::Relaxed))
+            .count()
+    }
+
     pub fn open_files(&self) -> &OpenFiles {
         &self.shared.files
     }
@@ -947,6 +957,12 @@ mod tests {
         }
         // The first 4 queues' files filled the cache; after that nothing (re)opened a file.
         assert_eq!(store.open_files().opens(), 4);
+        // Queues 0-3 filled their first file; their fifth entry is in the next, not cached.
+        assert_eq!(
+            store.waiting_count(),
+            100,
+            "every queue has entries waiting"
+        );
         for (id, q) in queues.iter().enumerate() {
             let got = q.get(0, 100).unwrap();
             assert_eq!(got.len(), 6);
@@ -957,6 +973,7 @@ mod tests {
             queues[7].append(round, &[e(round * 1000 + 7)]).unwrap();
         }
         assert_eq!(store.open_files().opens(), 4 + 3, "9 entries, files of 4");
+        assert_eq!(store.waiting_count(), 99, "queue 7 wrote what it held");
         // Dropped without a sync (a crash): the waiting entries are gone, the written stay.
         drop(queues);
         drop(store);
@@ -980,6 +997,7 @@ mod tests {
             "one open per queue"
         );
         assert!(store.open_files().open_count() <= 4);
+        assert_eq!(store.waiting_count(), 0, "the sync wrote every queue's");
         drop(queues);
         drop(store);
         let store = ConsumeQueueStore::new(dir.path(), 4, 4).unwrap();

@@ -86,6 +86,8 @@ pub struct QueueStats {
     pub open_files_limit: usize,
     /// Queue files opened since start (cache misses).
     pub file_opens: u64,
+    /// Queues with entries waiting in memory for their file (the next sync writes them).
+    pub waiting_queues: usize,
     pub last_checkpoint: Duration,
 }
 
@@ -980,6 +982,7 @@ impl MessageStore {
             open_files: q.open_files().open_count(),
             open_files_limit: q.open_files().capacity(),
             file_opens: q.open_files().opens(),
+            waiting_queues: q.waiting_count(),
             last_checkpoint: Duration::from_micros(
                 self.inner.checkpoint_micros.load(Ordering::Relaxed),
             ),
